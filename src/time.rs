@@ -1,0 +1,104 @@
+//! Time zones and instants: the DST-safe helpers every layer shares.
+//!
+//! Owns: parsing IANA zone names, the start of a local day (never `.single().unwrap()`: some zones
+//! skip midnight, and 02:30 can be ambiguous), and the millisecond RFC 3339 rendering giosg uses
+//! (`2019-01-01T00:00:00.000+02:00`). Everything else asks here rather than calling chrono-tz ad hoc.
+
+use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// Parses an IANA time zone name such as `Europe/Helsinki`.
+pub fn parse_tz(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("unknown time zone `{name}` (expected an IANA name such as Europe/Helsinki)"))
+}
+
+/// The first instant of local date `date` in `tz`.
+///
+/// Where midnight is ambiguous the earlier instant wins; where the zone skips midnight (e.g.
+/// America/Santiago on 2026-09-06) the day starts at the first local minute that exists.
+pub fn local_day_start(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
+    local_to_utc(tz, date.and_hms_opt(0, 0, 0).expect("midnight is a valid time"))
+}
+
+/// Maps a local wall-clock time to an instant: the earlier one when ambiguous, and the first
+/// existing minute after it when it falls into a gap.
+pub fn local_to_utc(tz: Tz, mut naive: NaiveDateTime) -> DateTime<Utc> {
+    // Gaps are at most a few hours long; step by a minute until the wall clock exists again.
+    for _ in 0..(24 * 60) {
+        match tz.from_local_datetime(&naive) {
+            LocalResult::Single(t) => return t.with_timezone(&Utc),
+            LocalResult::Ambiguous(earlier, _) => return earlier.with_timezone(&Utc),
+            LocalResult::None => naive += Duration::minutes(1),
+        }
+    }
+    unreachable!("no zone has a gap longer than a day")
+}
+
+/// The local date of instant `t` in `tz`.
+pub fn local_date(tz: Tz, t: DateTime<Utc>) -> NaiveDate {
+    t.with_timezone(&tz).date_naive()
+}
+
+/// Renders `t` in `tz`'s offset at that instant with milliseconds, as giosg does:
+/// `2024-03-31T00:00:00.000+02:00`.
+pub fn format_ms_in(tz: Tz, t: DateTime<Utc>) -> String {
+    t.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Millis, false)
+}
+
+/// Renders a UTC instant with milliseconds and a `Z`, as the dataset file stores times.
+pub fn format_ms_utc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Serde adapter: `DateTime<Utc>` as RFC 3339 with milliseconds and `Z`.
+pub mod serde_ms_utc {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_ms_utc(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| serde::de::Error::custom(format!("invalid RFC 3339 time `{s}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helsinki_dst_days_have_23_and_25_hours() {
+        let tz: Tz = "Europe/Helsinki".parse().unwrap();
+        let d = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let len = |a, b| (local_day_start(tz, b) - local_day_start(tz, a)).num_hours();
+        assert_eq!(len(d(2024, 3, 31), d(2024, 4, 1)), 23);
+        assert_eq!(len(d(2024, 10, 27), d(2024, 10, 28)), 25);
+        assert_eq!(len(d(2024, 6, 1), d(2024, 6, 2)), 24);
+    }
+
+    #[test]
+    fn santiago_day_without_midnight_starts_at_one() {
+        let tz: Tz = "America/Santiago".parse().unwrap();
+        let start = local_day_start(tz, NaiveDate::from_ymd_opt(2026, 9, 6).unwrap());
+        assert_eq!(format_ms_in(tz, start), "2026-09-06T01:00:00.000-03:00");
+    }
+
+    #[test]
+    fn formats_with_zone_offset_and_millis() {
+        let tz: Tz = "Europe/Helsinki".parse().unwrap();
+        let t = local_day_start(tz, NaiveDate::from_ymd_opt(2019, 1, 1).unwrap());
+        assert_eq!(format_ms_in(tz, t), "2019-01-01T00:00:00.000+02:00");
+        assert_eq!(format_ms_utc(t), "2018-12-31T22:00:00.000Z");
+    }
+
+    #[test]
+    fn unknown_zone_is_named() {
+        assert!(parse_tz("Mars/Olympus").unwrap_err().contains("Mars/Olympus"));
+    }
+}
