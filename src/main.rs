@@ -1,0 +1,233 @@
+//! The `chatetl` binary: parses arguments, resolves them into library calls, prints the whole
+//! error chain and sets the exit code (0 success, 1 a run failed, 2 bad usage or configuration).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chatetl::simulator::{Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
+use chatetl::telemetry::{self, LogFormat};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+/// Export chat-analytics metrics from vendor reporting APIs into PostgreSQL or Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "chatetl", version, propagate_version = true)]
+struct Cli {
+    /// Configuration file (sources, warehouse, defaults).
+    #[arg(long, global = true, env = "CHATETL_CONFIG", default_value = "chatetl.yaml")]
+    config: PathBuf,
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log detail (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the vendor APIs on loopback from a deterministic synthetic dataset.
+    #[command(after_help = SIMULATE_EXAMPLES)]
+    Simulate(SimulateArgs),
+}
+
+const SIMULATE_EXAMPLES: &str = "\
+Examples:
+  chatetl simulate --listen 127.0.0.1:8089 --start 2024-03-25 --days 14
+  chatetl simulate --seed 7 --days 3 --dump-dataset dataset.jsonl
+  chatetl simulate --dataset dataset.jsonl --error-rate 0.1 --throttle-rate 0.05 --latency-ms 50
+
+  curl -s -H 'Authorization: Token sim-token' localhost:8089/_sim/organizations
+Faults for one request: header `x-sim-fault: error_rate=1,error_statuses=503`.
+The dataset format and every API assumption: docs/simulator.md.";
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    listen: SocketAddr,
+    /// Serve this dataset file (JSON Lines) instead of generating one.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "start", "days"])]
+    dataset: Option<PathBuf>,
+    /// Write the dataset to FILE as JSON Lines and exit without serving.
+    #[arg(long, value_name = "FILE")]
+    dump_dataset: Option<PathBuf>,
+    /// Generator seed: the same seed, start and sizes give the same dataset.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// First local date of the dataset [default: the last --days days up to today].
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    start: Option<NaiveDate>,
+    /// Number of days generated.
+    #[arg(long)]
+    days: Option<u32>,
+    /// Organizations (each with its own rooms, teams, users and API token).
+    #[arg(long, default_value_t = 2)]
+    organizations: u32,
+    /// Rooms per organization.
+    #[arg(long, default_value_t = 4)]
+    rooms: u32,
+    /// Teams per organization.
+    #[arg(long, default_value_t = 3)]
+    teams: u32,
+    /// Users (operators) per organization.
+    #[arg(long, default_value_t = 12)]
+    users: u32,
+    /// Average chat sessions per day (weekdays busier, nights quieter).
+    #[arg(long, default_value_t = 200)]
+    sessions_per_day: u32,
+    /// Zone of the local clock that drives daily seasonality and the midnight-edge sessions.
+    #[arg(long, default_value = "Europe/Helsinki")]
+    time_zone: String,
+    /// API token of the first organization; organization i > 0 gets `<token>-org<i>`.
+    #[arg(long, env = "CHATETL_SIM_TOKEN", default_value = "sim-token", hide_env_values = true)]
+    token: String,
+    /// Fixed delay before each answer, in milliseconds.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    latency_ms: u64,
+    /// Extra random delay up to this many milliseconds.
+    #[arg(long, default_value_t = 0, help_heading = "Faults")]
+    jitter_ms: u64,
+    /// Fraction of requests answered with a server error (see --error-statuses).
+    #[arg(long, default_value_t = 0.0, help_heading = "Faults")]
+    error_rate: f64,
+    /// Statuses used for server errors.
+    #[arg(long, value_delimiter = ',', default_value = "500,502,503", help_heading = "Faults")]
+    error_statuses: Vec<u16>,
+    /// Fraction of requests answered 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0, help_heading = "Faults")]
+    throttle_rate: f64,
+    /// Retry-After seconds sent with 429 answers.
+    #[arg(long, default_value_t = 1, help_heading = "Faults")]
+    retry_after_secs: u64,
+    /// Fraction of requests whose connection is dropped before a complete response.
+    #[arg(long, default_value_t = 0.0, help_heading = "Faults")]
+    reset_rate: f64,
+    /// Fraction of requests whose body is cut in half.
+    #[arg(long, default_value_t = 0.0, help_heading = "Faults")]
+    truncate_rate: f64,
+    /// Requests per second allowed per API key (more get 429).
+    #[arg(long, help_heading = "Faults")]
+    rps_limit: Option<f64>,
+    /// Seed of the random fault draws.
+    #[arg(long, default_value_t = 1, help_heading = "Faults")]
+    fault_seed: u64,
+}
+
+/// An error the user can fix by changing arguments or configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Simulate(args) => simulate(args).await,
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let tz = chatetl::time::parse_tz(&args.time_zone).map_err(UsageError)?;
+    let dataset = match &args.dataset {
+        Some(path) => Dataset::read(path).map_err(UsageError)?,
+        None => {
+            let days = args.days.unwrap_or(30);
+            if days == 0 {
+                return Err(UsageError("--days must be at least 1".into()).into());
+            }
+            let today = chrono::Utc::now().with_timezone(&tz).date_naive();
+            let spec = DatasetSpec {
+                seed: args.seed.unwrap_or(42),
+                start: args.start.unwrap_or(today - chrono::Duration::days(days as i64 - 1)),
+                days,
+                organizations: args.organizations,
+                rooms_per_org: args.rooms,
+                teams_per_org: args.teams,
+                users_per_org: args.users,
+                sessions_per_day: args.sessions_per_day,
+                time_zone: tz,
+                token: args.token.clone(),
+            };
+            dataset::generate(&spec)
+        }
+    };
+    if let Some(path) = &args.dump_dataset {
+        dataset.write(path).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "wrote {} organizations and {} chat session rows to {}",
+            dataset.organizations.len(),
+            dataset.chat_session_rows.len(),
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (name, rate) in [
+        ("--error-rate", args.error_rate),
+        ("--throttle-rate", args.throttle_rate),
+        ("--reset-rate", args.reset_rate),
+        ("--truncate-rate", args.truncate_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(UsageError(format!("{name} must be between 0 and 1, got {rate}")).into());
+        }
+    }
+    let faults = FaultConfig {
+        latency_ms: args.latency_ms,
+        jitter_ms: args.jitter_ms,
+        error_rate: args.error_rate,
+        error_statuses: args.error_statuses,
+        throttle_rate: args.throttle_rate,
+        retry_after_secs: Some(args.retry_after_secs),
+        reset_rate: args.reset_rate,
+        truncate_rate: args.truncate_rate,
+        rps_limit: args.rps_limit,
+    };
+    let orgs: Vec<String> = dataset.organizations.iter().map(|o| o.id.clone()).collect();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("simulator on http://{} serving organizations {}", listener.local_addr()?, orgs.join(", "));
+    Simulator::new(dataset, faults, args.fault_seed).serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,317 @@
+//! Fault injection and the request log, applied around every simulated API route.
+//!
+//! Owns: [`FaultConfig`] (latency, jitter, error and throttle rates, connection resets, truncated
+//! bodies, a requests-per-second limit per API key), where a request's faults come from (a
+//! matching [`FaultRule`] set by a test, else the `x-sim-fault` header, else the server-wide
+//! flags), and recording every request served ([`RecordedRequest`]). Authorization headers are
+//! never recorded.
+//!
+//! The header takes `key=value` pairs separated by commas, with the keys of [`FaultConfig`]:
+//! `x-sim-fault: error_rate=1,error_statuses=503` or `throttle_rate=1,retry_after_secs=2`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use super::SimState;
+use super::chat_sessions::ApiError;
+
+/// How the simulator misbehaves. Rates are probabilities per request (0 = never, 1 = always).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Fixed delay before answering, in milliseconds.
+    pub latency_ms: u64,
+    /// Extra random delay, uniform in `0..=jitter_ms` milliseconds.
+    pub jitter_ms: u64,
+    /// Fraction of requests answered with a server error from `error_statuses`.
+    pub error_rate: f64,
+    /// Statuses used for server errors (default 500, 502 and 503).
+    pub error_statuses: Vec<u16>,
+    /// Fraction of requests answered `429 Too Many Requests` with `Retry-After`.
+    pub throttle_rate: f64,
+    /// The `Retry-After` seconds sent with every 429 (default 1).
+    pub retry_after_secs: Option<u64>,
+    /// Fraction of requests whose connection is dropped before a complete response.
+    pub reset_rate: f64,
+    /// Fraction of requests whose body is cut in half (the declared length is kept, then the
+    /// connection closes).
+    pub truncate_rate: f64,
+    /// Requests per second allowed per API key; more are answered 429 with `Retry-After`.
+    pub rps_limit: Option<f64>,
+}
+
+/// A fault aimed at particular requests, for tests: the first `times` requests (all, if unset)
+/// whose path and body contain the given strings get `faults`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultRule {
+    pub path_contains: Option<String>,
+    pub body_contains: Option<String>,
+    pub times: Option<u32>,
+    pub faults: FaultConfig,
+}
+
+/// One request the simulator served (admin routes excluded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    /// 1 for the first request served.
+    pub seq: u64,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub body: String,
+    /// The status answered; 0 when the connection was reset before a response.
+    pub status: u16,
+    /// The fault applied, if any: `error`, `throttle`, `rate_limit`, `reset`, `truncate`.
+    pub fault: Option<String>,
+}
+
+impl FaultConfig {
+    /// Parses the `x-sim-fault` header: `key=value` pairs separated by commas; lists (statuses)
+    /// separated by `|`.
+    pub fn parse_header(spec: &str) -> Result<FaultConfig, String> {
+        let mut map = serde_json::Map::new();
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("x-sim-fault: `{pair}` is not key=value"))?;
+            let value = if k.trim() == "error_statuses" {
+                let codes: Result<Vec<u16>, _> = v.split('|').map(|s| s.trim().parse::<u16>()).collect();
+                serde_json::json!(codes.map_err(|_| format!("x-sim-fault: bad status list `{v}`"))?)
+            } else {
+                serde_json::from_str(v.trim()).map_err(|_| format!("x-sim-fault: `{k}` needs a number, got `{v}`"))?
+            };
+            map.insert(k.trim().to_string(), value);
+        }
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| format!("x-sim-fault: {e}"))
+    }
+
+    fn retry_after(&self) -> u64 {
+        self.retry_after_secs.unwrap_or(1)
+    }
+}
+
+/// What happens to one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Serve,
+    Error(u16),
+    Throttle,
+    Reset,
+    Truncate,
+}
+
+/// Per-key token buckets for `rps_limit`.
+#[derive(Default)]
+pub(crate) struct RateLimiter {
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// Takes a token for `key`; false when the key is over its limit.
+    fn admit(&mut self, key: &str, rps: f64) -> bool {
+        let now = Instant::now();
+        let burst = rps.max(1.0);
+        let (tokens, last) = self.buckets.entry(key.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rps).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The middleware: records the request, picks and applies its faults, records the outcome.
+pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return ApiError(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")).into_response(),
+    };
+    let path = parts.uri.path().to_string();
+    let body_text = String::from_utf8_lossy(&bytes).into_owned();
+    let header_spec = parts.headers.get("x-sim-fault").map(|v| v.to_str().unwrap_or("").to_string());
+    let api_key = parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    let mut record = RecordedRequest {
+        seq: 0,
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: parts.uri.query().map(str::to_string),
+        body: body_text.clone(),
+        status: 0,
+        fault: None,
+    };
+
+    let config = match state.faults_for(&path, &body_text, header_spec.as_deref()) {
+        Ok(c) => c,
+        Err(msg) => {
+            record.status = 400;
+            state.record(record);
+            return ApiError(StatusCode::BAD_REQUEST, msg).into_response();
+        }
+    };
+    let (outcome, delay) = state.roll(&config);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let rate_limited = config.rps_limit.is_some_and(|rps| !state.admit(&String::from_utf8_lossy(&api_key), rps));
+
+    let throttled = |label: &str, record: &mut RecordedRequest| {
+        record.status = 429;
+        record.fault = Some(label.to_string());
+        let mut resp = ApiError(StatusCode::TOO_MANY_REQUESTS, "Request was throttled.".into()).into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after()));
+        resp
+    };
+    let response = match outcome {
+        Outcome::Reset => {
+            record.fault = Some("reset".into());
+            let failing = futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated reset",
+                ))
+            });
+            Response::new(Body::from_stream(failing))
+        }
+        Outcome::Throttle => throttled("throttle", &mut record),
+        Outcome::Error(status) => {
+            record.status = status;
+            record.fault = Some("error".into());
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            ApiError(code, format!("Simulated server error {status}.")).into_response()
+        }
+        _ if rate_limited => throttled("rate_limit", &mut record),
+        Outcome::Serve | Outcome::Truncate => {
+            let req = Request::from_parts(parts, Body::from(bytes));
+            let resp = next.run(req).await;
+            record.status = resp.status().as_u16();
+            if outcome == Outcome::Truncate {
+                record.fault = Some("truncate".into());
+                truncate(resp).await
+            } else {
+                resp
+            }
+        }
+    };
+    state.record(record);
+    response
+}
+
+/// Sends the first half of `resp`'s body under the full `Content-Length`, then fails the stream
+/// so the connection closes mid-body.
+async fn truncate(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let full = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let half = full.slice(0..full.len() / 2);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full.len()));
+    // Yield the half, then pause so hyper flushes the head and the half, then fail the stream.
+    let chunks = futures::stream::unfold(0u8, move |step| {
+        let half = half.clone();
+        async move {
+            match step {
+                0 => Some((Ok(half), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "simulated truncated body")), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(chunks))
+}
+
+impl SimState {
+    /// The faults for one request: the first matching rule (using one of its `times`), else the
+    /// header, else the server-wide configuration.
+    fn faults_for(&self, path: &str, body: &str, header_spec: Option<&str>) -> Result<FaultConfig, String> {
+        {
+            let mut rules = self.inner.rules.lock().expect("rules lock");
+            let hit = rules.iter_mut().position(|r| {
+                r.path_contains.as_deref().is_none_or(|p| path.contains(p))
+                    && r.body_contains.as_deref().is_none_or(|b| body.contains(b))
+                    && r.times != Some(0)
+            });
+            if let Some(i) = hit {
+                let rule = &mut rules[i];
+                if let Some(t) = rule.times.as_mut() {
+                    *t -= 1;
+                }
+                return Ok(rule.faults.clone());
+            }
+        }
+        if let Some(spec) = header_spec {
+            return FaultConfig::parse_header(spec);
+        }
+        Ok(self.inner.faults.lock().expect("faults lock").clone())
+    }
+
+    /// Draws the outcome and delay for one request from the seeded generator.
+    fn roll(&self, c: &FaultConfig) -> (Outcome, Duration) {
+        let mut rng = self.inner.rng.lock().expect("rng lock");
+        let jitter = if c.jitter_ms > 0 { rng.random_range(0..=c.jitter_ms) } else { 0 };
+        let delay = Duration::from_millis(c.latency_ms + jitter);
+        let mut hit = |rate: f64| rate > 0.0 && rng.random_bool(rate.clamp(0.0, 1.0));
+        let outcome = if hit(c.reset_rate) {
+            Outcome::Reset
+        } else if hit(c.throttle_rate) {
+            Outcome::Throttle
+        } else if hit(c.error_rate) {
+            let statuses = if c.error_statuses.is_empty() { vec![500, 502, 503] } else { c.error_statuses.clone() };
+            Outcome::Error(statuses[rng.random_range(0..statuses.len())])
+        } else if hit(c.truncate_rate) {
+            Outcome::Truncate
+        } else {
+            Outcome::Serve
+        };
+        (outcome, delay)
+    }
+
+    fn admit(&self, key: &str, rps: f64) -> bool {
+        self.inner.limiter.lock().expect("limiter lock").admit(key, rps)
+    }
+
+    fn record(&self, mut r: RecordedRequest) {
+        let mut log = self.inner.log.lock().expect("log lock");
+        r.seq = self.inner.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        tracing::debug!(seq = r.seq, method = %r.method, path = %r.path, status = r.status, fault = ?r.fault, "simulator served request");
+        log.push(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_spec_parses_every_key() {
+        let c = FaultConfig::parse_header(
+            "latency_ms=5, jitter_ms=2,error_rate=0.5,error_statuses=502|503,throttle_rate=1,retry_after_secs=3,reset_rate=0,truncate_rate=0.25,rps_limit=10",
+        )
+        .unwrap();
+        assert_eq!(c.latency_ms, 5);
+        assert_eq!(c.error_statuses, vec![502, 503]);
+        assert_eq!(c.retry_after_secs, Some(3));
+        assert_eq!(c.rps_limit, Some(10.0));
+        assert!(FaultConfig::parse_header("explode=1").unwrap_err().contains("explode"));
+        assert!(FaultConfig::parse_header("error_rate").is_err());
+    }
+
+    #[test]
+    fn token_bucket_admits_the_rate() {
+        let mut l = RateLimiter::default();
+        let admitted = (0..10).filter(|_| l.admit("k", 3.0)).count();
+        assert_eq!(admitted, 3);
+        assert!(l.admit("other", 3.0), "keys have their own buckets");
+    }
+}
