@@ -1,0 +1,8 @@
+//! The integration tests: one binary (faster to link), one module per area.
+//!
+//! Everything runs against real parts: the simulator over HTTP on loopback, the `chatetl` binary.
+
+mod simulator_api;
+mod simulator_cli;
+mod simulator_faults;
+mod util;

@@ -1,0 +1,103 @@
+//! Shared test helpers: datasets dumped through the real CLI, a running simulator, and an
+//! independent reading of the dump (plain JSON, not the simulator's own types) for expected values.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chatetl::simulator::{Dataset, FaultConfig, RunningSimulator, Simulator};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub const TOKEN: &str = "sim-token";
+
+/// Runs the `chatetl` binary with `args`, returning (status code, stdout, stderr).
+pub fn chatetl(args: &[&str]) -> (i32, String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_chatetl")).args(args).env_remove("RUST_LOG").output().expect("run chatetl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A dataset dumped by `chatetl simulate --dump-dataset` into a temp dir.
+pub struct Dump {
+    pub _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn dump(extra: &[&str]) -> Dump {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dataset.jsonl");
+    let mut args = vec!["simulate", "--dump-dataset", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, _, err) = chatetl(&args);
+    assert_eq!(code, 0, "dump failed: {err}");
+    Dump { _dir: dir, path }
+}
+
+/// Serves a dumped dataset on 127.0.0.1:0.
+pub async fn serve(path: &Path) -> RunningSimulator {
+    let dataset = Dataset::read(path).unwrap();
+    Simulator::new(dataset, FaultConfig::default(), 1).spawn().await.unwrap()
+}
+
+/// One record of the dump, read as plain JSON.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub time: DateTime<Utc>,
+    pub v: Value,
+}
+
+impl Row {
+    pub fn s(&self, k: &str) -> &str {
+        self.v[k].as_str().unwrap_or("")
+    }
+    pub fn n(&self, k: &str) -> f64 {
+        self.v[k].as_f64().unwrap_or_else(|| panic!("{k} is not a number in {}", self.v))
+    }
+    /// A list dimension's values; a plain string counts as a list of one.
+    pub fn list(&self, k: &str) -> Vec<String> {
+        match &self.v[k] {
+            Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
+            Value::String(s) => vec![s.clone()],
+            other => panic!("{k} is not a list: {other}"),
+        }
+    }
+}
+
+/// (organizations, chat session rows) of a dump.
+pub fn read_dump(path: &Path) -> (Vec<Value>, Vec<Row>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut orgs = Vec::new();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "organization" => orgs.push(v),
+            "chat_session_row" => {
+                let time = DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap().with_timezone(&Utc);
+                rows.push(Row { time, v })
+            }
+            k => panic!("unknown kind {k}"),
+        }
+    }
+    (orgs, rows)
+}
+
+/// POSTs a query body to the chat_sessions endpoint of `org`.
+pub async fn post_query(sim: &RunningSimulator, org: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(format!("{}/api/reporting/v1/orgs/{org}/chat_sessions", sim.base_url()))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Token {t}"));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
