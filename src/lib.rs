@@ -6,12 +6,14 @@
 //! # Layout
 //!
 //! - `main.rs`: the CLI (clap): parses arguments, calls into this library, maps errors to exit codes.
+//! - [`config`]: `chatetl.yaml` and job files: types, `${ENV}` interpolation, validation.
 //! - [`telemetry`]: tracing set-up shared by every subcommand (`--log-format`, `-v`/`-q`).
 //! - [`time`]: DST-safe local days and giosg's millisecond timestamps.
 //! - [`source`]: the vendors' wire formats; today giosg's chat_sessions query language.
 //! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
 //!   faults and a request log.
 
+pub mod config;
 pub mod simulator;
 pub mod source;
 pub mod telemetry;

@@ -255,7 +255,8 @@ impl ChatSessionsQuery {
 }
 
 impl Filter {
-    fn validate(&self, path: &str, errors: &mut Vec<String>) {
+    /// Structural checks of this filter, pushing each problem prefixed with `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
         match self {
             Filter::Selector { dimension, value } => {
                 check_dimension(path, dimension, errors);
