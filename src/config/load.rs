@@ -1,20 +1,59 @@
-//! Loading `chatetl.yaml` and job files (placeholder interface; the loader replaces this file).
+//! Loading `chatetl.yaml` and its job files into a validated [`Config`].
+//!
+//! Owns: reading the files, the checks that span files (job names, tables), and the error report
+//! ([`ConfigError`]: every problem of every file at once, each as `file:line:col: message`).
+//! Each file is parsed into the raw shapes of `raw.rs` (strict keys, locations kept), its string
+//! values expanded (`${VAR}`, `${VAR:-default}`, `interpolate.rs`), then validated into the types
+//! of [`crate::config`]: `settings.rs` for `chatetl.yaml`, `job.rs` and `filters.rs` for job files,
+//! with the checks they share in `ctx.rs`.
+//!
+//! A file that does not parse still lets the others be checked: when `chatetl.yaml` itself does
+//! not, its `jobs_dir` and source names are read leniently so that the job files are checked too.
 
+mod ctx;
+mod filters;
+mod interpolate;
+mod job;
+mod raw;
+mod settings;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::Config;
+use serde_saphyr::Location;
+
+pub use job::RESERVED_COLUMNS;
+
+use super::{Config, Job};
+use ctx::Ctx;
+use raw::{RawConfig, RawConfigOutline, RawJob};
+use settings::{JobDefaults, Settings};
 
 /// One problem in a configuration or job file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: PathBuf,
+    /// 1-based line of the offending value (of its mapping when a key is missing).
     pub line: usize,
+    /// 1-based column, in characters.
     pub column: usize,
+    /// A lowercase phrase, starting with the field path when there is one
+    /// (`aggregations[0].field: …`).
     pub message: String,
 }
 
-/// Every problem found while loading, in file order.
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found while loading, file by file (`chatetl.yaml`, then the job files by name),
+/// in line order within a file.
 #[derive(Debug, Clone)]
 pub struct ConfigError {
     pub diagnostics: Vec<Diagnostic>,
@@ -26,7 +65,7 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}", d.file.display(), d.line, d.column, d.message)?;
+            write!(f, "{d}")?;
         }
         Ok(())
     }
@@ -34,14 +73,152 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Loads and validates `path` and every job file of its jobs directory.
+/// Loads and validates `path` and every job file of its jobs directory, expanding `${VAR}` from
+/// the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    Err(ConfigError {
-        diagnostics: vec![Diagnostic {
-            file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            message: "loader not built yet".into(),
-        }],
-    })
+    load_with_env(path, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with `${VAR}` looked up by `env` (`Some` when set, possibly to `""`).
+pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    let mut ctx = Ctx::new(path, env);
+    let settings = read(&mut ctx, path).and_then(|text| match raw::parse::<RawConfig>(&text) {
+        Ok(raw) => Some(settings::config(&mut ctx, &raw, base)),
+        Err(error) => {
+            ctx.parse_error(error);
+            outline(&text, base, env)
+        }
+    });
+    let Some(Settings { sources, warehouse, defaults, jobs_dir }) = settings else {
+        return Err(finish(vec![ctx.diagnostics]));
+    };
+
+    // One list of diagnostics per file: chatetl.yaml's goes first once the jobs dir is read.
+    let mut report = Vec::new();
+    let mut jobs = BTreeMap::new();
+    if let Some((dir, dir_at)) = &jobs_dir {
+        match job_files(dir) {
+            Ok(files) => jobs = load_jobs(&files, &defaults, env, &mut report),
+            Err(error) => {
+                let message = format!("cannot read the jobs directory `{}`: {error}", dir.display());
+                ctx.error(*dir_at, "jobs_dir", message);
+            }
+        }
+    }
+    report.insert(0, ctx.diagnostics);
+
+    match (sources, warehouse, defaults.time_zone, jobs_dir) {
+        (Some(sources), Some(warehouse), Some(default_time_zone), Some((jobs_dir, _)))
+            if report.iter().all(Vec::is_empty) =>
+        {
+            Ok(Config { path: path.to_path_buf(), sources, warehouse, default_time_zone, jobs_dir, jobs })
+        }
+        _ => Err(finish(report)),
+    }
+}
+
+/// The text of `path`, or `None` after reporting why it cannot be read.
+fn read(ctx: &mut Ctx, path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            ctx.error(Location::UNKNOWN, "", format!("cannot read the file: {error}"));
+            None
+        }
+    }
+}
+
+/// When `chatetl.yaml` does not parse strictly: what the job files need, if it can be read at all.
+/// Problems found here are already covered by the strict parse's error, so they are not reported.
+fn outline(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Option<Settings> {
+    let raw = raw::parse::<RawConfigOutline>(text).ok()?;
+    let mut quiet = Ctx::new(Path::new(""), env);
+    let jobs_dir = settings::jobs_dir(&mut quiet, raw.referenced, raw.value.jobs_dir.as_ref(), base);
+    let sources = raw.value.sources.map(|names| names.into_keys().map(|name| (name, None)).collect());
+    Some(Settings { sources: None, warehouse: None, defaults: JobDefaults { sources, time_zone: None }, jobs_dir })
+}
+
+/// The `*.yaml` and `*.yml` files of `dir` (not hidden ones), sorted by file name.
+fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// Loads every job file, pushing one diagnostics list per file onto `report`; duplicate names and
+/// tables are reported in the later file.
+fn load_jobs(
+    files: &[PathBuf],
+    defaults: &JobDefaults,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut Vec<Vec<Diagnostic>>,
+) -> BTreeMap<String, Job> {
+    let mut jobs = BTreeMap::new();
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut tables: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
+    for file in files {
+        let mut ctx = Ctx::new(file, env);
+        let outcome = read(&mut ctx, file).and_then(|text| match raw::parse::<RawJob>(&text) {
+            Ok(raw) => Some(job::job(&mut ctx, &raw, file, defaults)),
+            Err(error) => {
+                ctx.parse_error(error);
+                None
+            }
+        });
+        if let Some(outcome) = outcome {
+            let mut unique = true;
+            if let Some((name, at)) = &outcome.name {
+                if let Some(first) = names.get(name) {
+                    ctx.error(*at, "name", format!("job `{name}` is already defined in {}", first.display()));
+                    unique = false;
+                } else {
+                    names.insert(name.clone(), file.clone());
+                }
+            }
+            if let (Some((table, at)), Some((name, _))) = (&outcome.table, &outcome.name)
+                && unique
+            {
+                if let Some((first_job, first_file)) = tables.get(table) {
+                    let message =
+                        format!("table `{table}` is already written by job `{first_job}` ({})", first_file.display());
+                    ctx.error(*at, "table", message);
+                } else {
+                    tables.insert(table.clone(), (name.clone(), file.clone()));
+                }
+            }
+            match outcome.job {
+                Some(job) if unique => {
+                    jobs.insert(job.name.clone(), job);
+                }
+                // Every way to get no job reports why, or stems from chatetl.yaml's own problems.
+                None if ctx.diagnostics.is_empty() && defaults.time_zone.is_some() => {
+                    ctx.error(Location::UNKNOWN, "", "internal error: the job was not built; please report this");
+                }
+                _ => {}
+            }
+        }
+        report.push(ctx.diagnostics);
+    }
+    jobs
+}
+
+/// The error of `report` (one list per file), each file's problems in line order.
+fn finish(report: Vec<Vec<Diagnostic>>) -> ConfigError {
+    let diagnostics = report
+        .into_iter()
+        .flat_map(|mut file| {
+            file.sort_by_key(|d| (d.line, d.column));
+            file
+        })
+        .collect();
+    ConfigError { diagnostics }
 }

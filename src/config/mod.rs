@@ -3,11 +3,12 @@
 //! Owns: the validated types every other layer reads ([`Config`], [`SourceConfig`],
 //! [`Warehouse`], [`Job`]), secrets that never print ([`Secret`]), and loading
 //! (`load.rs`: YAML with file:line:col errors, `${VAR}` / `${VAR:-default}` interpolation, strict
-//! keys, every validation error at once). Raw file shapes live in `load.rs`; nothing outside this
-//! module sees them.
+//! keys, every validation error at once). Raw file shapes live in `load/raw.rs`; nothing outside
+//! this module sees them.
 //!
-//! To add a source kind: a variant of [`SourceKind`] (and its credentials in [`SourceConfig`]);
-//! to add an endpoint: a variant of [`Endpoint`] and its validation in `load.rs`.
+//! To add a source kind: a variant of [`SourceKind`] (and its credentials in [`SourceConfig`]) and
+//! its rows in `load/settings.rs`;
+//! to add an endpoint: a variant of [`Endpoint`] and its row in `load/settings.rs` (`endpoints`).
 
 mod load;
 
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
-pub use load::{ConfigError, Diagnostic, load};
+pub use load::{ConfigError, Diagnostic, RESERVED_COLUMNS, load, load_with_env};
 
 use crate::source::giosg::query::{AggregationKind, Filter, Granularity};
 

@@ -1,0 +1,284 @@
+//! Raw file shapes: what serde reads from `chatetl.yaml` and job files, before validation.
+//!
+//! Every value keeps its location ([`Spanned`]) so that validation can point at it. Keys the
+//! validated types require are still `Option` here: a missing key is then reported together with
+//! every other problem of the file instead of stopping the parse. Scalars are read as text
+//! ([`String`], [`RawNumber`]) so that `${VAR}` can be expanded before they are interpreted;
+//! `filters` is read as a located YAML tree ([`Node`]) so that its problems point inside it.
+//!
+//! To add a key: a `///`-documented field here, and its check in `settings.rs` or `job.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{Location, MessageFormatter, Spanned};
+
+/// `chatetl.yaml`. No `Debug`: it holds secrets in clear.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    /// IANA zone of jobs that do not name one; default `UTC`.
+    pub time_zone: Option<Spanned<String>>,
+    /// Folder of the job files, relative to the config file's folder; default `jobs`.
+    pub jobs_dir: Option<Spanned<String>>,
+    /// Upstream accounts by name; required, at least one.
+    pub sources: Option<Spanned<BTreeMap<String, Spanned<RawSource>>>>,
+    /// Where loaded windows go; required.
+    pub warehouse: Option<Spanned<RawWarehouse>>,
+}
+
+/// Just what the job files depend on, read without strictness when `chatetl.yaml` itself does
+/// not parse (so the job files are still checked).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawConfigOutline {
+    /// As [`RawConfig::jobs_dir`].
+    pub jobs_dir: Option<Spanned<String>>,
+    /// The source names of [`RawConfig::sources`].
+    pub sources: Option<BTreeMap<String, de::IgnoredAny>>,
+}
+
+/// One entry of `sources`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    /// Which vendor API: `giosg` (the only kind for now); required.
+    pub kind: Option<Spanned<String>>,
+    /// `http://` or `https://` root of the API; a trailing slash is dropped; required.
+    pub base_url: Option<Spanned<String>>,
+    /// giosg: the API token (`Authorization: Token …`); required, never printed.
+    pub token: Option<Spanned<String>>,
+    /// giosg: the organization whose data is read; required.
+    pub organization_id: Option<Spanned<String>>,
+    /// Requests in flight at once, at least 1; default 4.
+    pub concurrency: Option<Spanned<RawNumber>>,
+    /// Requests started per second, more than 0; default 5.
+    pub requests_per_second: Option<Spanned<RawNumber>>,
+    /// Per-request timeout, at least 1; default 60.
+    pub timeout_secs: Option<Spanned<RawNumber>>,
+    /// Retries after the first attempt on 429/5xx/connection errors; default 5.
+    pub max_retries: Option<Spanned<RawNumber>>,
+    /// Longest wait between attempts (also caps `Retry-After`), at least 1; default 60.
+    pub max_retry_delay_secs: Option<Spanned<RawNumber>>,
+}
+
+/// `warehouse`: `kind: parquet` with `path`, or `kind: postgres` with `url` and `schema`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWarehouse {
+    /// `parquet` or `postgres`; required.
+    pub kind: Option<Spanned<String>>,
+    /// parquet: the folder of the tables, relative to the config file's folder; required.
+    pub path: Option<Spanned<String>>,
+    /// postgres: the connection URL (`postgres://…`); required, never printed.
+    pub url: Option<Spanned<String>>,
+    /// postgres: the schema of the tables, a lowercase SQL identifier; default `public`.
+    pub schema: Option<Spanned<String>>,
+}
+
+/// A job file: one metric loaded window by window into one table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJob {
+    /// Job name, a lowercase identifier; default: the file name without extension.
+    pub name: Option<Spanned<String>>,
+    /// What the metric means (becomes the table comment); required, non-empty.
+    pub description: Option<Spanned<String>>,
+    /// Name of a source of `chatetl.yaml`; required.
+    pub source: Option<Spanned<String>>,
+    /// The API endpoint read: `chat_sessions` (giosg); required.
+    pub endpoint: Option<Spanned<String>>,
+    /// The unit loaded and replaced: `hour` or `day`; required.
+    pub window: Option<Spanned<String>>,
+    /// Bucket size asked of the API: `all`, `hour` or `day` (hour windows: `all` or `hour`);
+    /// default: the window.
+    pub granularity: Option<Spanned<String>>,
+    /// Row scopes (`org`, `team`, `user`), non-empty, no repeats; default `[org]`.
+    pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Room ids to restrict to; default none (all rooms).
+    pub rooms: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The metrics, one column each; required, non-empty.
+    pub aggregations: Option<Spanned<Vec<Spanned<RawAggregation>>>>,
+    /// giosg filter, exactly as the API takes it; chatetl adds `scope` and `room_ids` itself.
+    pub filters: Option<Spanned<Node>>,
+    /// First local date of history (`2024-01-01`); required.
+    pub start: Option<Spanned<String>>,
+    /// Complete windows loaded again on every incremental run; default 1.
+    pub lookback_windows: Option<Spanned<RawNumber>>,
+    /// Cron expression with six fields, seconds first (`0 15 6 * * *`); default: none.
+    pub schedule: Option<Spanned<String>>,
+    /// Output table, a lowercase identifier; default: the job name.
+    pub table: Option<Spanned<String>>,
+    /// IANA zone of the windows; default: `time_zone` of `chatetl.yaml`.
+    pub time_zone: Option<Spanned<String>>,
+    /// Consecutive windows one request may cover, at least 1; default 31 for day windows and
+    /// 168 for hour windows; must be 1 (or left out) when granularity is `all`.
+    pub max_windows_per_request: Option<Spanned<RawNumber>>,
+}
+
+/// One entry of a job's `aggregations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAggregation {
+    /// `count`, `sum`, `avg` or `hyperUnique`; required.
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    /// The dimension aggregated; required except for `count`.
+    pub field: Option<Spanned<String>>,
+    /// Output column, a lowercase identifier unique within the job; required.
+    pub column: Option<Spanned<String>>,
+}
+
+/// A number as written: a YAML number, or text (such as `${VAR}`) parsed after expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum RawNumber {
+    Int(i128),
+    Float(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawNumber, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = RawNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawNumber, E> {
+                Ok(RawNumber::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawNumber, E> {
+                Ok(RawNumber::Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<RawNumber, E> {
+                Ok(RawNumber::Int(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawNumber, E> {
+                Ok(RawNumber::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawNumber, E> {
+                Ok(RawNumber::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
+/// Any YAML value, each part with its location.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Node {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<Node>>),
+    /// Entries in file order (duplicate keys are a parse error).
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+}
+
+impl Node {
+    /// The value of `key` when this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Spanned<Node>> {
+        match self {
+            Node::Map(entries) => entries.iter().find(|(k, _)| k.value == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
+        struct NodeVisitor;
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+                Node::deserialize(deserializer)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<Node, E> {
+                Ok(Node::Int(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Str(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Node, E> {
+                Ok(Node::Str(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(Node::Map(entries))
+            }
+        }
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+/// A YAML or serde problem: where, and what (without the location).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ParseError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Parses one YAML document into `T`, keeping the location of its top-level mapping.
+pub(super) fn parse<T: DeserializeOwned>(text: &str) -> Result<Spanned<T>, ParseError> {
+    let blank = text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#') || l == "---");
+    if blank {
+        let message = "the file is empty (expected a mapping of settings)".to_string();
+        return Err(ParseError { line: 1, column: 1, message });
+    }
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::from_str_with_options::<Spanned<T>>(text, options).map_err(|error| {
+        let mut inner = &error;
+        while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = inner
+        {
+            inner = error;
+        }
+        let message = serde_saphyr::UserMessageFormatter.format_message(inner).into_owned();
+        let (line, column) = error.location().map_or((1, 1), position);
+        ParseError { line, column, message }
+    })
+}
+
+/// 1-based line and column of `location` (1:1 when it is unknown).
+pub(super) fn position(location: Location) -> (usize, usize) {
+    if location == Location::UNKNOWN {
+        return (1, 1);
+    }
+    let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    (clamp(location.line()), clamp(location.column()))
+}

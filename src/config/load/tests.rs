@@ -1,0 +1,474 @@
+//! Loading real files from temporary folders: literal examples, and every kind of problem.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::{ConfigError, load, load_with_env};
+use crate::config::{Config, Endpoint, JobAggregation, Scope, SourceKind, Warehouse, WindowUnit};
+use crate::source::giosg::query::{AggregationKind, Filter, Granularity, Ordering};
+
+/// The `chatetl.yaml` of the documentation.
+const CONFIG: &str = r#"time_zone: Europe/Helsinki        # optional, default "UTC"
+jobs_dir: jobs
+sources:
+  giosg:
+    kind: giosg
+    base_url: ${GIOSG_BASE_URL:-https://api.giosg.com/}
+    token: ${GIOSG_TOKEN}
+    organization_id: ${GIOSG_ORG_ID}
+    concurrency: 4
+    requests_per_second: 5
+    timeout_secs: 60
+    max_retries: 5
+    max_retry_delay_secs: 60
+warehouse:
+  kind: parquet
+  path: ./warehouse
+"#;
+
+/// The job file of the documentation.
+const REAL_CHATS: &str = r#"name: real_chats
+description: Real chats (visitor or external, at least two user messages)
+source: giosg
+endpoint: chat_sessions
+window: day
+granularity: day
+scopes: [org, team, user]
+rooms: [ "2b5a4e8c-0000-4000-8000-000000000001" ]
+aggregations:
+  - type: count
+    field: chat_session_id
+    column: real_chats
+filters:
+  type: and
+  fields:
+    - type: or
+      fields:
+        - {type: selector, dimension: chat_type, value: visitor}
+        - {type: selector, dimension: chat_type, value: external}
+    - {type: bound, dimension: user_message_count, lower: 2, ordering: numeric}
+start: 2024-01-01
+lookback_windows: 1
+schedule: "0 15 6 * * *"
+table: real_chats
+time_zone: Europe/Helsinki
+max_windows_per_request: 31
+"#;
+
+/// A small valid job, to be broken line by line in tests.
+const SMALL_JOB: &str = "description: Chats
+source: giosg
+endpoint: chat_sessions
+window: day
+aggregations:
+  - {type: count, column: chats}
+start: 2024-01-01
+";
+
+/// A config folder with `chatetl.yaml` and `jobs/<name>` files.
+fn folder(config: &str, jobs: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("chatetl.yaml"), config).unwrap();
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    for (name, text) in jobs {
+        std::fs::write(dir.path().join("jobs").join(name), text).unwrap();
+    }
+    dir
+}
+
+/// The environment the documentation's config needs.
+fn env() -> HashMap<&'static str, &'static str> {
+    HashMap::from([("GIOSG_TOKEN", "tok-secret-123"), ("GIOSG_ORG_ID", "org-1")])
+}
+
+fn load_in(dir: &TempDir, env: &HashMap<&str, &str>) -> Result<Config, ConfigError> {
+    load_with_env(&dir.path().join("chatetl.yaml"), &|name| env.get(name).map(|v| v.to_string()))
+}
+
+/// Every diagnostic as `file:line:col: message`, the file relative to `dir`.
+fn errors_in(dir: &TempDir, env: &HashMap<&str, &str>) -> Vec<String> {
+    let error = load_in(dir, env).expect_err("the files should not load");
+    error
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let file = d.file.strip_prefix(dir.path()).unwrap_or(&d.file);
+            format!("{}:{}:{}: {}", file.display(), d.line, d.column, d.message)
+        })
+        .collect()
+}
+
+/// The single diagnostic of `errors`, which must start with `prefix`.
+#[track_caller]
+fn assert_only(errors: &[String], prefix: &str) {
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with(prefix), "expected `{prefix}…`, got {errors:#?}");
+}
+
+#[test]
+fn config_loads_the_documented_example() {
+    let dir = folder(CONFIG, &[("real_chats.yaml", REAL_CHATS)]);
+    let config = load_in(&dir, &env()).unwrap();
+
+    assert_eq!(config.path, dir.path().join("chatetl.yaml"));
+    assert_eq!(config.default_time_zone, chrono_tz::Europe::Helsinki);
+    assert_eq!(config.jobs_dir, dir.path().join("jobs"));
+    let Warehouse::Parquet { path } = &config.warehouse else { panic!("{:?}", config.warehouse) };
+    assert_eq!(path, &dir.path().join("./warehouse"));
+
+    let source = &config.sources["giosg"];
+    assert_eq!(source.name, "giosg");
+    assert_eq!(source.kind, SourceKind::Giosg);
+    assert_eq!(source.base_url, "https://api.giosg.com");
+    assert_eq!(source.token.expose(), "tok-secret-123");
+    assert_eq!(source.organization_id, "org-1");
+    assert_eq!(source.concurrency, 4);
+    assert_eq!(source.requests_per_second, 5.0);
+    assert_eq!((source.timeout_secs, source.max_retries, source.max_retry_delay_secs), (60, 5, 60));
+
+    assert_eq!(config.jobs.keys().collect::<Vec<_>>(), ["real_chats"]);
+    let job = &config.jobs["real_chats"];
+    assert_eq!(job.name, "real_chats");
+    assert_eq!(job.file, dir.path().join("jobs/real_chats.yaml"));
+    assert_eq!(job.description, "Real chats (visitor or external, at least two user messages)");
+    assert_eq!(job.source, "giosg");
+    assert_eq!(job.endpoint, Endpoint::ChatSessions);
+    assert_eq!(job.window, WindowUnit::Day);
+    assert_eq!(job.granularity, Granularity::Day);
+    assert_eq!(job.scopes, [Scope::Org, Scope::Team, Scope::User]);
+    assert_eq!(job.rooms, ["2b5a4e8c-0000-4000-8000-000000000001"]);
+    assert_eq!(
+        job.aggregations,
+        [JobAggregation {
+            kind: AggregationKind::Count,
+            field: Some("chat_session_id".into()),
+            column: "real_chats".into()
+        }]
+    );
+    let selector = |value: &str| Filter::Selector { dimension: "chat_type".into(), value: json!(value) };
+    let expected_filter = Filter::And {
+        fields: vec![
+            Filter::Or { fields: vec![selector("visitor"), selector("external")] },
+            Filter::Bound {
+                dimension: "user_message_count".into(),
+                lower: Some(json!(2)),
+                upper: None,
+                lower_strict: false,
+                upper_strict: false,
+                ordering: Ordering::Numeric,
+            },
+        ],
+    };
+    assert_eq!(job.filters, Some(expected_filter));
+    assert_eq!(job.start, NaiveDate::from_ymd_opt(2024, 1, 1).unwrap());
+    assert_eq!(job.lookback_windows, 1);
+    assert_eq!(job.schedule.as_deref(), Some("0 15 6 * * *"));
+    assert_eq!(job.table, "real_chats");
+    assert_eq!(job.time_zone, chrono_tz::Europe::Helsinki);
+    assert_eq!(job.max_windows_per_request, 31);
+}
+
+#[test]
+fn config_defaults_fill_what_a_minimal_job_leaves_out() {
+    let config = "sources:\n  giosg:\n    kind: giosg\n    base_url: http://127.0.0.1:9/\n    token: t\n    \
+                  organization_id: 7\nwarehouse:\n  kind: postgres\n  url: postgres://u:p@localhost/db\n";
+    let dir = folder(config, &[("hourly_chats.yaml", &SMALL_JOB.replace("window: day", "window: hour"))]);
+    // No `${VAR}` anywhere: the process environment is not consulted.
+    let config = load(&dir.path().join("chatetl.yaml")).unwrap();
+
+    assert_eq!(config.default_time_zone, chrono_tz::UTC);
+    let source = &config.sources["giosg"];
+    assert_eq!((source.base_url.as_str(), source.organization_id.as_str()), ("http://127.0.0.1:9", "7"));
+    assert_eq!((source.concurrency, source.requests_per_second, source.timeout_secs), (4, 5.0, 60));
+    assert_eq!((source.max_retries, source.max_retry_delay_secs), (5, 60));
+    let Warehouse::Postgres { schema, .. } = &config.warehouse else { panic!("{:?}", config.warehouse) };
+    assert_eq!(schema, "public");
+
+    let job = &config.jobs["hourly_chats"];
+    assert_eq!((job.name.as_str(), job.table.as_str()), ("hourly_chats", "hourly_chats"));
+    assert_eq!(job.granularity, Granularity::Hour);
+    assert_eq!(job.scopes, [Scope::Org]);
+    assert!(job.rooms.is_empty() && job.filters.is_none() && job.schedule.is_none());
+    assert_eq!(job.aggregations[0].field, None);
+    assert_eq!((job.lookback_windows, job.max_windows_per_request), (1, 168));
+    assert_eq!(job.time_zone, chrono_tz::UTC);
+}
+
+#[test]
+fn config_rejects_a_misspelled_key_with_its_location() {
+    let job = SMALL_JOB.replace("window: day\n", "window: day\ngranulrity: day\n");
+    let dir = folder(CONFIG, &[("chats.yaml", &job)]);
+    let errors = errors_in(&dir, &env());
+    assert_only(&errors, "jobs/chats.yaml:5:1: unknown field `granulrity`, expected one of ");
+    assert!(errors[0].contains("granularity"), "{errors:?}");
+}
+
+#[test]
+fn config_reports_every_problem_of_every_file_at_once() {
+    let config = CONFIG.replace("kind: parquet\n  path: ./warehouse", "kind: sqlite\n  path: ./warehouse");
+    let bad_fields = "description: \"\"
+source: gisog
+endpoint: chat_sessions
+window: week
+aggregations:
+  - {type: sum, field: chat_type, column: Sales}
+  - {type: count, column: bucket_start}
+start: 2024-13-01
+time_zone: Europe/Helsinky
+lookback_windows: -1
+schedule: 0 6 * * *
+";
+    let bad_yaml = "description: x\nsource: \"giosg\n";
+    let dir = folder(&config, &[("a.yaml", bad_fields), ("b.yaml", bad_yaml), ("c.yaml", SMALL_JOB)]);
+    let errors = errors_in(&dir, &env());
+    let expected = [
+        "chatetl.yaml:15:9: warehouse.kind: unknown warehouse kind `sqlite` (expected parquet or postgres)",
+        "jobs/a.yaml:1:14: description: expected a description, found an empty value",
+        "jobs/a.yaml:2:9: source: unknown source `gisog` (chatetl.yaml defines giosg)",
+        "jobs/a.yaml:4:9: window: unknown window `week` (expected hour or day)",
+        "jobs/a.yaml:6:24: aggregations[0].field: `sum` is not available for `chat_type` (allowed: order_count, \
+         user_message_count, visitor_message_count, sales, subscription_sales)",
+        "jobs/a.yaml:6:43: aggregations[0].column: `Sales` is not a valid identifier",
+        "jobs/a.yaml:7:27: aggregations[1].column: `bucket_start` is written by chatetl itself",
+        "jobs/a.yaml:8:8: start: expected a date like 2024-01-01, found `2024-13-01`",
+        "jobs/a.yaml:9:12: time_zone: unknown time zone `Europe/Helsinky`",
+        "jobs/a.yaml:10:19: lookback_windows: expected a whole number of at least 0, found `-1`",
+        "jobs/a.yaml:11:11: schedule: expected a cron expression with six fields",
+        "jobs/b.yaml:3:1: ",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, expected) in errors.iter().zip(expected) {
+        assert!(error.starts_with(expected), "expected `{expected}…`, got `{error}`");
+    }
+}
+
+#[test]
+fn config_reports_missing_keys_at_their_mapping() {
+    let job = "source: giosg\naggregations:\n  - type: sum\n    column: total\n";
+    let dir = folder(CONFIG, &[("chats.yaml", job)]);
+    let errors = errors_in(&dir, &env());
+    let expected = [
+        "jobs/chats.yaml:1:1: description: required key is missing",
+        "jobs/chats.yaml:1:1: endpoint: required key is missing",
+        "jobs/chats.yaml:1:1: window: required key is missing",
+        "jobs/chats.yaml:1:1: start: required key is missing",
+        "jobs/chats.yaml:3:5: aggregations[0].field: `sum` needs a field (expected one of order_count,",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, expected) in errors.iter().zip(expected) {
+        assert!(error.starts_with(expected), "expected `{expected}…`, got `{error}`");
+    }
+}
+
+#[test]
+fn config_checks_source_and_warehouse_settings_without_echoing_secrets() {
+    let config = "jobs_dir: missing
+sources:
+  giosg:
+    kind: giosg
+    base_url: ftp://x
+    token: \"\"
+    organization_id: o
+    concurrency: 0
+    requests_per_second: ${CFG_T4_RPS}
+warehouse:
+  kind: postgres
+  url: mysql://root:pw-secret@h/db
+  schema: Analytics
+  path: ./x
+";
+    let dir = folder(config, &[]);
+    let errors = errors_in(&dir, &HashMap::from([("CFG_T4_RPS", "-1")]));
+    let expected = [
+        format!(
+            "chatetl.yaml:1:11: jobs_dir: cannot read the jobs directory `{}`",
+            dir.path().join("missing").display()
+        ),
+        "chatetl.yaml:5:15: sources.giosg.base_url: expected an http:// or https:// URL, found `ftp://x`".into(),
+        "chatetl.yaml:6:12: sources.giosg.token: expected an API token, found an empty value".into(),
+        "chatetl.yaml:8:18: sources.giosg.concurrency: expected a whole number of at least 1, found `0`".into(),
+        "chatetl.yaml:9:26: sources.giosg.requests_per_second: expected a number greater than 0, found `-1`".into(),
+        "chatetl.yaml:12:8: warehouse.url: expected a postgres:// or postgresql:// URL".into(),
+        "chatetl.yaml:13:11: warehouse.schema: `Analytics` is not a valid identifier".into(),
+        "chatetl.yaml:14:9: warehouse.path: not used by a postgres warehouse".into(),
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, expected) in errors.iter().zip(&expected) {
+        assert!(error.starts_with(expected.as_str()), "expected `{expected}…`, got `{error}`");
+        assert!(!error.contains("pw-secret"), "{error}");
+    }
+}
+
+#[test]
+fn config_interpolates_variables_and_defaults_in_both_kinds_of_file() {
+    let config = CONFIG
+        .replace("concurrency: 4", "concurrency: ${CFG_T1_CONCURRENCY:-2}")
+        .replace("path: ./warehouse", "path: \"${CFG_T1_WAREHOUSE}\"");
+    let job = SMALL_JOB
+        .replace("description: Chats", "description: 'Chats of ${CFG_T1_TEAM}'")
+        .replace("start: 2024-01-01", "start: ${CFG_T1_START:-2023-06-01}\nrooms: [\"${CFG_T1_ROOM}\"]")
+        + "filters: {type: selector, dimension: chat_type, value: \"${CFG_T1_CHAT_TYPE:-visitor}\"}\n";
+    let dir = folder(&config, &[("chats.yaml", &job)]);
+    let mut env = env();
+    env.extend([
+        ("GIOSG_BASE_URL", "http://localhost:8080"),
+        ("CFG_T1_WAREHOUSE", "/srv/wh"),
+        ("CFG_T1_TEAM", "sales"),
+        ("CFG_T1_ROOM", ""),
+    ]);
+    let config = load_in(&dir, &env);
+    // An empty value counts as set, and an empty room id is then rejected.
+    assert!(config.is_err());
+    let errors = errors_in(&dir, &env);
+    assert_only(&errors, "jobs/chats.yaml:8:9: rooms[0]: expected a room id, found an empty value");
+
+    env.insert("CFG_T1_ROOM", "room-1");
+    let config = load_in(&dir, &env).unwrap();
+    let source = &config.sources["giosg"];
+    assert_eq!((source.base_url.as_str(), source.concurrency), ("http://localhost:8080", 2));
+    let Warehouse::Parquet { path } = &config.warehouse else { panic!() };
+    assert_eq!(path, Path::new("/srv/wh"));
+    let job = &config.jobs["chats"];
+    assert_eq!(job.description, "Chats of sales");
+    assert_eq!(job.start, NaiveDate::from_ymd_opt(2023, 6, 1).unwrap());
+    assert_eq!(job.rooms, ["room-1"]);
+    assert_eq!(job.filters, Some(Filter::Selector { dimension: "chat_type".into(), value: json!("visitor") }));
+}
+
+#[test]
+fn config_names_each_missing_variable_with_its_file_and_line() {
+    let job = SMALL_JOB.replace("description: Chats", "description: ${CFG_T2_DESCRIPTION}");
+    let dir = folder(CONFIG, &[("chats.yaml", &job)]);
+    let errors = errors_in(&dir, &HashMap::new());
+    let expected = [
+        "chatetl.yaml:7:12: sources.giosg.token: environment variable `GIOSG_TOKEN` is not set",
+        "chatetl.yaml:8:22: sources.giosg.organization_id: environment variable `GIOSG_ORG_ID` is not set",
+        "jobs/chats.yaml:1:14: description: environment variable `CFG_T2_DESCRIPTION` is not set",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, expected) in errors.iter().zip(expected) {
+        assert!(error.starts_with(expected), "expected `{expected}…`, got `{error}`");
+    }
+}
+
+#[test]
+fn config_debug_never_shows_the_token_or_the_database_password() {
+    let config = CONFIG.replace(
+        "kind: parquet\n  path: ./warehouse",
+        "kind: postgres\n  url: ${CFG_T3_DATABASE_URL}\n  schema: analytics",
+    );
+    let dir = folder(&config, &[("chats.yaml", SMALL_JOB)]);
+    let mut env = env();
+    env.insert("CFG_T3_DATABASE_URL", "postgres://etl:hunter2-pw@db:5432/metrics");
+    let config = load_in(&dir, &env).unwrap();
+    let Warehouse::Postgres { url, schema } = &config.warehouse else { panic!() };
+    assert_eq!((url.expose(), schema.as_str()), ("postgres://etl:hunter2-pw@db:5432/metrics", "analytics"));
+
+    for shown in [format!("{config:?}"), format!("{config:#?}")] {
+        assert!(!shown.contains("tok-secret-123") && !shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}
+
+#[test]
+fn config_rejects_scope_filters_and_points_inside_filters() {
+    let job = format!(
+        "{SMALL_JOB}filters:
+  type: and
+  fields:
+    - {{type: selector, dimension: chat_type, value: visitor}}
+    - type: not
+      field: {{type: selector, dimension: scope, value: org}}
+    - {{type: bound, dimension: mood, lower: 1}}
+"
+    );
+    let dir = folder(CONFIG, &[("chats.yaml", &job)]);
+    let errors = errors_in(&dir, &env());
+    let expected = [
+        "jobs/chats.yaml:13:14: filters.fields[1].field: filtering on `scope` is not allowed: chatetl adds the scope \
+         selector itself; list the scopes in `scopes` instead",
+        "jobs/chats.yaml:14:32: filters.fields[2].dimension: unknown dimension `mood`",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, expected) in errors.iter().zip(expected) {
+        assert!(error.starts_with(expected), "expected `{expected}…`, got `{error}`");
+    }
+}
+
+#[test]
+fn config_reports_a_malformed_filter_at_the_operand_that_fails() {
+    let job = format!(
+        "{SMALL_JOB}filters:
+  type: or
+  fields:
+    - {{type: selector, dimension: chat_type, value: visitor}}
+    - {{type: regex, dimension: chat_type}}
+    - {{type: selector, dimension: chat_type, value: x, extra: 1}}
+"
+    );
+    let dir = folder(CONFIG, &[("chats.yaml", &job)]);
+    let errors = errors_in(&dir, &env());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("jobs/chats.yaml:12:7: filters.fields[1]: unknown variant `regex`"), "{errors:?}");
+    assert!(errors[1].starts_with("jobs/chats.yaml:13:7: filters.fields[2]: unknown field `extra`"), "{errors:?}");
+}
+
+#[test]
+fn config_keeps_granularity_within_the_window() {
+    let hourly = SMALL_JOB.replace("window: day", "window: hour\ngranularity: day");
+    let all = SMALL_JOB.replace("window: day", "window: day\ngranularity: all\nmax_windows_per_request: 31");
+    let dir = folder(CONFIG, &[("a.yaml", &hourly), ("b.yaml", &all)]);
+    let errors = errors_in(&dir, &env());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("jobs/a.yaml:5:14: granularity: `day` buckets do not fit in an hour window"));
+    assert!(errors[1].starts_with("jobs/b.yaml:6:26: max_windows_per_request: granularity `all` gives one bucket"));
+
+    let all = SMALL_JOB.replace("window: day", "window: hour\ngranularity: all");
+    let dir = folder(CONFIG, &[("a.yaml", &all)]);
+    let job = &load_in(&dir, &env()).unwrap().jobs["a"];
+    assert_eq!((job.granularity, job.max_windows_per_request), (Granularity::All, 1));
+}
+
+#[test]
+fn config_rejects_duplicate_job_names_and_tables_in_the_later_file() {
+    let renamed = format!("name: chats\n{SMALL_JOB}");
+    let same_table = format!("table: chats\n{SMALL_JOB}");
+    let dir = folder(
+        CONFIG,
+        &[("chats.yaml", SMALL_JOB), ("copy.yaml", &renamed), ("other.yml", &same_table), ("notes.txt", "x")],
+    );
+    let errors = errors_in(&dir, &env());
+    let first = dir.path().join("jobs/chats.yaml");
+    let expected = [
+        format!("jobs/copy.yaml:1:7: name: job `chats` is already defined in {}", first.display()),
+        format!("jobs/other.yml:1:8: table: table `chats` is already written by job `chats` ({})", first.display()),
+    ];
+    assert_eq!(errors, expected);
+}
+
+#[test]
+fn config_still_checks_job_files_when_chatetl_yaml_has_an_unknown_key() {
+    let config = CONFIG.replace("jobs_dir: jobs", "jobs_dir: jobs\njob_dir: jobs");
+    let job = SMALL_JOB.replace("source: giosg", "source: other");
+    let dir = folder(&config, &[("chats.yaml", &job)]);
+    let errors = errors_in(&dir, &env());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("chatetl.yaml:3:1: unknown field `job_dir`"), "{errors:?}");
+    assert!(errors[1].starts_with("jobs/chats.yaml:2:9: source: unknown source `other`"), "{errors:?}");
+}
+
+#[test]
+fn config_error_display_is_one_located_line_per_problem() {
+    let dir = folder(CONFIG, &[("a.yaml", "# nothing yet\n"), ("b.yaml", "window: \"day\n")]);
+    let error = load_in(&dir, &env()).unwrap_err();
+    let shown = error.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    let a = dir.path().join("jobs/a.yaml");
+    assert_eq!(lines[0], format!("{}:1:1: the file is empty (expected a mapping of settings)", a.display()));
+    assert!(lines[1].starts_with(&format!("{}:", dir.path().join("jobs/b.yaml").display())), "{shown}");
+}
