@@ -2,9 +2,12 @@
 //!
 //! Owns: parsing IANA zone names, the start of a local day (never `.single().unwrap()`: some zones
 //! skip midnight, and 02:30 can be ambiguous), and the millisecond RFC 3339 rendering giosg uses
-//! (`2019-01-01T00:00:00.000+02:00`). Everything else asks here rather than calling chrono-tz ad hoc.
+//! (`2019-01-01T00:00:00.000+02:00`), the UTC offset in force at an instant and where it changes.
+//! Everything else asks here rather than calling chrono-tz ad hoc.
 
-use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{
+    DateTime, Duration, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 
 /// Parses an IANA time zone name such as `Europe/Helsinki`.
@@ -24,8 +27,9 @@ pub fn local_day_start(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
 /// Maps a local wall-clock time to an instant: the earlier one when ambiguous, and the first
 /// existing minute after it when it falls into a gap.
 pub fn local_to_utc(tz: Tz, mut naive: NaiveDateTime) -> DateTime<Utc> {
-    // Gaps are at most a few hours long; step by a minute until the wall clock exists again.
-    for _ in 0..(24 * 60) {
+    // Gaps are at most a day long (Pacific/Apia skipped 2011-12-30 whole); step by a minute until
+    // the wall clock exists again.
+    for _ in 0..=(24 * 60) {
         match tz.from_local_datetime(&naive) {
             LocalResult::Single(t) => return t.with_timezone(&Utc),
             LocalResult::Ambiguous(earlier, _) => return earlier.with_timezone(&Utc),
@@ -38,6 +42,37 @@ pub fn local_to_utc(tz: Tz, mut naive: NaiveDateTime) -> DateTime<Utc> {
 /// The local date of instant `t` in `tz`.
 pub fn local_date(tz: Tz, t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&tz).date_naive()
+}
+
+/// The UTC offset in force in `tz` at instant `t`.
+pub fn utc_offset(tz: Tz, t: DateTime<Utc>) -> FixedOffset {
+    tz.offset_from_utc_datetime(&t.naive_utc()).fix()
+}
+
+/// The first instant in `(after, until]` at which `tz`'s UTC offset differs from the one in force
+/// at `after`, or `None` when it does not change.
+///
+/// Meant for spans of an hour or so: it compares the two ends and bisects between them, so two
+/// changes that cancel each other out inside the span go unseen (no zone changes its offset twice
+/// within hours).
+pub fn first_offset_change(tz: Tz, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let before = utc_offset(tz, after);
+    if until <= after || utc_offset(tz, until) == before {
+        return None;
+    }
+    // Offsets change on whole seconds, so bisect over whole seconds: the offset at `lo` is
+    // `before`, the offset at `hi` is not.
+    let at = |secs: i64| DateTime::from_timestamp(secs, 0).expect("between two valid instants");
+    let (mut lo, mut hi) = (after.timestamp(), until.timestamp());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if utc_offset(tz, at(mid)) == before {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(at(hi))
 }
 
 /// Renders `t` in `tz`'s offset at that instant with milliseconds, as giosg does:
@@ -87,6 +122,30 @@ mod tests {
         let tz: Tz = "America/Santiago".parse().unwrap();
         let start = local_day_start(tz, NaiveDate::from_ymd_opt(2026, 9, 6).unwrap());
         assert_eq!(format_ms_in(tz, start), "2026-09-06T01:00:00.000-03:00");
+    }
+
+    #[test]
+    fn apia_skipped_day_starts_when_the_next_one_does() {
+        // Samoa jumped from 2011-12-29 23:59:59-10:00 to 2011-12-31 00:00:00+14:00.
+        let tz: Tz = "Pacific/Apia".parse().unwrap();
+        let d = |day| NaiveDate::from_ymd_opt(2011, 12, day).unwrap();
+        assert_eq!(local_day_start(tz, d(30)), local_day_start(tz, d(31)));
+        assert_eq!((local_day_start(tz, d(31)) - local_day_start(tz, d(29))).num_hours(), 24);
+    }
+
+    #[test]
+    fn finds_the_instant_the_offset_changes() {
+        let tz: Tz = "Europe/Helsinki".parse().unwrap();
+        let utc = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        // 2024-10-27 04:00+03:00 becomes 03:00+02:00 at 01:00Z.
+        let change = utc("2024-10-27T01:00:00Z");
+        assert_eq!(utc_offset(tz, change).local_minus_utc(), 2 * 3600);
+        assert_eq!(utc_offset(tz, change - Duration::seconds(1)).local_minus_utc(), 3 * 3600);
+        let found = first_offset_change(tz, utc("2024-10-27T00:17:03.5Z"), utc("2024-10-27T01:40:00Z"));
+        assert_eq!(found, Some(change));
+        assert_eq!(first_offset_change(tz, change - Duration::hours(1), change), Some(change));
+        assert_eq!(first_offset_change(tz, change, change + Duration::hours(1)), None);
+        assert_eq!(first_offset_change(tz, utc("2024-06-01T00:00:00Z"), utc("2024-06-02T00:00:00Z")), None);
     }
 
     #[test]
