@@ -1,23 +1,39 @@
 //! chatetl exports chat-analytics metrics from vendor reporting APIs (giosg, Thulium, Comm100)
 //! into a warehouse (PostgreSQL tables or Parquet partitions) on a schedule.
 //!
-//! See `../shared/DESIGN.md` (in the project's shared folder) for the data flow and contracts.
+//! See `../shared/DESIGN.md` (in the project's shared folder) for the data flow and contracts:
+//! config → plan → source → batch → sink → state, one direction.
 //!
 //! # Layout
 //!
-//! - `main.rs`: the CLI (clap): parses arguments, calls into this library, maps errors to exit codes.
+//! - `main.rs`, `commands.rs`: the CLI (clap): parses arguments, calls into this library, prints
+//!   results, maps errors to exit codes.
 //! - [`config`]: `chatetl.yaml` and job files: types, `${ENV}` interpolation, validation.
 //! - [`plan`]: windows in a job's time zone (local days, wall-clock hours), incremental catch-up
 //!   with lookback, `--from`/`--to` ranges, and chunks of windows per request (pure).
-//! - [`telemetry`]: tracing set-up shared by every subcommand (`--log-format`, `-v`/`-q`).
-//! - [`time`]: DST-safe local days and giosg's millisecond timestamps.
-//! - [`source`]: the vendors' wire formats; today giosg's chat_sessions query language.
+//! - [`source`]: one module per upstream API behind [`source::Source`]; `source::http` is the shared
+//!   client (auth, timeouts, retries honouring `Retry-After`, rate and concurrency limits).
+//! - [`batch`]: a job's output schema and the Arrow `RecordBatch` of one window.
+//! - [`sink`]: PostgreSQL (delete-then-`COPY` in one transaction with the state) and Parquet (one
+//!   file per window, atomically renamed into place).
+//! - [`state`]: watermarks, window loads and run history, and how a watermark moves.
+//! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation, run records.
+//! - [`demo`]: `chatetl demo`: the simulator and every shipped job into a local warehouse.
+//! - [`readback`]: reading results back from a warehouse (the demo's summary).
 //! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
 //!   faults and a request log.
+//! - [`telemetry`]: tracing set-up shared by every subcommand (`--log-format`, `-v`/`-q`).
+//! - [`time`]: DST-safe local days and giosg's millisecond timestamps.
 
+pub mod batch;
 pub mod config;
+pub mod demo;
 pub mod plan;
+pub mod readback;
+pub mod runner;
 pub mod simulator;
+pub mod sink;
 pub mod source;
+pub mod state;
 pub mod telemetry;
 pub mod time;

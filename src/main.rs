@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chatetl::simulator::{Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
 use chatetl::telemetry::{self, LogFormat};
+
+mod commands;
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
@@ -33,9 +35,130 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check chatetl.yaml and every job file; report every problem with file:line:col.
+    #[command(after_help = "Examples:\n  chatetl validate\n  chatetl --config deploy/chatetl.postgres.yaml validate")]
+    Validate,
+    /// Print a job's windows and the exact request bodies; send nothing.
+    #[command(after_help = PLAN_EXAMPLES)]
+    Plan(PlanArgs),
+    /// Load jobs: without a range, incrementally from each watermark; with one, reload exactly it.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Load a long range in chunks, with bounded concurrency and a progress bar; resumable.
+    #[command(after_help = BACKFILL_EXAMPLES)]
+    Backfill(BackfillArgs),
+    /// Per job: watermark, last run, rows and last error.
+    #[command(after_help = "Examples:\n  chatetl status\n  chatetl status --json | jq '.[].watermark'")]
+    Status(StatusArgs),
     /// Serve the vendor APIs on loopback from a deterministic synthetic dataset.
     #[command(after_help = SIMULATE_EXAMPLES)]
     Simulate(SimulateArgs),
+    /// Built-in simulator + every shipped job -> a local warehouse, then a summary.
+    #[command(after_help = DEMO_EXAMPLES)]
+    Demo(DemoArgs),
+}
+
+const RANGE_HELP: &str = "Dates (YYYY-MM-DD) are whole days in the job's time zone, both ends inclusive;
+RFC 3339 datetimes (2024-03-31T00:00:00+03:00) make a half-open range.";
+
+const PLAN_EXAMPLES: &str = "\
+Examples:
+  chatetl plan --job real_chats --from 2024-03-01 --to 2024-03-31
+  chatetl plan --job real_chats            # what the next incremental run would load";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  chatetl run                                         # every job, from its watermark
+  chatetl run --job real_chats --job short_chats
+  chatetl run --job real_chats --from 2024-03-01 --to 2024-03-31   # reload March
+Exit codes: 0 every window loaded; 1 some window failed (the others are kept); 2 bad usage or configuration.";
+
+const BACKFILL_EXAMPLES: &str = "\
+Examples:
+  chatetl backfill --job real_chats --from 2023-01-01 --to 2023-12-31 --concurrency 4
+Re-running the same command skips windows already loaded with the job's current definition
+(--force reloads them). A backfill never moves a watermark backwards.";
+
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  chatetl demo                          # last 30 days into ./warehouse (Parquet)
+  chatetl demo --days 7 --out /tmp/wh
+  chatetl demo --postgres postgres://postgres@127.0.0.1:5432/postgres   # schema chatetl_demo";
+
+#[derive(Debug, Args)]
+struct RangeArgs {
+    /// Start of the range (see below).
+    #[arg(long, value_name = "DATE|DATETIME", requires = "to")]
+    from: Option<String>,
+    /// End of the range (a date is inclusive).
+    #[arg(long, value_name = "DATE|DATETIME", requires = "from")]
+    to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = RANGE_HELP)]
+struct PlanArgs {
+    /// The job to plan.
+    #[arg(long)]
+    job: String,
+    #[command(flatten)]
+    range: RangeArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = RANGE_HELP)]
+struct RunArgs {
+    /// Jobs to run (repeatable); all jobs when omitted.
+    #[arg(long = "job", value_name = "NAME")]
+    jobs: Vec<String>,
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Requests (chunks) in flight per job.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = RANGE_HELP)]
+struct BackfillArgs {
+    /// The job to backfill.
+    #[arg(long)]
+    job: String,
+    /// First day (or instant) of the range.
+    #[arg(long, value_name = "DATE|DATETIME")]
+    from: String,
+    /// Last day (inclusive) or end instant.
+    #[arg(long, value_name = "DATE|DATETIME")]
+    to: String,
+    /// Requests (chunks) in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Reload windows that are already loaded.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Complete days to load, ending yesterday.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Parquet warehouse folder.
+    #[arg(long, default_value = "warehouse")]
+    out: PathBuf,
+    /// Load into this PostgreSQL database (schema chatetl_demo) instead of Parquet.
+    #[arg(long, value_name = "URL", env = "CHATETL_DEMO_POSTGRES", hide_env_values = true)]
+    postgres: Option<String>,
+    /// Average chat sessions per simulated day.
+    #[arg(long, default_value_t = 200)]
+    sessions_per_day: u32,
 }
 
 const SIMULATE_EXAMPLES: &str = "\
@@ -124,7 +247,7 @@ struct SimulateArgs {
 /// An error the user can fix by changing arguments or configuration: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -147,8 +270,29 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Validate => {
+            let config = load_config(&cli.config)?;
+            println!(
+                "{}: ok ({} sources, {} jobs in {})",
+                cli.config.display(),
+                config.sources.len(),
+                config.jobs.len(),
+                config.jobs_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan(args) => commands::plan(load_config(&cli.config)?, args).await,
+        Command::Run(args) => commands::run(load_config(&cli.config)?, args).await,
+        Command::Backfill(args) => commands::backfill(load_config(&cli.config)?, args).await,
+        Command::Status(args) => commands::status(load_config(&cli.config)?, args).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::Demo(args) => commands::demo(args).await,
     }
+}
+
+/// Loads the configuration; every problem is a usage error (exit 2).
+fn load_config(path: &std::path::Path) -> anyhow::Result<chatetl::config::Config> {
+    chatetl::config::load(path).map_err(|e| UsageError(e.to_string()).into())
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,8 @@
 //!
 //! Everything runs against real parts: the simulator over HTTP on loopback, the `chatetl` binary.
 
+mod exporter;
+mod jobs;
 mod simulator_api;
 mod simulator_cli;
 mod simulator_faults;

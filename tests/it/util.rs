@@ -101,3 +101,87 @@ pub async fn post_query(sim: &RunningSimulator, org: &str, token: Option<&str>, 
     let text = resp.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
+
+/// A fresh database per test, created from `DATABASE_URL` (set by scripts/test) and dropped after.
+pub struct TestDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        use sqlx::Connection;
+        let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set: run the suite with scripts/test");
+        let name = format!("chatetl_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b.to_string(), format!("?{q}")),
+            None => (admin_url.clone(), String::new()),
+        };
+        let prefix = &base[..base.rfind('/').expect("a database path in DATABASE_URL")];
+        TestDb { url: format!("{prefix}/{name}{query}"), admin_url, name }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Where a test's configuration sends data.
+pub enum TestWarehouse<'a> {
+    Parquet(&'a Path),
+    Postgres(&'a str),
+}
+
+/// Writes a chatetl.yaml for the running simulator (organization 0) plus `jobs` (file name, text)
+/// into `dir`; returns the config path. Retries are quick and limits generous.
+pub fn write_config(dir: &Path, sim: &RunningSimulator, token: &str, warehouse: TestWarehouse, jobs: &[(&str, String)]) -> PathBuf {
+    let org = sim.handle.dataset().organizations[0].id.clone();
+    let wh = match warehouse {
+        TestWarehouse::Parquet(p) => format!("  kind: parquet\n  path: {}\n", p.display()),
+        TestWarehouse::Postgres(url) => format!("  kind: postgres\n  url: {url}\n  schema: analytics\n"),
+    };
+    let config = format!(
+        "time_zone: Europe/Helsinki\njobs_dir: jobs\nsources:\n  giosg:\n    kind: giosg\n    base_url: {}\n    token: {token}\n    organization_id: {org}\n    concurrency: 8\n    requests_per_second: 1000\n    timeout_secs: 10\n    max_retries: 3\n    max_retry_delay_secs: 1\nwarehouse:\n{wh}",
+        sim.base_url()
+    );
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    let path = dir.join("chatetl.yaml");
+    std::fs::write(&path, config).unwrap();
+    for (name, text) in jobs {
+        std::fs::write(dir.join("jobs").join(name), text).unwrap();
+    }
+    path
+}
+
+/// The shipped job files, optionally with their `start:` replaced.
+pub fn shipped_jobs(start: Option<&str>) -> Vec<(&'static str, String)> {
+    chatetl::demo::shipped::JOBS
+        .iter()
+        .map(|(name, text)| {
+            let text = match start {
+                Some(s) => text.lines().map(|l| if l.starts_with("start:") { format!("start: {s}") } else { l.to_string() }).collect::<Vec<_>>().join("\n") + "\n",
+                None => text.to_string(),
+            };
+            (*name, text)
+        })
+        .collect()
+}

@@ -1,0 +1,246 @@
+//! The exporter's subcommands: resolve arguments against the configuration, call the library,
+//! print results. Output that scripts read (plan bodies, status JSON, summaries) goes to stdout;
+//! logs go to stderr.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chatetl::config::{Config, Job, Secret};
+use chatetl::plan::{self, Window};
+use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
+use chatetl::source::Source;
+use chrono::{DateTime, Utc};
+
+use crate::{BackfillArgs, DemoArgs, PlanArgs, RangeArgs, RunArgs, StatusArgs, UsageError};
+
+/// The job named `name`, or a usage error listing the known ones.
+fn job<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Job> {
+    config.jobs.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.jobs.keys().map(String::as_str).collect();
+        UsageError(format!("unknown job `{name}` (jobs in {}: {})", config.jobs_dir.display(), known.join(", "))).into()
+    })
+}
+
+/// The windows of `range` for `job`, or `None` when no range was given.
+fn range_windows(job: &Job, range: &RangeArgs) -> anyhow::Result<Option<Vec<Window>>> {
+    let (Some(from), Some(to)) = (&range.from, &range.to) else { return Ok(None) };
+    let (from, to) =
+        plan::parse_range(from, to, job.time_zone).map_err(|e| UsageError(format!("job {}: {e}", job.name)))?;
+    Ok(Some(plan::windows_overlapping(job.window, job.time_zone, from, to)))
+}
+
+pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let job = job(&config, &args.job)?.clone();
+    let windows = match range_windows(&job, &args.range)? {
+        Some(w) => w,
+        None => {
+            let runner = Runner::open(config.clone()).await?;
+            runner.incremental_windows(&job, Utc::now()).await?
+        }
+    };
+    let source_config =
+        config.sources.get(&job.source).with_context(|| format!("job {}: unknown source {}", job.name, job.source))?;
+    let source = Source::new(source_config).map_err(anyhow::Error::msg)?;
+    let chunks = plan::chunk(&windows, job.max_windows_per_request);
+    let requests: usize = chunks.iter().map(|c| source.requests(&job, c).len()).sum();
+    println!(
+        "job {}: {} {:?} windows in {} ({}), {} requests",
+        job.name,
+        windows.len(),
+        job.window,
+        job.time_zone.name(),
+        if windows.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },
+        requests
+    );
+    for chunk in &chunks {
+        let first = chunk[0].label(job.window, job.time_zone);
+        let last = chunk[chunk.len() - 1].label(job.window, job.time_zone);
+        println!("\n# windows {first} .. {last} ({} windows)", chunk.len());
+        for req in source.requests(&job, chunk) {
+            println!("{} {}", req.method, req.url);
+            if let Some(body) = &req.body {
+                println!("{}", serde_json::to_string_pretty(body)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> =
+        if args.jobs.is_empty() { config.jobs.keys().cloned().collect() } else { args.jobs.clone() };
+    let mut jobs = Vec::new();
+    for name in &names {
+        let job = job(&config, name)?.clone();
+        let windows = range_windows(&job, &args.range)?;
+        jobs.push((job, windows));
+    }
+    let runner = Runner::open(config).await?;
+    let mut reports = Vec::new();
+    let mut fatal = Vec::new();
+    for (job, windows) in jobs {
+        let (kind, windows) = match windows {
+            Some(w) => (RunKind::Range, w),
+            None => (RunKind::Incremental, runner.incremental_windows(&job, Utc::now()).await?),
+        };
+        let opts = RunOptions { kind, concurrency: args.concurrency, progress: Progress::Auto, force: true };
+        match runner.run(&job, windows, &opts).await {
+            Ok(r) => reports.push(r),
+            Err(e) => fatal.push(format!("job {}: {e:#}", job.name)),
+        }
+    }
+    finish(&reports, &fatal)
+}
+
+pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    let job = job(&config, &args.job)?.clone();
+    let range = RangeArgs { from: Some(args.from), to: Some(args.to) };
+    let windows = range_windows(&job, &range)?.expect("range given");
+    let runner = Runner::open(config).await?;
+    let opts = RunOptions {
+        kind: RunKind::Backfill,
+        concurrency: args.concurrency,
+        progress: Progress::Auto,
+        force: args.force,
+    };
+    let report = runner.run(&job, windows, &opts).await?;
+    finish(&[report], &[])
+}
+
+/// Prints the run summary and failures; exit 1 when anything failed.
+fn finish(reports: &[RunReport], fatal: &[String]) -> anyhow::Result<ExitCode> {
+    println!("{}", summary_table(reports));
+    for r in reports {
+        for f in &r.failures {
+            eprintln!("error: {}", f.message);
+        }
+        if r.definition_changed {
+            eprintln!("warning: job {}: its definition changed since its history was loaded", r.job);
+        }
+    }
+    for f in fatal {
+        eprintln!("error: {f}");
+    }
+    let failed = !fatal.is_empty() || reports.iter().any(|r| !r.ok());
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Per job: windows, loaded, skipped, failed, rows, requests, retries, seconds.
+pub fn summary_table(reports: &[RunReport]) -> String {
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.job.clone(),
+                r.windows_planned.to_string(),
+                r.windows_loaded.to_string(),
+                r.windows_skipped.to_string(),
+                r.windows_failed.to_string(),
+                r.rows.to_string(),
+                r.requests.to_string(),
+                r.retries.to_string(),
+                format!("{:.2}", r.elapsed.as_secs_f64()),
+            ]
+        })
+        .collect();
+    table(&["job", "windows", "loaded", "skipped", "failed", "rows", "requests", "retries", "seconds"], &rows)
+}
+
+/// A plain text table with aligned columns (numbers right-aligned).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let numeric = |i: usize| rows.iter().all(|r| r[i].parse::<f64>().is_ok() || r[i] == "-") && !rows.is_empty();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i > 0 && numeric(i) { format!("{c:>w$}", w = widths[i]) } else { format!("{c:<w$}", w = widths[i]) }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.to_vec())];
+    for row in rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> = config.jobs.keys().cloned().collect();
+    let zones: std::collections::BTreeMap<String, chrono_tz::Tz> =
+        config.jobs.values().map(|j| (j.name.clone(), j.time_zone)).collect();
+    let runner = Runner::open(config).await?;
+    let statuses = runner.sink.status(&names).await?;
+    if args.json {
+        let out: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).expect("serializable");
+                v["watermark_lag_secs"] = serde_json::json!(s.watermark.map(|w| (Utc::now() - w).num_seconds()));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let local = |t: Option<DateTime<Utc>>, job: &str| match (t, zones.get(job)) {
+        (Some(t), Some(tz)) => t.with_timezone(tz).format("%Y-%m-%d %H:%M %Z").to_string(),
+        _ => "-".to_string(),
+    };
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|s| {
+            let last = s.last_run.as_ref();
+            vec![
+                s.job.clone(),
+                local(s.watermark, &s.job),
+                last.map(|r| format!("{} {}", r.status, local(r.finished_at.or(Some(r.started_at)), &s.job)))
+                    .unwrap_or("-".into()),
+                s.windows_loaded.to_string(),
+                s.rows_loaded.to_string(),
+                s.last_error.clone().map(|e| e.chars().take(80).collect()).unwrap_or("-".into()),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["job", "watermark", "last run", "windows", "rows", "last error"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let opts = chatetl::demo::DemoOptions {
+        days: args.days,
+        out: args.out,
+        postgres: args.postgres.map(Secret::new),
+        sessions_per_day: args.sessions_per_day,
+    };
+    let summary = chatetl::demo::run(&opts).await?;
+    println!("chatetl demo: simulator -> {} in {:.1} s\n", summary.warehouse, summary.seconds);
+    println!("{}", summary_table(&summary.reports));
+    if !summary.sample.is_empty() {
+        let fmt = |v: Option<f64>| {
+            v.map(|x| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.2}") }).unwrap_or("-".into())
+        };
+        let rows: Vec<Vec<String>> =
+            summary.sample.iter().map(|(d, a, b, c)| vec![d.clone(), fmt(*a), fmt(*b), fmt(*c)]).collect();
+        println!(
+            "\nlast days, organization scope:\n{}",
+            table(&["date", "real_chats", "sales_in_real_chats", "unique_visitors"], &rows)
+        );
+    }
+    let failed = summary.reports.iter().any(|r| !r.ok());
+    for r in &summary.reports {
+        for f in &r.failures {
+            eprintln!("error: {}", f.message);
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,373 @@
+//! Executing a plan: windows of a job fetched, built, and committed chunk by chunk.
+//!
+//! Owns: [`Runner`] (the configuration, the open warehouse and one [`Source`] per configured
+//! source), the three ways windows are chosen (incremental from the watermark, an explicit range,
+//! a backfill that skips windows already loaded with the same definition), bounded concurrency
+//! across chunks, progress (a bar on a terminal, a log line per chunk otherwise), error isolation
+//! (a failed chunk keeps its windows' old rows and the others go on), and the run record.
+//!
+//! A chunk is the set of consecutive windows one request per scope covers; its windows commit
+//! together, after every scope's request succeeded, so no window is ever half-loaded.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::batch::{self, TableSchema, WindowBatch};
+use crate::config::{Config, Job};
+use crate::plan::{self, Window};
+use crate::sink::{Commit, Sink, SinkError};
+use crate::source::Source;
+use crate::state::{RunRecord, definition_hash};
+use crate::time::local_day_start;
+
+/// A problem that stops a whole job run (as opposed to one chunk failing).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("job {job}: source `{name}` is not configured")]
+    UnknownSource { job: String, name: String },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("{0}")]
+    Source(String),
+}
+
+/// Why this run happens; recorded in the run history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// `chatetl run` without a range: from the watermark.
+    Incremental,
+    /// `chatetl run --from --to`: exactly that range, reloaded.
+    Range,
+    /// `chatetl backfill`: a range, skipping windows already loaded.
+    Backfill,
+    /// `chatetl demo`.
+    Demo,
+}
+
+impl RunKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Incremental => "run",
+            RunKind::Range => "run-range",
+            RunKind::Backfill => "backfill",
+            RunKind::Demo => "demo",
+        }
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A bar on stderr when it is a terminal, else a log line per chunk.
+    Auto,
+    /// Log lines only.
+    Log,
+}
+
+/// Options of one job run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub kind: RunKind,
+    /// Chunks (requests per scope) in flight at once.
+    pub concurrency: usize,
+    pub progress: Progress,
+    /// Reload windows already loaded with the current definition (backfill skips them otherwise).
+    pub force: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { kind: RunKind::Range, concurrency: 2, progress: Progress::Auto, force: false }
+    }
+}
+
+/// A chunk that failed: its windows and the cause.
+#[derive(Debug, Clone)]
+pub struct ChunkFailure {
+    pub first: Window,
+    pub last: Window,
+    pub windows: usize,
+    pub message: String,
+}
+
+/// What one job run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub run_id: String,
+    pub windows_planned: usize,
+    pub windows_skipped: usize,
+    pub windows_loaded: usize,
+    pub windows_failed: usize,
+    pub rows: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub elapsed: Duration,
+    pub failures: Vec<ChunkFailure>,
+    /// The stored definition differs from the job file's (its history was loaded differently).
+    pub definition_changed: bool,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Sources, warehouse and configuration, ready to run jobs.
+pub struct Runner {
+    pub config: Config,
+    pub sink: Arc<Sink>,
+    sources: BTreeMap<String, Arc<Source>>,
+}
+
+impl Runner {
+    /// Opens the warehouse and builds a client per source.
+    pub async fn open(config: Config) -> Result<Runner, RunError> {
+        let sink = Sink::open(&config.warehouse).await?;
+        Runner::with_sink(config, sink)
+    }
+
+    /// A runner over an already open warehouse.
+    pub fn with_sink(config: Config, sink: Sink) -> Result<Runner, RunError> {
+        let sources = config
+            .sources
+            .iter()
+            .map(|(name, s)| Ok((name.clone(), Arc::new(Source::new(s).map_err(RunError::Source)?))))
+            .collect::<Result<_, RunError>>()?;
+        Ok(Runner { config, sink: Arc::new(sink), sources })
+    }
+
+    /// Replaces a source (tests: a client with short retry delays).
+    pub fn set_source(&mut self, name: &str, source: Source) {
+        self.sources.insert(name.to_string(), Arc::new(source));
+    }
+
+    /// The source of `job`.
+    pub fn source_of(&self, job: &Job) -> Result<Arc<Source>, RunError> {
+        self.sources
+            .get(&job.source)
+            .cloned()
+            .ok_or_else(|| RunError::UnknownSource { job: job.name.clone(), name: job.source.clone() })
+    }
+
+    /// The windows an incremental run at `now` loads.
+    pub async fn incremental_windows(&self, job: &Job, now: DateTime<Utc>) -> Result<Vec<Window>, RunError> {
+        let state = self.sink.job_state(&job.name).await?;
+        Ok(plan::incremental(
+            job.window,
+            job.time_zone,
+            job.start,
+            state.watermark,
+            now,
+            job.lookback_windows,
+            chrono::Duration::zero(),
+            false,
+        ))
+    }
+
+    /// Loads `windows` of `job` (any order; they are sorted and chunked).
+    pub async fn run(&self, job: &Job, mut windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let source = self.source_of(job)?;
+        let schema = TableSchema::for_job(job);
+        let hash = definition_hash(job);
+        let history_start = local_day_start(job.time_zone, job.start);
+        let state = self.sink.prepare(job, &schema, history_start, &hash).await?;
+        let definition_changed = state.definition_hash.as_deref().is_some_and(|h| h != hash);
+        if definition_changed {
+            warn!(job = %job.name, "the job's definition changed since its history was loaded; older windows were computed differently");
+        }
+        windows.sort();
+        windows.dedup();
+        let planned = windows.len();
+        if opts.kind == RunKind::Backfill && !opts.force {
+            let loaded = self.sink.window_loads(&job.name).await?;
+            windows
+                .retain(|w| !loaded.get(&w.start).is_some_and(|l| l.window_end == w.end && l.definition_hash == hash));
+        }
+        let skipped = planned - windows.len();
+        let chunks = plan::chunk(&windows, job.max_windows_per_request);
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let mut record = RunRecord {
+            run_id: run_id.clone(),
+            job: job.name.clone(),
+            kind: opts.kind.as_str().to_string(),
+            started_at: Utc::now(),
+            finished_at: None,
+            status: "running".into(),
+            windows_planned: planned as u32,
+            windows_loaded: 0,
+            windows_skipped: skipped as u32,
+            windows_failed: 0,
+            rows: 0,
+            requests: 0,
+            retries: 0,
+            error: None,
+        };
+        self.sink.record_run(&record).await?;
+        info!(job = %job.name, run_id = %run_id, windows = windows.len(), skipped, chunks = chunks.len(), kind = record.kind, "run started");
+
+        let (requests_before, retries_before) = source.stats();
+        let bar = progress_bar(opts.progress, windows.len() as u64, &job.name);
+        let ctx = ChunkContext {
+            job,
+            schema: &schema,
+            source: &source,
+            sink: &self.sink,
+            hash: &hash,
+            run_id: &run_id,
+            history_start,
+        };
+        let mut outcomes = futures::stream::iter(chunks.into_iter().map(|chunk| ctx.load(chunk)))
+            .buffer_unordered(opts.concurrency.max(1));
+        let mut report = RunReport {
+            job: job.name.clone(),
+            run_id: run_id.clone(),
+            windows_planned: planned,
+            windows_skipped: skipped,
+            windows_loaded: 0,
+            windows_failed: 0,
+            rows: 0,
+            requests: 0,
+            retries: 0,
+            elapsed: Duration::ZERO,
+            failures: Vec::new(),
+            definition_changed,
+        };
+        let (mut done, total) = (0usize, windows.len());
+        while let Some((chunk, result)) = outcomes.next().await {
+            done += chunk.len();
+            let span = format!(
+                "{} .. {}",
+                chunk[0].label(job.window, job.time_zone),
+                chunk[chunk.len() - 1].label(job.window, job.time_zone)
+            );
+            match result {
+                Ok(rows) => {
+                    report.windows_loaded += chunk.len();
+                    report.rows += rows;
+                    if bar.is_none() {
+                        info!(job = %job.name, windows = %span, rows, progress = format!("{done}/{total}"), "windows loaded");
+                    }
+                }
+                Err(message) => {
+                    report.windows_failed += chunk.len();
+                    warn!(job = %job.name, windows = %span, error = %message, "windows failed");
+                    report.failures.push(ChunkFailure {
+                        first: chunk[0],
+                        last: chunk[chunk.len() - 1],
+                        windows: chunk.len(),
+                        message,
+                    });
+                }
+            }
+            if let Some(b) = &bar {
+                b.inc(chunk.len() as u64);
+            }
+        }
+        drop(outcomes);
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        report.failures.sort_by_key(|f| f.first);
+        let (requests_after, retries_after) = source.stats();
+        report.requests = requests_after - requests_before;
+        report.retries = retries_after - retries_before;
+        report.elapsed = started.elapsed();
+
+        record.finished_at = Some(Utc::now());
+        record.windows_loaded = report.windows_loaded as u32;
+        record.windows_failed = report.windows_failed as u32;
+        record.rows = report.rows;
+        record.requests = report.requests as u32;
+        record.retries = report.retries as u32;
+        record.status = match (report.windows_failed, report.windows_loaded) {
+            (0, _) => "succeeded",
+            (_, 0) => "failed",
+            _ => "partial",
+        }
+        .into();
+        record.error = report.failures.first().map(|f| f.message.clone());
+        self.sink.record_run(&record).await?;
+        info!(job = %job.name, run_id = %run_id, loaded = report.windows_loaded, failed = report.windows_failed,
+              rows = report.rows, requests = report.requests, retries = report.retries,
+              elapsed_ms = report.elapsed.as_millis() as u64, "run finished");
+        Ok(report)
+    }
+}
+
+struct ChunkContext<'a> {
+    job: &'a Job,
+    schema: &'a TableSchema,
+    source: &'a Source,
+    sink: &'a Sink,
+    hash: &'a str,
+    run_id: &'a str,
+    history_start: DateTime<Utc>,
+}
+
+impl ChunkContext<'_> {
+    /// Fetches, builds and commits one chunk. The error names the job, the windows and the cause.
+    async fn load(&self, chunk: Vec<Window>) -> (Vec<Window>, Result<u64, String>) {
+        let job = self.job;
+        let label = |w: &Window| w.label(job.window, job.time_zone);
+        let span_label = if chunk.len() == 1 {
+            label(&chunk[0])
+        } else {
+            format!("{}..{}", label(&chunk[0]), label(&chunk[chunk.len() - 1]))
+        };
+        let span = info_span!("window", job = %job.name, window = %span_label);
+        let result = async {
+            let rows = self.source.fetch(job, &chunk).await.map_err(|e| e.to_string())?;
+            let loaded_at = Utc::now();
+            let windows = chunk
+                .iter()
+                .zip(rows)
+                .map(|(w, rows)| {
+                    batch::build(self.schema, *w, rows, loaded_at, self.run_id)
+                        .map(|batch| WindowBatch { window: *w, batch })
+                        .map_err(|e| format!("window {}: {e}", label(w)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.sink
+                .commit(Commit {
+                    job,
+                    schema: self.schema,
+                    history_start: self.history_start,
+                    definition_hash: self.hash,
+                    run_id: self.run_id,
+                    requests: job.scopes.len() as u32,
+                    windows,
+                })
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .instrument(span)
+        .await;
+        let result = result.map_err(|cause| format!("job {}, window {span_label}: {cause}", job.name));
+        (chunk, result)
+    }
+}
+
+fn progress_bar(progress: Progress, len: u64, job: &str) -> Option<indicatif::ProgressBar> {
+    if progress != Progress::Auto || !std::io::stderr().is_terminal() || len == 0 {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>20} [{bar:40}] {pos}/{len} windows {elapsed_precise} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(job.to_string());
+    Some(bar)
+}

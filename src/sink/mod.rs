@@ -1,0 +1,116 @@
+//! Sinks: where loaded windows land, atomically, together with their state.
+//!
+//! Owns: the one interface the runner uses ([`Sink`]) over the warehouses of `chatetl.yaml`:
+//! PostgreSQL (`postgres`: delete-then-`COPY` of the windows in one transaction with their
+//! window loads and the watermark) and Parquet (`parquet`: one file per window, written to a temp
+//! name, fsynced and renamed into place, then the state file). A closed enum rather than a trait
+//! object: adding a warehouse is one file here plus one arm per method, and the compiler finds
+//! the forgotten arm.
+
+pub mod parquet;
+pub mod postgres;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::batch::{TableSchema, WindowBatch};
+use crate::config::{Job, Warehouse};
+use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
+
+/// A warehouse operation that failed; the message names the table, file or statement.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// Windows to replace, with what the state needs to record about them.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub job: &'a Job,
+    pub schema: &'a TableSchema,
+    /// Start of the job's history, where the watermark starts.
+    pub history_start: DateTime<Utc>,
+    pub definition_hash: &'a str,
+    pub run_id: &'a str,
+    /// Requests made for these windows.
+    pub requests: u32,
+    pub windows: Vec<WindowBatch>,
+}
+
+/// An open warehouse.
+pub enum Sink {
+    Postgres(postgres::PostgresSink),
+    Parquet(parquet::ParquetSink),
+}
+
+impl Sink {
+    /// Connects (Postgres: and applies the state migrations) or opens the folder.
+    pub async fn open(warehouse: &Warehouse) -> Result<Sink, SinkError> {
+        Ok(match warehouse {
+            Warehouse::Postgres { url, schema } => Sink::Postgres(postgres::PostgresSink::connect(url, schema).await?),
+            Warehouse::Parquet { path } => Sink::Parquet(parquet::ParquetSink::open(path)?),
+        })
+    }
+
+    /// Where data goes, for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Postgres(s) => format!("postgres schema {}", s.schema()),
+            Sink::Parquet(s) => format!("parquet {}", s.root().display()),
+        }
+    }
+
+    /// Creates the job's table (or folder) if needed, registers the job, and returns its state.
+    pub async fn prepare(
+        &self,
+        job: &Job,
+        schema: &TableSchema,
+        history_start: DateTime<Utc>,
+        definition_hash: &str,
+    ) -> Result<JobState, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.prepare(job, schema, history_start, definition_hash).await,
+            Sink::Parquet(s) => s.prepare(job, history_start, definition_hash).await,
+        }
+    }
+
+    /// Replaces the windows and records them; returns the rows written.
+    pub async fn commit(&self, commit: Commit<'_>) -> Result<u64, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.commit(commit).await,
+            Sink::Parquet(s) => s.commit(commit).await,
+        }
+    }
+
+    /// The last load of every loaded window of `job`, by window start.
+    pub async fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.window_loads(job).await,
+            Sink::Parquet(s) => s.window_loads(job),
+        }
+    }
+
+    /// The stored state of `job` (empty if it was never prepared).
+    pub async fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.job_state(job).await,
+            Sink::Parquet(s) => s.job_state(job),
+        }
+    }
+
+    /// Inserts or updates a run record.
+    pub async fn record_run(&self, run: &RunRecord) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.record_run(run).await,
+            Sink::Parquet(s) => s.record_run(run).await,
+        }
+    }
+
+    /// Status of each of `jobs`.
+    pub async fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.status(jobs).await,
+            Sink::Parquet(s) => s.status(jobs),
+        }
+    }
+}

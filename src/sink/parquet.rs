@@ -1,0 +1,157 @@
+//! The Parquet warehouse: `<path>/<table>/date=YYYY-MM-DD/[hour=HH/]part-<window start>.parquet`,
+//! one file per window, zstd-compressed; state in `<path>/_chatetl/<job>.json`.
+//!
+//! Owns: where a window's file lives, writing it atomically (temp name in the same folder, fsync,
+//! rename over the old file, fsync of the folder), and recording the load in the state file only
+//! after the data is in place. File names carry the window's UTC start (`20241027T000000Z`), so the
+//! repeated autumn hour gets two files in its `hour=03` folder. Partition folders are the local
+//! date (and hour) in the job's zone; the zone is also in each file's metadata.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::{Commit, SinkError};
+use crate::config::{Job, WindowUnit};
+use crate::plan::Window;
+use crate::state::file::{FileState, write_atomic};
+use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, advance_watermark};
+
+/// A folder of Parquet partitions.
+pub struct ParquetSink {
+    root: PathBuf,
+    state: FileState,
+}
+
+/// The file holding `window` of `job`'s table under `root`.
+pub fn window_path(root: &Path, job: &Job, window: &Window) -> PathBuf {
+    let local = window.start.with_timezone(&job.time_zone);
+    let mut dir = root.join(&job.table).join(format!("date={}", local.format("%Y-%m-%d")));
+    if job.window == WindowUnit::Hour {
+        dir = dir.join(format!("hour={}", local.format("%H")));
+    }
+    dir.join(format!("part-{}.parquet", window.start.format("%Y%m%dT%H%M%SZ")))
+}
+
+impl ParquetSink {
+    /// Opens (creating) the warehouse folder.
+    pub fn open(root: &Path) -> Result<ParquetSink, SinkError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| SinkError(format!("cannot create warehouse folder {}: {e}", root.display())))?;
+        Ok(ParquetSink { root: root.to_path_buf(), state: FileState::new(root) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Registers the job (its definition hash and history start) if new, and returns its state.
+    pub async fn prepare(
+        &self,
+        job: &Job,
+        history_start: DateTime<Utc>,
+        definition_hash: &str,
+    ) -> Result<JobState, SinkError> {
+        let dir = self.root.join(&job.table);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SinkError(format!("job {}: cannot create {}: {e}", job.name, dir.display())))?;
+        self.state
+            .update(&job.name, |s| {
+                if s.definition_hash.is_none() {
+                    s.definition_hash = Some(definition_hash.to_string());
+                    s.history_start = Some(history_start);
+                }
+                JobState { definition_hash: s.definition_hash.clone(), watermark: s.watermark }
+            })
+            .await
+            .map_err(|e| SinkError(format!("job {}: {e}", job.name)))
+    }
+
+    pub fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
+        let s = self.state.read(job).map_err(SinkError)?;
+        Ok(JobState { definition_hash: s.definition_hash, watermark: s.watermark })
+    }
+
+    /// Writes each window's file, then records the loads and moves the watermark.
+    pub async fn commit(&self, c: Commit<'_>) -> Result<u64, SinkError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+            .set_max_row_group_row_count(Some(64 * 1024))
+            .build();
+        let mut rows = 0u64;
+        let mut written = Vec::new();
+        for w in c.windows {
+            let path = window_path(&self.root, c.job, &w.window);
+            let props = props.clone();
+            let batch = w.batch.clone();
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || {
+                write_atomic(&target, |f| {
+                    let mut writer =
+                        ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
+                    writer.write(&batch).map_err(std::io::Error::other)?;
+                    writer.close().map_err(std::io::Error::other)?;
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(|e| SinkError(format!("writer task failed: {e}")))?
+            .map_err(|e| SinkError(format!("cannot write {}: {e}", path.display())))?;
+            rows += w.batch.num_rows() as u64;
+            written.push((w.window, w.batch.num_rows() as u64));
+        }
+        let now = Utc::now();
+        self.state
+            .update(&c.job.name, |s| {
+                for (window, n) in &written {
+                    s.windows.insert(
+                        window.start,
+                        WindowLoad {
+                            window_start: window.start,
+                            window_end: window.end,
+                            rows: *n,
+                            requests: c.requests,
+                            run_id: c.run_id.to_string(),
+                            definition_hash: c.definition_hash.to_string(),
+                            loaded_at: now,
+                        },
+                    );
+                }
+                let spans: BTreeMap<DateTime<Utc>, DateTime<Utc>> =
+                    s.windows.values().map(|l| (l.window_start, l.window_end)).collect();
+                s.watermark = advance_watermark(s.watermark, c.history_start, &spans);
+            })
+            .await
+            .map_err(SinkError)?;
+        Ok(rows)
+    }
+
+    pub fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
+        Ok(self.state.read(job).map_err(SinkError)?.windows)
+    }
+
+    pub async fn record_run(&self, run: &RunRecord) -> Result<(), SinkError> {
+        self.state.update(&run.job, |s| s.upsert_run(run)).await.map_err(SinkError)
+    }
+
+    pub fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
+        jobs.iter()
+            .map(|job| {
+                let s = self.state.read(job).map_err(SinkError)?;
+                Ok(JobStatus {
+                    job: job.clone(),
+                    watermark: s.watermark,
+                    definition_hash: s.definition_hash,
+                    windows_loaded: s.windows.len() as u64,
+                    rows_loaded: s.windows.values().map(|w| w.rows).sum(),
+                    last_error: s.runs.iter().rev().find_map(|r| r.error.clone()),
+                    last_run: s.runs.last().cloned(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,120 @@
+//! The giosg chat_sessions client: request bodies for a job's windows and scopes, and the
+//! response split back into rows per window.
+//!
+//! Body (api-docs 001's shape): the job's interval in its zone (`start` = first window start,
+//! `end` = last window end minus 1 ms, as the docs end days at `…T23:59:59.999`), its
+//! granularity, `group_by` from the scope (team → `team_id`, user → `user_id`), its aggregations,
+//! and an `and` of the job's filters, the room selector (if rooms are set) and the scope selector.
+//!
+//! Response assumptions (api-docs 002 shows one example): `fields` names the columns,
+//! `start_time` first; each `data` line has one value per field; metric names follow
+//! `query::Aggregation::metric_names`. Extra fields are ignored; a missing field, a line of the
+//! wrong length, a bucket outside the requested windows or a non-numeric metric fails the request.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+use crate::batch::Row;
+use crate::config::{Job, Scope};
+use crate::plan::Window;
+use crate::source::giosg::query::{Aggregation, ChatSessionsQuery, ChatSessionsResponse, Filter, Interval};
+
+/// `…/api/reporting/v1/orgs/{org}/chat_sessions`.
+pub fn url(base_url: &str, organization_id: &str) -> String {
+    format!("{base_url}/api/reporting/v1/orgs/{organization_id}/chat_sessions")
+}
+
+/// The query for `scope` over consecutive `windows` (at least one).
+pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
+    let first = windows.first().expect("at least one window");
+    let last = windows.last().expect("at least one window");
+    let at = |t: DateTime<Utc>| t.with_timezone(&job.time_zone).fixed_offset();
+    let mut parts: Vec<Filter> = match &job.filters {
+        Some(Filter::And { fields }) => fields.clone(),
+        Some(other) => vec![other.clone()],
+        None => Vec::new(),
+    };
+    let room = |r: &String| Filter::Selector { dimension: "room_ids".into(), value: json!(r) };
+    match job.rooms.as_slice() {
+        [] => {}
+        [one] => parts.push(room(one)),
+        many => parts.push(Filter::Or { fields: many.iter().map(room).collect() }),
+    }
+    parts.push(Filter::Selector { dimension: "scope".into(), value: json!(scope.as_str()) });
+    ChatSessionsQuery {
+        interval: Interval {
+            start: at(first.start),
+            end: at(last.end - Duration::milliseconds(1)),
+            time_zone: job.time_zone.name().to_string(),
+        },
+        granularity: job.granularity,
+        group_by: scope.group_by().into_iter().map(String::from).collect(),
+        aggregations: job
+            .aggregations
+            .iter()
+            .map(|a| Aggregation { kind: a.kind, fields: a.field.iter().cloned().collect() })
+            .collect(),
+        filters: Some(Filter::And { fields: parts }),
+    }
+}
+
+/// Parses a response to [`query`] into rows per window (same order as `windows`).
+pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8]) -> Result<Vec<Vec<Row>>, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let head: String = String::from_utf8_lossy(&body[..body.len().min(80)]).chars().collect();
+        format!("response is not JSON ({e}); it starts with {head:?}")
+    })?;
+    let resp: ChatSessionsResponse =
+        serde_json::from_value(value).map_err(|e| format!("response is not a chat_sessions result: {e}"))?;
+    let names: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
+    let index_of = |name: &str| {
+        names.iter().position(|n| *n == name).ok_or_else(|| format!("response lacks field `{name}` (it has {names:?})"))
+    };
+    let start_idx = index_of("start_time")?;
+    let group_idx = scope.group_by().map(index_of).transpose()?;
+    let metric_idx: Vec<usize> =
+        job.aggregations.iter().map(|a| index_of(&a.metric_name())).collect::<Result<_, _>>()?;
+
+    let mut out = vec![Vec::new(); windows.len()];
+    for (i, line) in resp.data.iter().enumerate() {
+        if line.len() != names.len() {
+            return Err(format!("data[{i}] has {} values for {} fields", line.len(), names.len()));
+        }
+        let label = line[start_idx].as_str().ok_or_else(|| format!("data[{i}].start_time is not a string"))?;
+        let bucket = DateTime::parse_from_rfc3339(label)
+            .map_err(|e| format!("data[{i}].start_time `{label}` is not RFC 3339: {e}"))?
+            .with_timezone(&Utc);
+        let w = windows.partition_point(|w| w.end <= bucket);
+        if w == windows.len() || bucket < windows[w].start {
+            return Err(format!("data[{i}]: bucket {label} is outside the requested windows"));
+        }
+        let group = match group_idx {
+            None => None,
+            Some(g) => match &line[g] {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            },
+        };
+        let metrics = metric_idx
+            .iter()
+            .zip(&job.aggregations)
+            .map(|(m, a)| match &line[*m] {
+                Value::Null => Ok(None),
+                Value::Number(n) => Ok(n.as_f64()),
+                other => Err(format!("data[{i}].{} is not a number: {other}", a.metric_name())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (team_id, user_id) = match scope {
+            Scope::Org => (None, None),
+            Scope::Team => (group, None),
+            Scope::User => (None, group),
+        };
+        out[w].push(Row {
+            bucket_start: bucket,
+            dims: vec![Some(scope.as_str().to_string()), team_id, user_id],
+            metrics,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,214 @@
+//! Shared HTTP plumbing for every source: one [`HttpClient`] per configured source.
+//!
+//! Owns: the auth header, per-request timeouts, a concurrency limit (a semaphore) and a
+//! requests-per-second limit (governor's GCRA), retries with exponential backoff and full jitter
+//! on 429, 5xx, connection errors and broken bodies (backon), honouring `Retry-After` up to
+//! `max_retry_delay_secs` and never retrying sooner than the backoff (so `Retry-After: 0` cannot
+//! spin), and counting requests and retries. 400/401/403/404 fail at once with the upstream's
+//! message. A source module builds its requests and parses bodies; it never retries by itself.
+//!
+//! To use from a new source: build an [`HttpClient`] from its [`SourceConfig`] with the vendor's
+//! [`Auth`], then call [`HttpClient::send`] with a [`HttpRequest`]; the body comes back whole.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use tokio::sync::Semaphore;
+
+use crate::config::{Secret, SourceConfig};
+
+/// How a vendor authenticates.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// giosg: `Authorization: Token <key>`.
+    Token(Secret),
+}
+
+/// One request, ready to send (and to print in `chatetl plan`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub body: Option<serde_json::Value>,
+}
+
+/// A request that failed for good (after retries where retrying could help).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The upstream answered with an error status.
+    #[error("upstream returned {status} for {method} {url}: {detail}")]
+    Status { status: u16, method: String, url: String, detail: String, retry_after: Option<Duration> },
+    /// No (complete) response: connection refused or reset, timeout, body cut short.
+    #[error("{method} {url} failed: {cause}")]
+    Transport { method: String, url: String, cause: String, timeout: bool },
+}
+
+impl HttpError {
+    /// Whether another attempt may succeed: throttling, server errors and transport failures.
+    pub fn retryable(&self) -> bool {
+        match self {
+            HttpError::Status { status, .. } => *status == 429 || *status >= 500,
+            HttpError::Transport { .. } => true,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpError::Status { retry_after, .. } => *retry_after,
+            HttpError::Transport { .. } => None,
+        }
+    }
+}
+
+/// Requests and retries made by one client, for run reports and metrics.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// Backoff between attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff delay (doubling, with jitter).
+    pub min_delay: Duration,
+    /// Longest delay, and the cap on `Retry-After`.
+    pub max_delay: Duration,
+}
+
+/// An HTTP client for one source.
+pub struct HttpClient {
+    source: String,
+    client: reqwest::Client,
+    auth: Auth,
+    limiter: DefaultDirectRateLimiter,
+    permits: Semaphore,
+    policy: RetryPolicy,
+    pub stats: Arc<HttpStats>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").field("source", &self.source).field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// A client with the source's limits and timeouts.
+    pub fn new(source: &SourceConfig, auth: Auth) -> Result<HttpClient, String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(source.timeout_secs))
+            .connect_timeout(Duration::from_secs(source.timeout_secs.min(10)))
+            .user_agent(concat!("chatetl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("source {}: cannot build an HTTP client: {e}", source.name))?;
+        let rps = source.requests_per_second.max(0.001);
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rps))
+            .ok_or_else(|| format!("source {}: invalid requests_per_second {rps}", source.name))?
+            .allow_burst(NonZeroU32::new(rps.ceil().max(1.0) as u32).expect("at least 1"));
+        Ok(HttpClient {
+            source: source.name.clone(),
+            client,
+            auth,
+            limiter: RateLimiter::direct(quota),
+            permits: Semaphore::new(source.concurrency.max(1)),
+            policy: RetryPolicy {
+                max_retries: source.max_retries,
+                min_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(source.max_retry_delay_secs.max(1)),
+            },
+            stats: Arc::new(HttpStats::default()),
+        })
+    }
+
+    /// Overrides the backoff (tests use short delays).
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> HttpClient {
+        self.policy = policy;
+        self
+    }
+
+    /// Sends `req`, retrying what can be retried, and returns the whole response body.
+    pub async fn send(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
+        let p = self.policy;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(p.min_delay)
+            .with_max_delay(p.max_delay)
+            .with_max_times(p.max_retries as usize)
+            .with_jitter();
+        (|| self.attempt(req))
+            .retry(backoff)
+            .when(HttpError::retryable)
+            // Wait at least what the upstream asked (capped), never less than the backoff.
+            .adjust(|e: &HttpError, next: Option<Duration>| next.map(|d| d.max(e.retry_after().unwrap_or_default().min(p.max_delay))))
+            .notify(|e: &HttpError, wait: Duration| {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(source = %self.source, error = %e, wait_ms = wait.as_millis() as u64, "retrying request");
+            })
+            .await
+    }
+
+    async fn attempt(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
+        self.limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
+        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let method = req.method.to_string();
+        let mut builder = self.client.request(req.method.clone(), &req.url);
+        builder = match &self.auth {
+            Auth::Token(t) => builder.header(AUTHORIZATION, format!("Token {}", t.expose())),
+        };
+        if let Some(body) = &req.body {
+            builder = builder.header(CONTENT_TYPE, "application/json").body(body.to_string());
+        }
+        let transport = |e: reqwest::Error| HttpError::Transport {
+            method: method.clone(),
+            url: req.url.clone(),
+            cause: error_chain(&e),
+            timeout: e.is_timeout(),
+        };
+        tracing::debug!(source = %self.source, %method, url = %req.url, "sending request");
+        let resp = builder.send().await.map_err(transport)?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.bytes().await.map_err(transport)?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let mut detail = String::from_utf8_lossy(&body).trim().to_string();
+        if detail.len() > 300 {
+            let cut = (0..=300).rev().find(|i| detail.is_char_boundary(*i)).unwrap_or(0);
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        if detail.is_empty() {
+            detail = status.canonical_reason().unwrap_or("no body").to_string();
+        }
+        Err(HttpError::Status { status: status.as_u16(), method, url: req.url.clone(), detail, retry_after })
+    }
+}
+
+/// `error: cause: cause` — reqwest's Display hides the interesting part in its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,132 @@
+//! Job state: watermarks, window loads and run history, and the rule that moves a watermark.
+//!
+//! Owns: the state records both warehouses keep ([`JobState`], [`WindowLoad`], [`RunRecord`],
+//! [`JobStatus`]) and [`advance_watermark`]: the watermark only moves forward, over windows whose
+//! loads are committed and contiguous from it. The Postgres warehouse keeps these rows in the
+//! `chatetl` schema (`migrations/`), written in the data's transaction (`sink::postgres`); the
+//! Parquet warehouse keeps one JSON file per job under `<path>/_chatetl/` (`file`), written after
+//! the data files are in place.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a warehouse remembers of a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    /// Hash of the definition the history was loaded with (None: never loaded).
+    pub definition_hash: Option<String>,
+    /// Every window ending at or before this instant is loaded.
+    pub watermark: Option<DateTime<Utc>>,
+}
+
+/// The last successful load of one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowLoad {
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub rows: u64,
+    pub requests: u32,
+    pub run_id: String,
+    pub definition_hash: String,
+    pub loaded_at: DateTime<Utc>,
+}
+
+/// One run of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job: String,
+    /// `run`, `backfill`, `demo` or `schedule`.
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `running`, `succeeded`, `partial` (some windows failed) or `failed`.
+    pub status: String,
+    pub windows_planned: u32,
+    pub windows_loaded: u32,
+    pub windows_skipped: u32,
+    pub windows_failed: u32,
+    pub rows: u64,
+    pub requests: u32,
+    pub retries: u32,
+    pub error: Option<String>,
+}
+
+/// What `chatetl status` shows for a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job: String,
+    pub watermark: Option<DateTime<Utc>>,
+    pub definition_hash: Option<String>,
+    pub windows_loaded: u64,
+    pub rows_loaded: u64,
+    pub last_run: Option<RunRecord>,
+    /// The error of the last run that had one.
+    pub last_error: Option<String>,
+}
+
+/// A fingerprint of what a job's rows mean: endpoint, window, granularity, scopes, rooms,
+/// aggregations, filters and zone (not its schedule, history start or lookback). Stored with the
+/// history so a changed definition is detected.
+pub fn definition_hash(job: &crate::config::Job) -> String {
+    use sha2::{Digest, Sha256};
+    let aggregations: Vec<_> =
+        job.aggregations.iter().map(|a| serde_json::json!([a.kind.api_name(), a.field, a.column])).collect();
+    let canonical = serde_json::json!({
+        "endpoint": format!("{:?}", job.endpoint),
+        "window": format!("{:?}", job.window),
+        "granularity": job.granularity,
+        "scopes": job.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "rooms": job.rooms,
+        "aggregations": aggregations,
+        "filters": job.filters,
+        "time_zone": job.time_zone.name(),
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The new watermark after loads: from `current` (or `history_start`), step over each loaded
+/// window that starts exactly where the previous one ended. Never moves backwards; `None` while
+/// nothing contiguous from history start is loaded.
+pub fn advance_watermark(
+    current: Option<DateTime<Utc>>,
+    history_start: DateTime<Utc>,
+    loads: &BTreeMap<DateTime<Utc>, DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let mut at = current.unwrap_or(history_start);
+    let mut moved = false;
+    // A watermark inside a loaded window (a window definition that changed) resumes from it.
+    while let Some(end) = loads.get(&at) {
+        at = *end;
+        moved = true;
+    }
+    if moved { Some(at) } else { current }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 1, d, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn watermark_moves_only_over_contiguous_loads() {
+        let mut loads = BTreeMap::new();
+        loads.insert(t(2), t(3));
+        assert_eq!(advance_watermark(None, t(1), &loads), None, "day 1 is missing");
+        loads.insert(t(1), t(2));
+        loads.insert(t(4), t(5));
+        assert_eq!(advance_watermark(None, t(1), &loads), Some(t(3)), "stops at the gap on day 3");
+        loads.insert(t(3), t(4));
+        assert_eq!(advance_watermark(Some(t(3)), t(1), &loads), Some(t(5)));
+        assert_eq!(advance_watermark(Some(t(9)), t(1), &loads), Some(t(9)), "never backwards");
+    }
+}
