@@ -115,7 +115,10 @@ impl TestDb {
         let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set: run the suite with scripts/test");
         let name = format!("chatetl_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
         let (base, query) = match admin_url.split_once('?') {
             Some((b, q)) => (b.to_string(), format!("?{q}")),
             None => (admin_url.clone(), String::new()),
@@ -137,7 +140,9 @@ impl Drop for TestDb {
             rt.block_on(async {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut conn)
+                        .await;
                 }
             })
         })
@@ -153,7 +158,13 @@ pub enum TestWarehouse<'a> {
 
 /// Writes a chatetl.yaml for the running simulator (organization 0) plus `jobs` (file name, text)
 /// into `dir`; returns the config path. Retries are quick and limits generous.
-pub fn write_config(dir: &Path, sim: &RunningSimulator, token: &str, warehouse: TestWarehouse, jobs: &[(&str, String)]) -> PathBuf {
+pub fn write_config(
+    dir: &Path,
+    sim: &RunningSimulator,
+    token: &str,
+    warehouse: TestWarehouse,
+    jobs: &[(&str, String)],
+) -> PathBuf {
     let org = sim.handle.dataset().organizations[0].id.clone();
     let wh = match warehouse {
         TestWarehouse::Parquet(p) => format!("  kind: parquet\n  path: {}\n", p.display()),
@@ -178,7 +189,13 @@ pub fn shipped_jobs(start: Option<&str>) -> Vec<(&'static str, String)> {
         .iter()
         .map(|(name, text)| {
             let text = match start {
-                Some(s) => text.lines().map(|l| if l.starts_with("start:") { format!("start: {s}") } else { l.to_string() }).collect::<Vec<_>>().join("\n") + "\n",
+                Some(s) => {
+                    text.lines()
+                        .map(|l| if l.starts_with("start:") { format!("start: {s}") } else { l.to_string() })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        + "\n"
+                }
                 None => text.to_string(),
             };
             (*name, text)

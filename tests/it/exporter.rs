@@ -1,0 +1,598 @@
+//! End to end: job files → simulator over HTTP → PostgreSQL and Parquet, with values checked
+//! against the dumped dataset, idempotent reloads, fault isolation, resumable backfills, the
+//! minimum request count, retries and secrets.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int64Type};
+use arrow_schema::DataType;
+use chatetl::config::{self, Config};
+use chatetl::runner::{Progress, RunKind, RunOptions, Runner};
+use chatetl::simulator::{FaultConfig, FaultRule, RunningSimulator};
+use chrono::{NaiveDate, Utc};
+use sqlx::Row as _;
+
+use crate::util::{Row, TOKEN, TestDb, TestWarehouse, chatetl, dump, read_dump, serve, shipped_jobs, write_config};
+
+const HEL: chrono_tz::Tz = chrono_tz::Europe::Helsinki;
+
+/// (local date, scope, team or user id) → value.
+type Table = BTreeMap<(String, String, Option<String>), Option<f64>>;
+
+fn real(r: &Row) -> bool {
+    matches!(r.s("chat_type"), "visitor" | "external")
+        && r.n("user_message_count") >= 2.0
+        && r.n("visitor_message_count") >= 1.0
+}
+
+/// Expected values of a metric from the dump: rows of `org` passing `keep`, grouped by local date
+/// and scope key, reduced by `agg`, for dates in `days`.
+fn expected(
+    rows: &[Row],
+    org: &str,
+    days: &[NaiveDate],
+    scopes: &[&str],
+    keep: fn(&Row) -> bool,
+    agg: &str,
+    field: &str,
+) -> Table {
+    let mut groups: BTreeMap<(String, String, Option<String>), Vec<&Row>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.s("owner_organization_id") == org && scopes.contains(&r.s("scope")) && keep(r)) {
+        let date = r.time.with_timezone(&HEL).date_naive();
+        if !days.contains(&date) {
+            continue;
+        }
+        let who = match r.s("scope") {
+            "team" => Some(r.s("team_id").to_string()),
+            "user" => Some(r.s("user_id").to_string()),
+            _ => None,
+        };
+        groups.entry((date.to_string(), r.s("scope").to_string(), who)).or_default().push(r);
+    }
+    // Org scope has a row for every day, zero (or null) when nothing matched.
+    if scopes.contains(&"org") {
+        for d in days {
+            groups.entry((d.to_string(), "org".into(), None)).or_default();
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k, rs)| {
+            let v = match agg {
+                "count" => Some(rs.len() as f64),
+                "sum" => Some(rs.iter().map(|r| r.n(field)).sum()),
+                "avg" if rs.is_empty() => None,
+                "avg" => Some(rs.iter().map(|r| r.n(field)).sum::<f64>() / rs.len() as f64),
+                "distinct" => Some(rs.iter().flat_map(|r| r.list(field)).collect::<HashSet<_>>().len() as f64),
+                a => panic!("{a}"),
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+/// The jobs checked against the dump: (table, column, scopes, filter, aggregation, field).
+type Check = (&'static str, &'static str, &'static [&'static str], fn(&Row) -> bool, &'static str, &'static str);
+const CHECKS: &[Check] = &[
+    ("real_chats", "real_chats", &["org", "team", "user"], real, "count", ""),
+    ("sales_in_real_chats", "sales_in_real_chats", &["org", "team", "user"], real, "sum", "sales"),
+    (
+        "average_purchase_value_in_real_chats",
+        "average_purchase_value",
+        &["org", "team", "user"],
+        |r| real(r) && r.n("order_count") > 0.0,
+        "avg",
+        "sales",
+    ),
+    (
+        "unique_visitors",
+        "unique_visitors",
+        &["org"],
+        |r| r.s("chat_type") == "visitor" && r.s("chat_initiator") == "visitor",
+        "distinct",
+        "visitor_ids",
+    ),
+    (
+        "short_chats",
+        "short_chats",
+        &["org", "team", "user"],
+        |r| {
+            let (u, v) = (r.n("user_message_count"), r.n("visitor_message_count"));
+            matches!(r.s("chat_type"), "visitor" | "external") && u >= 1.0 && (u < 2.0 || v < 1.0)
+        },
+        "count",
+        "",
+    ),
+];
+
+fn assert_tables_match(job: &str, got: &Table, want: &Table, distinct: bool) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{job}: the same days, scopes, teams and users"
+    );
+    for (k, w) in want {
+        let g = got[k];
+        match (g, w) {
+            (None, None) => {}
+            (Some(g), Some(w)) => {
+                let tol = if distinct { 0.02 * w.max(1.0) } else { 1e-9 * w.abs().max(1.0) };
+                assert!((g - w).abs() <= tol, "{job} {k:?}: got {g}, want {w}");
+            }
+            _ => panic!("{job} {k:?}: got {g:?}, want {w:?}"),
+        }
+    }
+}
+
+async fn pg_table(pool: &sqlx::PgPool, table: &str, column: &str) -> Table {
+    let sql = format!(
+        "SELECT bucket_date::text, scope, coalesce(team_id, user_id), \"{column}\"::float8 FROM analytics.\"{table}\""
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+        .collect()
+}
+
+fn parquet_table(root: &Path, table: &str, column: &str) -> Table {
+    let mut out = Table::new();
+    for batch in chatetl::readback::read_parquet_dir(&root.join(table)).unwrap() {
+        let date = batch.column_by_name("bucket_date").unwrap().as_primitive::<Date32Type>().clone();
+        let scope = batch.column_by_name("scope").unwrap().as_string::<i32>().clone();
+        let team = batch.column_by_name("team_id").unwrap().as_string::<i32>().clone();
+        let user = batch.column_by_name("user_id").unwrap().as_string::<i32>().clone();
+        let value = batch.column_by_name(column).unwrap().clone();
+        for i in 0..batch.num_rows() {
+            let who = if !team.is_null(i) {
+                Some(team.value(i).to_string())
+            } else if !user.is_null(i) {
+                Some(user.value(i).to_string())
+            } else {
+                None
+            };
+            let v = if value.is_null(i) {
+                None
+            } else {
+                Some(match value.data_type() {
+                    DataType::Int64 => value.as_primitive::<Int64Type>().value(i) as f64,
+                    _ => value.as_primitive::<Float64Type>().value(i),
+                })
+            };
+            let key = (date.value_as_date(i).unwrap().to_string(), scope.value(i).to_string(), who);
+            assert!(out.insert(key.clone(), v).is_none(), "{table}: duplicate row {key:?}");
+        }
+    }
+    out
+}
+
+fn days(from: &str, to: &str) -> Vec<NaiveDate> {
+    let (a, b) = (from.parse::<NaiveDate>().unwrap(), to.parse::<NaiveDate>().unwrap());
+    a.iter_days().take_while(|d| *d <= b).collect()
+}
+
+struct Setup {
+    _dump: crate::util::Dump,
+    _dir: tempfile::TempDir,
+    rows: Vec<Row>,
+    org: String,
+    _sim: RunningSimulator,
+    config_path: std::path::PathBuf,
+}
+
+/// A dataset covering both 2024 DST changes of Helsinki, served, with the shipped jobs.
+async fn setup(warehouse: impl FnOnce(&Path) -> String, start: &str, days: &str, sessions: &str) -> Setup {
+    let d = dump(&["--seed", "31", "--start", start, "--days", days, "--sessions-per-day", sessions]);
+    let (orgs, rows) = read_dump(&d.path);
+    let org = orgs[0]["id"].as_str().unwrap().to_string();
+    let sim = serve(&d.path).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = warehouse(dir.path());
+    let warehouse =
+        if wh.starts_with("postgres") { TestWarehouse::Postgres(&wh) } else { TestWarehouse::Parquet(Path::new(&wh)) };
+    let config_path = write_config(dir.path(), &sim, TOKEN, warehouse, &shipped_jobs(Some(start)));
+    Setup { _dump: d, _dir: dir, rows, org, _sim: sim, config_path }
+}
+
+fn run_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    chatetl(&all)
+}
+
+const RANGES: [(&str, &str); 2] = [("2024-03-29", "2024-04-01"), ("2024-10-26", "2024-10-28")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_values_match_the_dump_across_both_dst_changes() {
+    let db = TestDb::new().await;
+    let url = db.url.clone();
+    let s = setup(|_| url, "2024-03-28", "216", "25").await;
+    for (from, to) in RANGES {
+        let (code, out, err) = run_cli(&s.config_path, &["run", "--from", from, "--to", to]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    let pool = db.pool().await;
+    let all_days: Vec<NaiveDate> = RANGES.iter().flat_map(|(a, b)| days(a, b)).collect();
+    for (table, column, scopes, keep, agg, field) in CHECKS {
+        let want = expected(&s.rows, &s.org, &all_days, scopes, *keep, agg, field);
+        assert_tables_match(table, &pg_table(&pool, table, column).await, &want, *agg == "distinct");
+    }
+    // The 23- and 25-hour days are single rows with their own local date.
+    let starts: Vec<(String, String)> = sqlx::query("SELECT bucket_date::text, to_char(bucket_start AT TIME ZONE 'Europe/Helsinki', 'HH24:MI') FROM analytics.real_chats WHERE scope = 'org' ORDER BY bucket_start")
+        .fetch_all(&pool).await.unwrap().into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(starts.len(), 7);
+    assert!(starts.iter().all(|(_, t)| t == "00:00"), "every bucket starts at local midnight: {starts:?}");
+    let comment: String =
+        sqlx::query_scalar("SELECT obj_description('analytics.real_chats'::regclass)").fetch_one(&pool).await.unwrap();
+    assert!(comment.starts_with("Real chats per day"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_values_match_the_dump_and_files_are_one_per_window() {
+    let s = setup(|d| d.join("wh").display().to_string(), "2024-03-28", "216", "25").await;
+    for (from, to) in RANGES {
+        let (code, out, err) = run_cli(&s.config_path, &["run", "--from", from, "--to", to]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    let root = s.config_path.parent().unwrap().join("wh");
+    let all_days: Vec<NaiveDate> = RANGES.iter().flat_map(|(a, b)| days(a, b)).collect();
+    for (table, column, scopes, keep, agg, field) in CHECKS {
+        let want = expected(&s.rows, &s.org, &all_days, scopes, *keep, agg, field);
+        assert_tables_match(table, &parquet_table(&root, table, column), &want, *agg == "distinct");
+    }
+    let dst_day = root.join("real_chats/date=2024-03-31");
+    let files: Vec<_> =
+        std::fs::read_dir(&dst_day).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(files, vec!["part-20240330T220000Z.parquet"], "one file per window, named by its UTC start");
+    let file = std::fs::File::open(dst_day.join(&files[0])).unwrap();
+    let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().schema().clone();
+    assert_eq!(
+        schema.field_with_name("bucket_start").unwrap().data_type(),
+        &DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    assert_eq!(schema.metadata()["chatetl.time_zone"], "Europe/Helsinki");
+}
+
+async fn open_runner(config_path: &Path) -> (Config, Runner) {
+    let config = config::load(config_path).unwrap();
+    let runner = Runner::open(config.clone()).await.unwrap();
+    (config, runner)
+}
+
+/// Every row of a Postgres table minus load metadata, sorted.
+async fn pg_rows(pool: &sqlx::PgPool, table: &str) -> Vec<String> {
+    let sql = format!("SELECT (t.*)::text FROM (SELECT * FROM analytics.\"{table}\") t");
+    let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap();
+    // Drop the trailing _window_start, _loaded_at, _run_id fields (load metadata changes).
+    rows = rows.into_iter().map(|r| r.rsplitn(4, ',').last().unwrap().to_string()).collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_a_range_or_an_overlapping_one_leaves_identical_rows() {
+    let db = TestDb::new().await;
+    let url = db.url.clone();
+    let s = setup(|_| url, "2024-05-01", "20", "30").await;
+    let pool = db.pool().await;
+    let run = |a: &str, b: &str| {
+        let (code, out, err) = run_cli(
+            &s.config_path,
+            &["run", "--job", "real_chats", "--job", "sales_in_real_chats", "--from", a, "--to", b],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+    };
+    run("2024-05-03", "2024-05-12");
+    let first = pg_rows(&pool, "real_chats").await;
+    let sales_first = pg_rows(&pool, "sales_in_real_chats").await;
+    run("2024-05-03", "2024-05-12");
+    run("2024-05-08", "2024-05-15");
+    run("2024-05-03", "2024-05-12");
+    let again = pg_rows(&pool, "real_chats").await;
+    let dupes: i64 = sqlx::query_scalar(
+        "SELECT count(*) - count(DISTINCT (bucket_start, scope, team_id, user_id)) FROM analytics.real_chats",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dupes, 0);
+    let extra: Vec<String> = again.iter().filter(|r| !first.contains(r)).cloned().collect();
+    assert!(
+        extra.iter().all(|r| r.contains("2024-05-13") || r.contains("2024-05-14") || r.contains("2024-05-15")),
+        "only the new days were added: {extra:?}"
+    );
+    assert_eq!(again.len() - extra.len(), first.len(), "the first range is unchanged");
+    let sales_again = pg_rows(&pool, "sales_in_real_chats").await;
+    assert!(sales_first.iter().all(|r| sales_again.contains(r)));
+    // Every loaded window has one load record; the watermark did not move (history starts earlier: 05-01 missing).
+    let (_, runner) = open_runner(&s.config_path).await;
+    let loads = runner.sink.window_loads("real_chats").await.unwrap();
+    assert_eq!(loads.len(), 13);
+    assert_eq!(runner.sink.job_state("real_chats").await.unwrap().watermark, None);
+}
+
+fn job_with(name: &str, start: &str, max_windows: u32) -> (&'static str, String) {
+    let text = chatetl::demo::shipped::JOBS.iter().find(|(n, _)| *n == format!("{name}.yaml")).unwrap().1;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("start:") {
+                format!("start: {start}\nmax_windows_per_request: {max_windows}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (Box::leak(format!("{name}.yaml").into_boxed_str()), text + "\n")
+}
+
+fn opts(kind: RunKind) -> RunOptions {
+    RunOptions { kind, concurrency: 2, progress: Progress::Log, force: false }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_window_keeps_its_old_rows_and_holds_the_watermark() {
+    let db = TestDb::new().await;
+    let d = dump(&["--seed", "8", "--start", "2024-06-01", "--days", "12", "--sessions-per-day", "30"]);
+    let sim = serve(&d.path).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &sim,
+        TOKEN,
+        TestWarehouse::Postgres(&db.url),
+        &[job_with("real_chats", "2024-06-01", 3)],
+    );
+    let (config, runner) = open_runner(&path).await;
+    let job = &config.jobs["real_chats"];
+    let tz = job.time_zone;
+    let range = |a: &str, b: &str| {
+        let (f, t) = chatetl::plan::parse_range(a, b, tz).unwrap();
+        chatetl::plan::windows_overlapping(job.window, tz, f, t)
+    };
+    let first = runner.run(job, range("2024-06-01", "2024-06-09"), &opts(RunKind::Range)).await.unwrap();
+    assert!(first.ok());
+    assert_eq!(
+        runner.sink.job_state("real_chats").await.unwrap().watermark,
+        Some(chatetl::time::local_day_start(tz, NaiveDate::from_ymd_opt(2024, 6, 10).unwrap()))
+    );
+    let pool = db.pool().await;
+    let before = pg_rows(&pool, "real_chats").await;
+
+    // Fail the chunk 06-04..06-06 for good (every attempt of its three scope requests).
+    sim.handle.add_rule(FaultRule {
+        body_contains: Some("2024-06-04T00:00:00.000+03:00".into()),
+        faults: FaultConfig { error_rate: 1.0, error_statuses: vec![503], ..FaultConfig::default() },
+        ..FaultRule::default()
+    });
+    let runs_before: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT _run_id FROM analytics.real_chats").fetch_all(&pool).await.unwrap();
+    let report = runner.run(job, range("2024-06-01", "2024-06-12"), &opts(RunKind::Range)).await.unwrap();
+    assert_eq!((report.windows_loaded, report.windows_failed), (9, 3));
+    let msg = &report.failures[0].message;
+    assert!(
+        msg.contains("job real_chats")
+            && msg.contains("2024-06-04")
+            && msg.contains("503")
+            && msg.contains("/chat_sessions"),
+        "{msg}"
+    );
+    // The failed days keep the rows of the first run; the others were replaced by the second.
+    let failed_days: Vec<(String, String)> = sqlx::query("SELECT DISTINCT bucket_date::text, _run_id FROM analytics.real_chats WHERE bucket_date BETWEEN '2024-06-04' AND '2024-06-06'")
+        .fetch_all(&pool).await.unwrap().into_iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(failed_days.len(), 3);
+    assert!(failed_days.iter().all(|(_, run)| runs_before.contains(run)));
+    let after = pg_rows(&pool, "real_chats").await;
+    let new_days = after
+        .iter()
+        .filter(|r| ["2024-06-10", "2024-06-11", "2024-06-12"].iter().any(|d| r.contains(&format!(",{d},"))))
+        .count();
+    assert!(new_days > 0);
+    assert_eq!(after.len(), before.len() + new_days, "06-01..06-09 keep as many rows; 06-10..12 are added");
+    // The failed days still hold their first load, so every window up to 06-12 is loaded and the
+    // watermark covers them (a never-loaded failed window holds it: see the next test).
+    assert_eq!(
+        runner.sink.job_state("real_chats").await.unwrap().watermark,
+        Some(chatetl::time::local_day_start(tz, NaiveDate::from_ymd_opt(2024, 6, 13).unwrap()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_stops_before_a_failed_window_and_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "8", "--start", "2024-06-01", "--days", "12", "--sessions-per-day", "30"]);
+    let sim = serve(&d.path).await;
+    let wh = dir.path().join("wh");
+    let path =
+        write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[job_with("real_chats", "2024-06-01", 2)]);
+    let (config, runner) = open_runner(&path).await;
+    let job = &config.jobs["real_chats"];
+    sim.handle.add_rule(FaultRule {
+        body_contains: Some("2024-06-05T00:00:00.000+03:00".into()),
+        faults: FaultConfig { error_rate: 1.0, error_statuses: vec![500], ..FaultConfig::default() },
+        ..FaultRule::default()
+    });
+    let now = chatetl::time::local_day_start(job.time_zone, NaiveDate::from_ymd_opt(2024, 6, 11).unwrap());
+    let windows = runner.incremental_windows(job, now).await.unwrap();
+    assert_eq!(windows.len(), 10, "06-01 .. 06-10 are complete");
+    let report = runner.run(job, windows, &opts(RunKind::Incremental)).await.unwrap();
+    assert_eq!(report.windows_failed, 2);
+    let june = |d| chatetl::time::local_day_start(job.time_zone, NaiveDate::from_ymd_opt(2024, 6, d).unwrap());
+    assert_eq!(
+        runner.sink.job_state("real_chats").await.unwrap().watermark,
+        Some(june(5)),
+        "held before the failed 06-05"
+    );
+    assert!(wh.join("real_chats/date=2024-06-08").exists(), "windows after the failure are committed");
+    assert!(!wh.join("real_chats/date=2024-06-05").exists());
+
+    sim.handle.clear_rules();
+    let windows = runner.incremental_windows(job, now).await.unwrap();
+    assert_eq!(windows.first().map(|w| w.start), Some(june(5)), "the next run starts at the watermark");
+    assert!(runner.run(job, windows, &opts(RunKind::Incremental)).await.unwrap().ok());
+    assert_eq!(runner.sink.job_state("real_chats").await.unwrap().watermark, Some(june(11)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backfill_resumes_without_redoing_finished_windows() {
+    let db = TestDb::new().await;
+    let d = dump(&["--seed", "9", "--start", "2024-01-01", "--days", "60", "--sessions-per-day", "10"]);
+    let sim = serve(&d.path).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &sim,
+        TOKEN,
+        TestWarehouse::Postgres(&db.url),
+        &[job_with("real_chats", "2024-01-01", 10)],
+    );
+    // The chunk starting 2024-01-21 fails: the backfill is "interrupted" there.
+    sim.handle.add_rule(FaultRule {
+        body_contains: Some("2024-01-21T00:00:00.000+02:00".into()),
+        faults: FaultConfig { error_rate: 1.0, error_statuses: vec![502], ..FaultConfig::default() },
+        ..FaultRule::default()
+    });
+    let (code, out, err) = run_cli(
+        &path,
+        &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "3"],
+    );
+    assert_eq!(code, 1, "a failed chunk makes exit code 1: {out}\n{err}");
+    assert!(err.contains("job real_chats, window 2024-01-21..2024-01-30") && err.contains("502"), "{err}");
+    sim.handle.clear_rules();
+    sim.handle.clear_requests();
+    let (code, out, err) =
+        run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let requests = sim.handle.requests();
+    assert_eq!(requests.len(), 3, "only the failed chunk, once per scope");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.body.contains("2024-01-21T00:00:00.000+02:00")
+                && r.body.contains("2024-01-30T23:59:59.999+02:00"))
+    );
+    assert!(out.contains("skipped"), "{out}");
+    let pool = db.pool().await;
+    let windows: i64 = sqlx::query_scalar("SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(windows, 60);
+    let wm: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE job = 'real_chats'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(wm, Some(chatetl::time::local_day_start(HEL, NaiveDate::from_ymd_opt(2024, 3, 1).unwrap())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_makes_the_minimum_number_of_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "70", "--sessions-per-day", "5"]);
+    let sim = serve(&d.path).await;
+    let wh = dir.path().join("wh");
+    let path = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &shipped_jobs(Some("2024-01-01")));
+    let (code, out, err) = run_cli(
+        &path,
+        &["run", "--job", "real_chats", "--job", "unique_visitors", "--from", "2024-01-01", "--to", "2024-03-02"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let reqs = sim.handle.requests();
+    let count = |needle: &str| reqs.iter().filter(|r| r.body.contains(needle)).count();
+    // 62 days: real_chats = 2 chunks of 31 days x 3 scopes; unique_visitors (granularity all) = 62 x 1.
+    assert_eq!(count("\"count\""), 6);
+    assert_eq!(count("hyperUnique"), 62);
+    assert_eq!(reqs.len(), 68);
+    let (_, plan_out, _) =
+        run_cli(&path, &["plan", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-03-02"]);
+    assert!(plan_out.contains("62 Day windows") && plan_out.contains("6 requests"), "{plan_out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_429_and_503_succeed_and_401_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);
+    let sim = serve(&d.path).await;
+    let wh = dir.path().join("wh");
+    let path =
+        write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[job_with("real_chats", "2024-01-01", 31)]);
+    sim.handle.add_rule(FaultRule {
+        times: Some(1),
+        faults: FaultConfig { throttle_rate: 1.0, retry_after_secs: Some(1), ..FaultConfig::default() },
+        ..FaultRule::default()
+    });
+    sim.handle.add_rule(FaultRule {
+        times: Some(2),
+        faults: FaultConfig { error_rate: 1.0, error_statuses: vec![503], ..FaultConfig::default() },
+        ..FaultRule::default()
+    });
+    let (code, out, err) = run_cli(&path, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let statuses: Vec<u16> = sim.handle.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 2);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "every scope answered in the end");
+    assert!(
+        out.lines().any(|l| l.starts_with("real_chats") && l.split_whitespace().nth(7) == Some("3")),
+        "3 retries reported: {out}"
+    );
+
+    // A wrong key: one request per scope, no retries, a message naming job, window, status and URL.
+    sim.handle.clear_requests();
+    let bad = write_config(
+        &dir.path().join("bad"),
+        &sim,
+        "not-the-key",
+        TestWarehouse::Parquet(&wh),
+        &[job_with("real_chats", "2024-01-01", 31)],
+    );
+    let (code, _, err) = run_cli(&bad, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
+    assert_eq!(code, 1);
+    assert_eq!(sim.handle.requests().len(), 3, "401 is not retried");
+    assert!(
+        err.contains("job real_chats, window 2024-01-01..2024-01-02")
+            && err.contains("upstream returned 401 for POST http://")
+            && err.contains("/chat_sessions"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_appears_in_trace_logs() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);
+    let sim = serve(&d.path).await;
+    let secret_token = TOKEN;
+    let path = write_config(
+        dir.path(),
+        &sim,
+        secret_token,
+        TestWarehouse::Postgres(&db.url),
+        &[job_with("real_chats", "2024-01-01", 31)],
+    );
+    let mut args = vec!["--config", path.to_str().unwrap(), "-vv", "--log-format"];
+    for format in ["json", "pretty"] {
+        args.truncate(4);
+        args.extend([format, "run", "--from", "2024-01-01", "--to", "2024-01-02"]);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+            .args(&args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.lines().count() > 20, "trace logging is on");
+        assert!(!stderr.contains(secret_token) && !stdout.contains(secret_token), "the token leaked");
+    }
+    let debug = format!("{:?}", config::load(&path).unwrap());
+    assert!(!debug.contains(secret_token) && debug.contains("***"));
+}
