@@ -596,3 +596,42 @@ async fn no_token_appears_in_trace_logs() {
     let debug = format!("{:?}", config::load(&path).unwrap());
     assert!(!debug.contains(secret_token) && debug.contains("***"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_keeps_its_commits_and_the_rerun_loads_only_the_rest() {
+    let db = TestDb::new().await;
+    let d = dump(&["--seed", "9", "--start", "2024-01-01", "--days", "60", "--sessions-per-day", "10"]);
+    let sim = serve(&d.path).await;
+    sim.handle.set_faults(FaultConfig { latency_ms: 120, ..FaultConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &[job_with("real_chats", "2024-01-01", 5)]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+        .args(["--config", path.to_str().unwrap(), "-q", "backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "1"])
+        .spawn()
+        .unwrap();
+    let pool = db.pool().await;
+    let loaded = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'").fetch_one(&pool).await.unwrap_or(0)
+    };
+    // Kill it (SIGKILL: no chance to clean up) once a few chunks are committed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while loaded().await < 10 {
+        assert!(std::time::Instant::now() < deadline, "the backfill made no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let committed = loaded().await;
+    assert!((10..60).contains(&committed), "killed part way: {committed} windows");
+    assert_eq!(committed % 5, 0, "chunks commit whole");
+    let rows_per_window: Vec<i64> = sqlx::query_scalar("SELECT count(*) FROM analytics.real_chats GROUP BY _window_start").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows_per_window.len() as i64, committed, "every committed window has its rows, nothing else was written");
+
+    sim.handle.set_faults(FaultConfig::default());
+    sim.handle.clear_requests();
+    let (code, out, err) = run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let remaining = 60 - committed as usize;
+    assert_eq!(sim.handle.requests().len(), 3 * remaining / 5, "only the unfinished chunks, once per scope");
+    assert_eq!(loaded().await, 60);
+}
