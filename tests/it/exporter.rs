@@ -332,6 +332,22 @@ fn job_with(name: &str, start: &str, max_windows: u32) -> (&'static str, String)
     (Box::leak(format!("{name}.yaml").into_boxed_str()), text + "\n")
 }
 
+/// A dataset dumped with `args`, served, and a config with one job writing to `warehouse`.
+struct One {
+    _dump: crate::util::Dump,
+    _dir: tempfile::TempDir,
+    sim: RunningSimulator,
+    path: std::path::PathBuf,
+}
+
+async fn one_job(args: &[&str], warehouse: TestWarehouse<'_>, job: (&'static str, String)) -> One {
+    let d = dump(args);
+    let sim = serve(&d.path).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &sim, TOKEN, warehouse, &[job]);
+    One { _dump: d, _dir: dir, sim, path }
+}
+
 fn opts(kind: RunKind) -> RunOptions {
     RunOptions { kind, concurrency: 2, progress: Progress::Log, force: false }
 }
@@ -339,16 +355,12 @@ fn opts(kind: RunKind) -> RunOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_window_keeps_its_old_rows_and_holds_the_watermark() {
     let db = TestDb::new().await;
-    let d = dump(&["--seed", "8", "--start", "2024-06-01", "--days", "12", "--sessions-per-day", "30"]);
-    let sim = serve(&d.path).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &sim,
-        TOKEN,
+    let One { sim, path, .. } = &one_job(
+        &["--seed", "8", "--start", "2024-06-01", "--days", "12", "--sessions-per-day", "30"],
         TestWarehouse::Postgres(&db.url),
-        &[job_with("real_chats", "2024-06-01", 3)],
-    );
+        job_with("real_chats", "2024-06-01", 3),
+    )
+    .await;
     let (config, runner) = open_runner(&path).await;
     let job = &config.jobs["real_chats"];
     let tz = job.time_zone;
@@ -442,16 +454,12 @@ async fn watermark_stops_before_a_failed_window_and_resumes_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_backfill_resumes_without_redoing_finished_windows() {
     let db = TestDb::new().await;
-    let d = dump(&["--seed", "9", "--start", "2024-01-01", "--days", "60", "--sessions-per-day", "10"]);
-    let sim = serve(&d.path).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &sim,
-        TOKEN,
+    let One { sim, path, .. } = &one_job(
+        &["--seed", "9", "--start", "2024-01-01", "--days", "60", "--sessions-per-day", "10"],
         TestWarehouse::Postgres(&db.url),
-        &[job_with("real_chats", "2024-01-01", 10)],
-    );
+        job_with("real_chats", "2024-01-01", 10),
+    )
+    .await;
     // The chunk starting 2024-01-21 fails: the backfill is "interrupted" there.
     sim.handle.add_rule(FaultRule {
         body_contains: Some("2024-01-21T00:00:00.000+02:00".into()),
@@ -555,7 +563,11 @@ async fn retries_on_429_and_503_succeed_and_401_fails_at_once() {
     );
     let (code, _, err) = run_cli(&bad, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
     assert_eq!(code, 1);
-    assert_eq!(sim.handle.requests().len(), 3, "401 is not retried");
+    // The first 401 cancels the chunk's other scope requests, so 1 to 3 are sent; none twice.
+    let sent = sim.handle.requests();
+    let bodies: HashSet<&str> = sent.iter().map(|r| r.body.as_str()).collect();
+    assert!((1..=3).contains(&sent.len()) && bodies.len() == sent.len(), "401 is not retried: {sent:?}");
+    assert!(sent.iter().all(|r| r.status == 401));
     assert!(
         err.contains("job real_chats, window 2024-01-01..2024-01-02")
             && err.contains("upstream returned 401 for POST http://")
@@ -604,14 +616,36 @@ async fn a_killed_backfill_keeps_its_commits_and_the_rerun_loads_only_the_rest()
     let sim = serve(&d.path).await;
     sim.handle.set_faults(FaultConfig { latency_ms: 120, ..FaultConfig::default() });
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &[job_with("real_chats", "2024-01-01", 5)]);
+    let path = write_config(
+        dir.path(),
+        &sim,
+        TOKEN,
+        TestWarehouse::Postgres(&db.url),
+        &[job_with("real_chats", "2024-01-01", 5)],
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
-        .args(["--config", path.to_str().unwrap(), "-q", "backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "1"])
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "-q",
+            "backfill",
+            "--job",
+            "real_chats",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-02-29",
+            "--concurrency",
+            "1",
+        ])
         .spawn()
         .unwrap();
     let pool = db.pool().await;
     let loaded = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'").fetch_one(&pool).await.unwrap_or(0)
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
     };
     // Kill it (SIGKILL: no chance to clean up) once a few chunks are committed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -624,12 +658,21 @@ async fn a_killed_backfill_keeps_its_commits_and_the_rerun_loads_only_the_rest()
     let committed = loaded().await;
     assert!((10..60).contains(&committed), "killed part way: {committed} windows");
     assert_eq!(committed % 5, 0, "chunks commit whole");
-    let rows_per_window: Vec<i64> = sqlx::query_scalar("SELECT count(*) FROM analytics.real_chats GROUP BY _window_start").fetch_all(&pool).await.unwrap();
-    assert_eq!(rows_per_window.len() as i64, committed, "every committed window has its rows, nothing else was written");
+    let rows_per_window: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM analytics.real_chats GROUP BY _window_start")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows_per_window.len() as i64,
+        committed,
+        "every committed window has its rows, nothing else was written"
+    );
 
     sim.handle.set_faults(FaultConfig::default());
     sim.handle.clear_requests();
-    let (code, out, err) = run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29"]);
+    let (code, out, err) =
+        run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let remaining = 60 - committed as usize;
     assert_eq!(sim.handle.requests().len(), 3 * remaining / 5, "only the unfinished chunks, once per scope");
