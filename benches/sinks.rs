@@ -104,7 +104,13 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = config.clone();
         cfg.warehouse = wh.clone();
         let runner = Runner::open(cfg).await?;
-        let opts = RunOptions { kind: RunKind::Range, concurrency: 4, progress: Progress::Log, force: true };
+        let opts = RunOptions {
+            kind: RunKind::Range,
+            concurrency: 4,
+            progress: Progress::Log,
+            force: true,
+            ..RunOptions::default()
+        };
         let t = Instant::now();
         let report = runner.run(&job, windows.clone(), &opts).await?;
         assert!(report.ok(), "{:?}", report.failures);
@@ -123,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
                 run_id: "bench",
                 requests: 3,
                 windows: group.to_vec(),
+                partial_after: None,
             })
             .await?;
         }

@@ -35,7 +35,7 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
         Some(w) => w,
         None => {
             let runner = Runner::open(config.clone()).await?;
-            runner.incremental_windows(&job, Utc::now()).await?
+            runner.incremental_windows(&job, Utc::now()).await?.0
         }
     };
     let source_config =
@@ -79,12 +79,30 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     let mut fatal = Vec::new();
     for (job, windows) in jobs {
-        let (kind, windows) = match windows {
-            Some(w) => (RunKind::Range, w),
-            None => (RunKind::Incremental, runner.incremental_windows(&job, Utc::now()).await?),
+        let mut opts = RunOptions {
+            concurrency: args.concurrency,
+            progress: Progress::Auto,
+            force: true,
+            ..RunOptions::default()
         };
-        let opts = RunOptions { kind, concurrency: args.concurrency, progress: Progress::Auto, force: true };
-        match runner.run(&job, windows, &opts).await {
+        let result = if args.rebuild {
+            runner.rebuild(&job, Utc::now(), &opts).await
+        } else {
+            let windows = match windows {
+                Some(w) => {
+                    opts.kind = RunKind::Range;
+                    w
+                }
+                None => {
+                    let (w, partial_after) = runner.incremental_windows(&job, Utc::now()).await?;
+                    opts.kind = RunKind::Incremental;
+                    opts.partial_after = Some(partial_after);
+                    w
+                }
+            };
+            runner.run(&job, windows, &opts).await
+        };
+        match result {
             Ok(r) => reports.push(r),
             Err(e) => fatal.push(format!("job {}: {e:#}", job.name)),
         }
@@ -102,6 +120,7 @@ pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<Exit
         concurrency: args.concurrency,
         progress: Progress::Auto,
         force: args.force,
+        ..RunOptions::default()
     };
     let report = runner.run(&job, windows, &opts).await?;
     finish(&[report], &[])

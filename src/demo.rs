@@ -97,7 +97,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let mut reports = Vec::new();
     for job in runner.config.jobs.values() {
         let windows = plan::windows_overlapping(WindowUnit::Day, job.time_zone, from, to);
-        let opts = RunOptions { kind: RunKind::Demo, concurrency: 4, progress: Progress::Auto, force: true };
+        let opts = RunOptions {
+            kind: RunKind::Demo,
+            concurrency: 4,
+            progress: Progress::Auto,
+            force: true,
+            ..RunOptions::default()
+        };
         reports.push(runner.run(job, windows, &opts).await?);
     }
     let sample = sample_rows(&runner, 7).await.unwrap_or_default();

@@ -71,6 +71,7 @@ Examples:
   chatetl run                                         # every job, from its watermark
   chatetl run --job real_chats --job short_chats
   chatetl run --job real_chats --from 2024-03-01 --to 2024-03-31   # reload March
+  chatetl run --job real_chats --rebuild              # drop and reload the whole history
 Exit codes: 0 every window loaded; 1 some window failed (the others are kept); 2 bad usage or configuration.";
 
 const BACKFILL_EXAMPLES: &str = "\
@@ -116,6 +117,10 @@ struct RunArgs {
     /// Requests (chunks) in flight per job.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// Forget the job's loaded history (its table, loads and watermark) and load all of it again
+    /// with the job's current definition (after the definition changed).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    rebuild: bool,
 }
 
 #[derive(Debug, Args)]

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tracing::{Instrument, info, info_span, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::batch::{self, TableSchema, WindowBatch};
 use crate::config::{Config, Job};
@@ -35,6 +36,9 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error("{0}")]
     Source(String),
+    /// Another process (a second daemon, a manual run) is loading this job right now.
+    #[error("job {0} is being loaded by another chatetl process; try again when it finishes")]
+    Locked(String),
 }
 
 /// Why this run happens; recorded in the run history.
@@ -48,6 +52,10 @@ pub enum RunKind {
     Backfill,
     /// `chatetl demo`.
     Demo,
+    /// A tick of `chatetl schedule`: incremental.
+    Scheduled,
+    /// `chatetl run --rebuild`: the whole history again, after a definition change.
+    Rebuild,
 }
 
 impl RunKind {
@@ -57,6 +65,8 @@ impl RunKind {
             RunKind::Range => "run-range",
             RunKind::Backfill => "backfill",
             RunKind::Demo => "demo",
+            RunKind::Scheduled => "schedule",
+            RunKind::Rebuild => "rebuild",
         }
     }
 }
@@ -79,11 +89,23 @@ pub struct RunOptions {
     pub progress: Progress,
     /// Reload windows already loaded with the current definition (backfill skips them otherwise).
     pub force: bool,
+    /// Windows ending after this instant are incomplete: loaded, but not recorded as loaded.
+    pub partial_after: Option<DateTime<Utc>>,
+    /// Once cancelled, no new chunk starts; chunks in flight finish (or are dropped by the caller,
+    /// which rolls their transactions back).
+    pub cancel: Option<CancellationToken>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { kind: RunKind::Range, concurrency: 2, progress: Progress::Auto, force: false }
+        RunOptions {
+            kind: RunKind::Range,
+            concurrency: 2,
+            progress: Progress::Auto,
+            force: false,
+            partial_after: None,
+            cancel: None,
+        }
     }
 }
 
@@ -105,6 +127,8 @@ pub struct RunReport {
     pub windows_skipped: usize,
     pub windows_loaded: usize,
     pub windows_failed: usize,
+    /// Windows not started because the run was cancelled (shutdown).
+    pub windows_cancelled: usize,
     pub rows: u64,
     pub requests: u64,
     pub retries: u64,
@@ -115,8 +139,9 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Every planned window was loaded or skipped: nothing failed, nothing was cancelled.
     pub fn ok(&self) -> bool {
-        self.failures.is_empty()
+        self.failures.is_empty() && self.windows_cancelled == 0
     }
 }
 
@@ -157,23 +182,51 @@ impl Runner {
             .ok_or_else(|| RunError::UnknownSource { job: job.name.clone(), name: job.source.clone() })
     }
 
-    /// The windows an incremental run at `now` loads.
-    pub async fn incremental_windows(&self, job: &Job, now: DateTime<Utc>) -> Result<Vec<Window>, RunError> {
+    /// The windows an incremental run at `now` loads (the job's settle delay and
+    /// `include_partial` apply), and the instant after which windows are incomplete.
+    pub async fn incremental_windows(
+        &self,
+        job: &Job,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Window>, DateTime<Utc>), RunError> {
         let state = self.sink.job_state(&job.name).await?;
-        Ok(plan::incremental(
+        let settle = chrono::Duration::seconds(job.settle_secs as i64);
+        let windows = plan::incremental(
             job.window,
             job.time_zone,
             job.start,
             state.watermark,
             now,
             job.lookback_windows,
-            chrono::Duration::zero(),
-            false,
-        ))
+            settle,
+            job.include_partial,
+        );
+        Ok((windows, now - settle))
     }
 
-    /// Loads `windows` of `job` (any order; they are sorted and chunked).
-    pub async fn run(&self, job: &Job, mut windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
+    /// Every complete window of the job's history at `now`, after forgetting the old history
+    /// (table, loads, watermark) and storing the current definition: `run --rebuild`.
+    pub async fn rebuild(&self, job: &Job, now: DateTime<Utc>, opts: &RunOptions) -> Result<RunReport, RunError> {
+        let lock = self.sink.try_lock_job(&job.name).await?.ok_or_else(|| RunError::Locked(job.name.clone()))?;
+        let reset = self.sink.reset_job(job, &definition_hash(job)).await;
+        lock.release().await;
+        reset?;
+        let windows =
+            plan::incremental(job.window, job.time_zone, job.start, None, now, 0, chrono::Duration::zero(), false);
+        let opts = RunOptions { kind: RunKind::Rebuild, force: true, ..opts.clone() };
+        self.run(job, windows, &opts).await
+    }
+
+    /// Loads `windows` of `job` (any order; they are sorted and chunked), holding the job's run
+    /// lock so no other process loads it at the same time.
+    pub async fn run(&self, job: &Job, windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
+        let lock = self.sink.try_lock_job(&job.name).await?.ok_or_else(|| RunError::Locked(job.name.clone()))?;
+        let result = self.run_locked(job, windows, opts).await;
+        lock.release().await;
+        result
+    }
+
+    async fn run_locked(&self, job: &Job, mut windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let source = self.source_of(job)?;
         let schema = TableSchema::for_job(job);
@@ -182,7 +235,8 @@ impl Runner {
         let state = self.sink.prepare(job, &schema, history_start, &hash).await?;
         let definition_changed = state.definition_hash.as_deref().is_some_and(|h| h != hash);
         if definition_changed {
-            warn!(job = %job.name, "the job's definition changed since its history was loaded; older windows were computed differently");
+            error!(job = %job.name, file = %job.file.display(),
+                "the job's definition changed since its history was loaded: older windows were computed differently; reload them with `chatetl run --job {} --rebuild`", job.name);
         }
         windows.sort();
         windows.dedup();
@@ -224,8 +278,17 @@ impl Runner {
             hash: &hash,
             run_id: &run_id,
             history_start,
+            partial_after: opts.partial_after,
         };
-        let mut outcomes = futures::stream::iter(chunks.into_iter().map(|chunk| ctx.load(chunk)))
+        let cancel = opts.cancel.clone().unwrap_or_default();
+        let mut started_windows = 0usize;
+        let mut outcomes = futures::stream::iter(chunks)
+            // After cancellation no new chunk starts; those in flight finish.
+            .take_while(|_| std::future::ready(!cancel.is_cancelled()))
+            .map(|chunk| {
+                started_windows += chunk.len();
+                ctx.load(chunk)
+            })
             .buffer_unordered(opts.concurrency.max(1));
         let mut report = RunReport {
             job: job.name.clone(),
@@ -234,6 +297,7 @@ impl Runner {
             windows_skipped: skipped,
             windows_loaded: 0,
             windows_failed: 0,
+            windows_cancelled: 0,
             rows: 0,
             requests: 0,
             retries: 0,
@@ -273,6 +337,10 @@ impl Runner {
             }
         }
         drop(outcomes);
+        report.windows_cancelled = total - started_windows;
+        if report.windows_cancelled > 0 {
+            warn!(job = %job.name, windows = report.windows_cancelled, "run cancelled; the remaining windows were not started");
+        }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -288,9 +356,10 @@ impl Runner {
         record.rows = report.rows;
         record.requests = report.requests as u32;
         record.retries = report.retries as u32;
-        record.status = match (report.windows_failed, report.windows_loaded) {
-            (0, _) => "succeeded",
-            (_, 0) => "failed",
+        record.status = match (report.windows_failed, report.windows_loaded, report.windows_cancelled) {
+            (0, _, 0) => "succeeded",
+            (0, _, _) => "interrupted",
+            (_, 0, _) => "failed",
             _ => "partial",
         }
         .into();
@@ -311,6 +380,7 @@ struct ChunkContext<'a> {
     hash: &'a str,
     run_id: &'a str,
     history_start: DateTime<Utc>,
+    partial_after: Option<DateTime<Utc>>,
 }
 
 impl ChunkContext<'_> {
@@ -345,6 +415,7 @@ impl ChunkContext<'_> {
                     run_id: self.run_id,
                     requests: job.scopes.len() as u32,
                     windows,
+                    partial_after: self.partial_after,
                 })
                 .await
                 .map_err(|e| e.to_string())

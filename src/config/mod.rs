@@ -201,4 +201,9 @@ pub struct Job {
     /// Consecutive windows one request may cover (default 31 for day windows, 168 for hour
     /// windows; 1 when granularity is `all`).
     pub max_windows_per_request: u32,
+    /// Seconds a window must have ended before a scheduled run loads it (default 0).
+    pub settle_secs: u64,
+    /// Scheduled runs also load the current, incomplete window; it is replaced on later ticks
+    /// and never moves the watermark (default false).
+    pub include_partial: bool,
 }

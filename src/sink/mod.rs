@@ -35,6 +35,34 @@ pub struct Commit<'a> {
     /// Requests made for these windows.
     pub requests: u32,
     pub windows: Vec<WindowBatch>,
+    /// Windows ending after this instant are incomplete (`include_partial`): their rows are
+    /// written, but they are not recorded as loaded, so the watermark never passes them.
+    pub partial_after: Option<DateTime<Utc>>,
+}
+
+impl Commit<'_> {
+    /// Whether `w` is recorded as a complete load.
+    pub fn complete(&self, w: &crate::plan::Window) -> bool {
+        self.partial_after.is_none_or(|t| w.end <= t)
+    }
+}
+
+/// A job's run lock, held for one run: a PostgreSQL session advisory lock on a connection of its
+/// own (closing it releases the lock on every exit path, even a panic or a kill), or an OS file
+/// lock on `<path>/_chatetl/<job>.lock` for Parquet.
+pub enum JobLock {
+    Postgres(postgres::AdvisoryLock),
+    File(std::fs::File),
+}
+
+impl JobLock {
+    /// Releases the lock now (dropping it releases it too).
+    pub async fn release(self) {
+        match self {
+            JobLock::Postgres(l) => l.release().await,
+            JobLock::File(f) => drop(f),
+        }
+    }
 }
 
 /// An open warehouse.
@@ -71,6 +99,31 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.prepare(job, schema, history_start, definition_hash).await,
             Sink::Parquet(s) => s.prepare(job, history_start, definition_hash).await,
+        }
+    }
+
+    /// Takes `job`'s run lock, or `None` when another process holds it.
+    pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, SinkError> {
+        match self {
+            Sink::Postgres(s) => Ok(s.try_lock_job(job).await?.map(JobLock::Postgres)),
+            Sink::Parquet(s) => Ok(s.try_lock_job(job)?.map(JobLock::File)),
+        }
+    }
+
+    /// Forgets `job`'s history before a rebuild: drops its table (folder), its window loads and
+    /// watermark, and stores `definition_hash` as the definition the new history is loaded with.
+    pub async fn reset_job(&self, job: &Job, definition_hash: &str) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.reset_job(job, definition_hash).await,
+            Sink::Parquet(s) => s.reset_job(job, definition_hash).await,
+        }
+    }
+
+    /// Whether the warehouse answers (for /healthz).
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.ping().await,
+            Sink::Parquet(s) => s.ping(),
         }
     }
 

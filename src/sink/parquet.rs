@@ -84,7 +84,7 @@ impl ParquetSink {
             .build();
         let mut rows = 0u64;
         let mut written = Vec::new();
-        for w in c.windows {
+        for w in &c.windows {
             let path = window_path(&self.root, c.job, &w.window);
             let props = props.clone();
             let batch = w.batch.clone();
@@ -107,7 +107,7 @@ impl ParquetSink {
         let now = Utc::now();
         self.state
             .update(&c.job.name, |s| {
-                for (window, n) in &written {
+                for (window, n) in written.iter().filter(|(w, _)| c.complete(w)) {
                     s.windows.insert(
                         window.start,
                         WindowLoad {
@@ -128,6 +128,48 @@ impl ParquetSink {
             .await
             .map_err(SinkError)?;
         Ok(rows)
+    }
+
+    /// An OS lock on `_chatetl/<job>.lock`, released when the file closes (or the process ends).
+    pub fn try_lock_job(&self, job: &str) -> Result<Option<std::fs::File>, SinkError> {
+        let dir = self.root.join("_chatetl");
+        std::fs::create_dir_all(&dir).map_err(|e| SinkError(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{job}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SinkError(format!("cannot open lock file {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(SinkError(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+
+    /// Removes the job's folder and forgets its loads and watermark.
+    pub async fn reset_job(&self, job: &Job, definition_hash: &str) -> Result<(), SinkError> {
+        let dir = self.root.join(&job.table);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SinkError(format!("cannot remove {}: {e}", dir.display()))),
+        }
+        self.state
+            .update(&job.name, |s| {
+                s.windows.clear();
+                s.watermark = None;
+                s.definition_hash = Some(definition_hash.to_string());
+            })
+            .await
+            .map_err(SinkError)
+    }
+
+    pub fn ping(&self) -> Result<(), SinkError> {
+        std::fs::metadata(&self.root)
+            .map(|_| ())
+            .map_err(|e| SinkError(format!("warehouse folder {}: {e}", self.root.display())))
     }
 
     pub fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {

@@ -219,7 +219,7 @@ impl PostgresSink {
             copy.finish().await.map_err(&err)?;
         }
         let now = Utc::now();
-        for w in &c.windows {
+        for w in c.windows.iter().filter(|w| c.complete(&w.window)) {
             sqlx::query(
                 "INSERT INTO chatetl.window_loads (job, window_start, window_end, rows, requests, run_id, definition_hash, loaded_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -261,6 +261,48 @@ impl PostgresSink {
         }
         tx.commit().await.map_err(&err)?;
         Ok(rows)
+    }
+
+    /// Takes the job's session advisory lock on a connection detached from the pool.
+    pub async fn try_lock_job(&self, job: &str) -> Result<Option<AdvisoryLock>, SinkError> {
+        let err = db_err("cannot take the job's advisory lock");
+        let mut conn = self.pool.acquire().await.map_err(&err)?.detach();
+        let key = lock_key(job);
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await.map_err(&err)?;
+        if got {
+            Ok(Some(AdvisoryLock { conn, key }))
+        } else {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(None)
+        }
+    }
+
+    /// Drops the job's table and load records; the job row keeps only the new definition hash.
+    pub async fn reset_job(&self, job: &Job, definition_hash: &str) -> Result<(), SinkError> {
+        let table = self.table(&job.table);
+        let err = db_err("cannot reset the job's history");
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(&mut *tx).await.map_err(&err)?;
+        sqlx::query("DELETE FROM chatetl.window_loads WHERE job = $1")
+            .bind(&job.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        sqlx::query(
+            "UPDATE chatetl.jobs SET definition_hash = $2, watermark = NULL, updated_at = now() WHERE job = $1",
+        )
+        .bind(&job.name)
+        .bind(definition_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err("the postgres warehouse does not answer"))?;
+        Ok(())
     }
 
     /// Every window load of `job`.
@@ -372,6 +414,28 @@ impl PostgresSink {
             });
         }
         Ok(out)
+    }
+}
+
+/// The advisory lock key of a job: 64 bits of the sha256 of `chatetl.job:<name>`.
+fn lock_key(job: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("chatetl.job:{job}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// A held session advisory lock; its connection belongs to no pool, so closing or dropping it
+/// (on any exit path) ends the session and PostgreSQL releases the lock.
+pub struct AdvisoryLock {
+    conn: sqlx::PgConnection,
+    key: i64,
+}
+
+impl AdvisoryLock {
+    /// Unlocks and closes the connection.
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.key).execute(&mut self.conn).await;
+        let _ = sqlx::Connection::close(self.conn).await;
     }
 }
 

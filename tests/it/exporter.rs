@@ -349,7 +349,7 @@ async fn one_job(args: &[&str], warehouse: TestWarehouse<'_>, job: (&'static str
 }
 
 fn opts(kind: RunKind) -> RunOptions {
-    RunOptions { kind, concurrency: 2, progress: Progress::Log, force: false }
+    RunOptions { kind, concurrency: 2, progress: Progress::Log, force: false, ..RunOptions::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +431,7 @@ async fn watermark_stops_before_a_failed_window_and_resumes_after_it() {
         ..FaultRule::default()
     });
     let now = chatetl::time::local_day_start(job.time_zone, NaiveDate::from_ymd_opt(2024, 6, 11).unwrap());
-    let windows = runner.incremental_windows(job, now).await.unwrap();
+    let (windows, _) = runner.incremental_windows(job, now).await.unwrap();
     assert_eq!(windows.len(), 10, "06-01 .. 06-10 are complete");
     let report = runner.run(job, windows, &opts(RunKind::Incremental)).await.unwrap();
     assert_eq!(report.windows_failed, 2);
@@ -445,7 +445,7 @@ async fn watermark_stops_before_a_failed_window_and_resumes_after_it() {
     assert!(!wh.join("real_chats/date=2024-06-05").exists());
 
     sim.handle.clear_rules();
-    let windows = runner.incremental_windows(job, now).await.unwrap();
+    let (windows, _) = runner.incremental_windows(job, now).await.unwrap();
     assert_eq!(windows.first().map(|w| w.start), Some(june(5)), "the next run starts at the watermark");
     assert!(runner.run(job, windows, &opts(RunKind::Incremental)).await.unwrap().ok());
     assert_eq!(runner.sink.job_state("real_chats").await.unwrap().watermark, Some(june(11)));

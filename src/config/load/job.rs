@@ -122,6 +122,8 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         }
         Some(text.trim().to_string())
     });
+    let settle_secs = ctx.integer("settle_secs", r.settle_secs.as_ref(), 0, 7 * 86_400, 0);
+    let include_partial = r.include_partial.as_ref().is_some_and(|v| v.value);
     let time_zone = match &r.time_zone {
         None => defaults.time_zone,
         Some(v) => ctx.time_zone("time_zone", v),
@@ -146,6 +148,8 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             table: table.clone()?.0,
             time_zone: time_zone?,
             max_windows_per_request: u32::try_from(max_windows_per_request?).ok()?,
+            settle_secs: settle_secs?,
+            include_partial,
         })
     })();
     JobOutcome { name, table, job }

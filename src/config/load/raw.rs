@@ -108,6 +108,11 @@ pub(super) struct RawJob {
     pub lookback_windows: Option<Spanned<RawNumber>>,
     /// Cron expression with six fields, seconds first (`0 15 6 * * *`); default: none.
     pub schedule: Option<Spanned<String>>,
+    /// Seconds a window must have ended before a scheduled run loads it; default 0.
+    pub settle_secs: Option<Spanned<RawNumber>>,
+    /// Also load the current, incomplete window on scheduled runs (replaced on later ticks);
+    /// default false.
+    pub include_partial: Option<Spanned<bool>>,
     /// Output table, a lowercase identifier; default: the job name.
     pub table: Option<Spanned<String>>,
     /// IANA zone of the windows; default: `time_zone` of `chatetl.yaml`.
