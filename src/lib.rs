@@ -18,6 +18,8 @@
 //!   file per window, atomically renamed into place).
 //! - [`state`]: watermarks, window loads and run history, and how a watermark moves.
 //! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation, run records.
+//! - [`metrics`]: the daemon's health and metrics endpoint (`chatetl schedule --listen`): per-job
+//!   counters and gauges, `GET /metrics` in the Prometheus text format, `GET /healthz`.
 //! - [`demo`]: `chatetl demo`: the simulator and every shipped job into a local warehouse.
 //! - [`readback`]: reading results back from a warehouse (the demo's summary).
 //! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
@@ -28,6 +30,7 @@
 pub mod batch;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod plan;
 pub mod readback;
 pub mod runner;

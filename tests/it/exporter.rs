@@ -361,7 +361,7 @@ async fn a_failed_window_keeps_its_old_rows_and_holds_the_watermark() {
         job_with("real_chats", "2024-06-01", 3),
     )
     .await;
-    let (config, runner) = open_runner(&path).await;
+    let (config, runner) = open_runner(path).await;
     let job = &config.jobs["real_chats"];
     let tz = job.time_zone;
     let range = |a: &str, b: &str| {
@@ -467,7 +467,7 @@ async fn an_interrupted_backfill_resumes_without_redoing_finished_windows() {
         ..FaultRule::default()
     });
     let (code, out, err) = run_cli(
-        &path,
+        path,
         &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "3"],
     );
     assert_eq!(code, 1, "a failed chunk makes exit code 1: {out}\n{err}");
@@ -475,7 +475,7 @@ async fn an_interrupted_backfill_resumes_without_redoing_finished_windows() {
     sim.handle.clear_rules();
     sim.handle.clear_requests();
     let (code, out, err) =
-        run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29"]);
+        run_cli(path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let requests = sim.handle.requests();
     assert_eq!(requests.len(), 3, "only the failed chunk, once per scope");
