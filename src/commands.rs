@@ -11,7 +11,7 @@ use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
 use chatetl::source::Source;
 use chrono::{DateTime, Utc};
 
-use crate::{BackfillArgs, DemoArgs, PlanArgs, RangeArgs, RunArgs, StatusArgs, UsageError};
+use crate::{BackfillArgs, DemoArgs, PlanArgs, RangeArgs, RunArgs, ScheduleArgs, StatusArgs, UsageError};
 
 /// The job named `name`, or a usage error listing the known ones.
 fn job<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Job> {
@@ -197,6 +197,8 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
     let names: Vec<String> = config.jobs.keys().cloned().collect();
     let zones: std::collections::BTreeMap<String, chrono_tz::Tz> =
         config.jobs.values().map(|j| (j.name.clone(), j.time_zone)).collect();
+    let hashes: std::collections::BTreeMap<String, String> =
+        config.jobs.values().map(|j| (j.name.clone(), chatetl::state::definition_hash(j))).collect();
     let runner = Runner::open(config).await?;
     let statuses = runner.sink.status(&names).await?;
     if args.json {
@@ -205,6 +207,8 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
             .map(|s| {
                 let mut v = serde_json::to_value(s).expect("serializable");
                 v["watermark_lag_secs"] = serde_json::json!(s.watermark.map(|w| (Utc::now() - w).num_seconds()));
+                v["definition_changed"] =
+                    serde_json::json!(s.definition_hash.is_some() && s.definition_hash.as_ref() != hashes.get(&s.job));
                 v
             })
             .collect();
@@ -215,6 +219,11 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
         (Some(t), Some(tz)) => t.with_timezone(tz).format("%Y-%m-%d %H:%M %Z").to_string(),
         _ => "-".to_string(),
     };
+    let definition = |s: &chatetl::state::JobStatus| match (&s.definition_hash, hashes.get(&s.job)) {
+        (Some(stored), Some(now)) if stored != now => "CHANGED: run --rebuild".to_string(),
+        (Some(_), _) => "ok".to_string(),
+        (None, _) => "-".to_string(),
+    };
     let rows: Vec<Vec<String>> = statuses
         .iter()
         .map(|s| {
@@ -222,6 +231,7 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
             vec![
                 s.job.clone(),
                 local(s.watermark, &s.job),
+                definition(s),
                 last.map(|r| format!("{} {}", r.status, local(r.finished_at.or(Some(r.started_at)), &s.job)))
                     .unwrap_or("-".into()),
                 s.windows_loaded.to_string(),
@@ -230,7 +240,7 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
             ]
         })
         .collect();
-    println!("{}", table(&["job", "watermark", "last run", "windows", "rows", "last error"], &rows));
+    println!("{}", table(&["job", "watermark", "definition", "last run", "windows", "rows", "last error"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -262,4 +272,48 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleArgs) -> anyhow::Result<ExitCode> {
+    use chatetl::scheduler::{Clock, Scheduler, SchedulerOptions};
+    use tokio_util::sync::CancellationToken;
+
+    let runner = Runner::open(config).await?;
+    let opts = SchedulerOptions { concurrency: args.concurrency, shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs) };
+    let scheduler = Scheduler::new(path, runner, Clock::System, opts);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("chatetl schedule: health and metrics on http://{}", listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    spawn_signal_handlers(shutdown.clone(), reload_tx)?;
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(chatetl::metrics::serve(
+        listener,
+        scheduler.metrics(),
+        scheduler.health_check(),
+        server_stop.clone().cancelled_owned(),
+    ));
+    scheduler.run(shutdown, reload_rx).await;
+    server_stop.cancel();
+    server.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP sends a reload request.
+fn spawn_signal_handlers(shutdown: tokio_util::sync::CancellationToken, reload: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); }
+                _ = int.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); }
+                _ = hup.recv() => { tracing::info!("SIGHUP received: reloading the configuration"); let _ = reload.send(()).await; }
+            }
+        }
+    });
+    Ok(())
 }

@@ -20,6 +20,8 @@
 //! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation, run records.
 //! - [`metrics`]: the daemon's health and metrics endpoint (`chatetl schedule --listen`): per-job
 //!   counters and gauges, `GET /metrics` in the Prometheus text format, `GET /healthz`.
+//! - [`scheduler`]: `chatetl schedule`: a tick loop per job, overlap guard, reload, graceful
+//!   shutdown; [`metrics`] serves its health and Prometheus metrics.
 //! - [`demo`]: `chatetl demo`: the simulator and every shipped job into a local warehouse.
 //! - [`readback`]: reading results back from a warehouse (the demo's summary).
 //! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod plan;
 pub mod readback;
 pub mod runner;
+pub mod scheduler;
 pub mod simulator;
 pub mod sink;
 pub mod source;

@@ -47,6 +47,9 @@ enum Command {
     /// Load a long range in chunks, with bounded concurrency and a progress bar; resumable.
     #[command(after_help = BACKFILL_EXAMPLES)]
     Backfill(BackfillArgs),
+    /// Run every scheduled job on its cron schedule until SIGTERM/SIGINT (SIGHUP reloads job files).
+    #[command(after_help = SCHEDULE_EXAMPLES)]
+    Schedule(ScheduleArgs),
     /// Per job: watermark, last run, rows and last error.
     #[command(after_help = "Examples:\n  chatetl status\n  chatetl status --json | jq '.[].watermark'")]
     Status(StatusArgs),
@@ -79,6 +82,16 @@ Examples:
   chatetl backfill --job real_chats --from 2023-01-01 --to 2023-12-31 --concurrency 4
 Re-running the same command skips windows already loaded with the job's current definition
 (--force reloads them). A backfill never moves a watermark backwards.";
+
+const SCHEDULE_EXAMPLES: &str = "\
+Examples:
+  chatetl schedule                                  # health and metrics on 127.0.0.1:9464
+  chatetl schedule --listen 0.0.0.0:9464 --concurrency 2
+  curl -s localhost:9464/metrics; curl -s localhost:9464/healthz
+  kill -HUP <pid>                                   # re-read chatetl.yaml and the job files
+Each tick of a job is an incremental run: every complete window from the watermark (plus the
+job's lookback), so a daemon that was down catches up on its first tick. Schedules are cron
+expressions with six fields (seconds first), evaluated on the wall clock of the job's zone.";
 
 const DEMO_EXAMPLES: &str = "\
 Examples:
@@ -141,6 +154,19 @@ struct BackfillArgs {
     /// Reload windows that are already loaded.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScheduleArgs {
+    /// Address of the health (/healthz) and Prometheus metrics (/metrics) endpoint.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+    /// Requests (chunks) in flight per job run, as for backfill.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds runs in flight may take to finish after SIGTERM/SIGINT before they are rolled back.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run(load_config(&cli.config)?, args).await,
         Command::Backfill(args) => commands::backfill(load_config(&cli.config)?, args).await,
         Command::Status(args) => commands::status(load_config(&cli.config)?, args).await,
+        Command::Schedule(args) => commands::schedule(cli.config.clone(), load_config(&cli.config)?, args).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Demo(args) => commands::demo(args).await,
     }

@@ -506,6 +506,7 @@ mod tests {
             job: job.to_string(),
             run_id: "r".to_string(),
             windows_planned: windows_loaded + windows_failed,
+            windows_cancelled: 0,
             windows_skipped: 0,
             windows_loaded,
             windows_failed,

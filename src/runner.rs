@@ -161,12 +161,17 @@ impl Runner {
 
     /// A runner over an already open warehouse.
     pub fn with_sink(config: Config, sink: Sink) -> Result<Runner, RunError> {
+        Runner::with_shared_sink(config, Arc::new(sink))
+    }
+
+    /// A runner for a new configuration over the same open warehouse (a reload).
+    pub fn with_shared_sink(config: Config, sink: Arc<Sink>) -> Result<Runner, RunError> {
         let sources = config
             .sources
             .iter()
             .map(|(name, s)| Ok((name.clone(), Arc::new(Source::new(s).map_err(RunError::Source)?))))
             .collect::<Result<_, RunError>>()?;
-        Ok(Runner { config, sink: Arc::new(sink), sources })
+        Ok(Runner { config, sink, sources })
     }
 
     /// Replaces a source (tests: a client with short retry delays).

@@ -29,7 +29,8 @@ pub fn level(verbosity: i8) -> &'static str {
 pub fn init(format: LogFormat, verbosity: i8) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("chatetl={}", level(verbosity))));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Pretty => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().with_current_span(true).try_init(),

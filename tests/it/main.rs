@@ -4,6 +4,7 @@
 
 mod exporter;
 mod jobs;
+mod scheduler;
 mod simulator_api;
 mod simulator_cli;
 mod simulator_faults;

@@ -1,0 +1,316 @@
+//! `chatetl schedule`: ticks on a moved clock advance watermarks, overlapping ticks are skipped,
+//! two daemons load each window once, an outage is caught up on the first tick, reloads detect a
+//! changed job (and keep the old definitions when the new files are invalid), SIGTERM in the
+//! middle of a catch-up leaves only whole committed windows, and /metrics matches the loads.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatetl::config;
+use chatetl::metrics::Metrics;
+use chatetl::runner::Runner;
+use chatetl::scheduler::{Clock, ManualClock, Scheduler, SchedulerOptions};
+use chatetl::simulator::{FaultConfig, RunningSimulator};
+use chrono::{DateTime, TimeZone, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::util::{TOKEN, TestDb, TestWarehouse, dump, serve, write_config};
+
+const HEL: chrono_tz::Tz = chrono_tz::Europe::Helsinki;
+
+fn local(y: i32, m: u32, d: u32, h: u32, min: u32, s: u32) -> DateTime<Utc> {
+    HEL.with_ymd_and_hms(y, m, d, h, min, s).earliest().unwrap().with_timezone(&Utc)
+}
+
+fn hourly_job(start: &str, schedule: &str) -> (&'static str, String) {
+    (
+        "hourly_chats.yaml",
+        format!(
+            "description: Chats per hour\nsource: giosg\nendpoint: chat_sessions\nwindow: hour\nscopes: [org, team]\n\
+             aggregations:\n  - {{ type: count, column: chats }}\nstart: {start}\nlookback_windows: 0\nschedule: \"{schedule}\"\n"
+        ),
+    )
+}
+
+fn daily_job(start: &str, schedule: &str, extra: &str) -> (&'static str, String) {
+    (
+        "daily_chats.yaml",
+        format!(
+            "description: Chats per day\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nscopes: [org]\n\
+             aggregations:\n  - {{ type: count, column: chats }}\n{extra}start: {start}\nlookback_windows: 0\nschedule: \"{schedule}\"\n"
+        ),
+    )
+}
+
+/// A scheduler running in this process on a manual clock.
+struct Daemon {
+    clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    reload: tokio::sync::mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_daemon(config_path: &Path, clock: Arc<ManualClock>) -> Daemon {
+    let config = config::load(config_path).unwrap();
+    let runner = Runner::open(config).await.unwrap();
+    let opts = SchedulerOptions { concurrency: 2, shutdown_grace: Duration::from_secs(5) };
+    let scheduler = Scheduler::new(config_path.to_path_buf(), runner, Clock::Manual(clock.clone()), opts);
+    let metrics = scheduler.metrics();
+    let stop = CancellationToken::new();
+    let (reload, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(scheduler.run(stop.clone(), rx));
+    // Let the job loops compute their first fire time from the clock's start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Daemon { clock, metrics, stop, reload, task }
+}
+
+impl Daemon {
+    /// Moves the clock to `t` and waits until `job` has `runs` runs and no run in flight.
+    async fn tick_to(&self, t: DateTime<Utc>, job: &str, runs: u64) {
+        self.clock.set(t);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.metrics.snapshot().get(job).map_or(0, |m| m.runs) < runs {
+            assert!(std::time::Instant::now() < deadline, "{job}: no run {runs} after moving the clock to {t}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Give the loop a moment to sleep again before the next move.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+    }
+}
+
+struct Env {
+    _dump: crate::util::Dump,
+    _dir: tempfile::TempDir,
+    sim: RunningSimulator,
+    path: std::path::PathBuf,
+}
+
+async fn env(args: &[&str], warehouse: TestWarehouse<'_>, jobs: &[(&'static str, String)]) -> Env {
+    let d = dump(args);
+    let sim = serve(&d.path).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &sim, TOKEN, warehouse, jobs);
+    Env { _dump: d, _dir: dir, sim, path }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hourly_and_daily_jobs_advance_tick_by_tick_across_the_spring_dst_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let e = env(
+        &["--seed", "3", "--start", "2024-03-29", "--days", "5", "--sessions-per-day", "40"],
+        TestWarehouse::Parquet(&wh),
+        &[hourly_job("2024-03-30", "0 5 * * * *"), daily_job("2024-03-30", "0 0 6 * * *", "")],
+    )
+    .await;
+    let d = start_daemon(&e.path, ManualClock::new(local(2024, 3, 30, 0, 0, 0))).await;
+    // Hourly: at hh:05 the hour before is complete. 2024-03-31 has no 03:xx local hour.
+    let mut runs = 0;
+    let mut t = local(2024, 3, 30, 1, 5, 0);
+    while t < local(2024, 4, 1, 8, 0, 0) {
+        runs += 1;
+        d.tick_to(t, "hourly_chats", runs).await;
+        let hour_start = t - chrono::Duration::minutes(5);
+        assert_eq!(d.metrics.snapshot()["hourly_chats"].watermark, Some(hour_start), "after the tick at {t}");
+        t += chrono::Duration::hours(1);
+    }
+    assert_eq!(runs, 2 * 24 + 7 - 1, "the 23-hour day has 23 ticks");
+    // Daily at 06:00 local, before and after the change (04:00Z in summer time, 05:00Z before).
+    let daily = d.metrics.snapshot()["daily_chats"].clone();
+    assert_eq!(daily.runs, 3, "06:00 on 03-30, 03-31 and 04-01");
+    assert_eq!(daily.watermark, Some(local(2024, 4, 1, 0, 0, 0)));
+    d.clock.set(local(2024, 4, 2, 5, 59, 59));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(d.metrics.snapshot()["daily_chats"].runs, 3, "not before 06:00 local");
+    d.tick_to(local(2024, 4, 2, 6, 0, 0), "daily_chats", 4).await;
+    assert_eq!(local(2024, 4, 2, 6, 0, 0), Utc.with_ymd_and_hms(2024, 4, 2, 3, 0, 0).unwrap());
+
+    // /metrics, served as the daemon does, parses and matches the loads on disk.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let health: chatetl::metrics::HealthCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+    let server = tokio::spawn(chatetl::metrics::serve(listener, d.metrics.clone(), health, std::future::pending()));
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    server.abort();
+    let sample = |name: &str, job: &str| -> f64 {
+        let prefix = format!("{name}{{job=\"{job}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix} in\n{text}"));
+        line[prefix.len()..].parse().unwrap()
+    };
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not Prometheus text: {line}");
+    }
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(wh.join("_chatetl/hourly_chats.json")).unwrap()).unwrap();
+    let rows_on_disk: u64 = state["windows"].as_object().unwrap().values().map(|w| w["rows"].as_u64().unwrap()).sum();
+    assert_eq!(sample("chatetl_job_rows_loaded_total", "hourly_chats") as u64, rows_on_disk);
+    assert_eq!(sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize, state["windows"].as_object().unwrap().len());
+    assert_eq!(sample("chatetl_job_runs_total", "daily_chats"), 4.0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_during_a_run_is_skipped_and_an_outage_is_caught_up_on_the_first_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(
+        &["--seed", "3", "--start", "2024-05-01", "--days", "6", "--sessions-per-day", "20"],
+        TestWarehouse::Parquet(&dir.path().join("wh")),
+        &[hourly_job("2024-05-02", "0 5 * * * *")],
+    )
+    .await;
+    let d = start_daemon(&e.path, ManualClock::new(local(2024, 5, 2, 0, 0, 0))).await;
+    e.sim.handle.set_faults(FaultConfig { latency_ms: 600, ..FaultConfig::default() });
+    d.clock.set(local(2024, 5, 2, 1, 5, 0));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    d.clock.set(local(2024, 5, 2, 2, 5, 0)); // while the first run waits for the slow simulator
+    d.tick_to(local(2024, 5, 2, 2, 5, 0), "hourly_chats", 1).await;
+    let m = d.metrics.snapshot()["hourly_chats"].clone();
+    assert_eq!((m.runs, m.skipped_ticks), (1, 1), "the overlapping tick was skipped, not doubled");
+    assert_eq!(e.sim.handle.requests().len(), 2, "one run: one request per scope");
+    e.sim.handle.set_faults(FaultConfig::default());
+
+    // The first run loaded 00:00-01:00 (the clock read 01:05 when it planned).
+    assert_eq!(m.watermark, Some(local(2024, 5, 2, 1, 0, 0)));
+    // Three days down: the first tick after loads every missed hour (01:00 .. 05-05 02:00).
+    e.sim.handle.clear_requests();
+    d.tick_to(local(2024, 5, 5, 2, 5, 0), "hourly_chats", 2).await;
+    let m = d.metrics.snapshot()["hourly_chats"].clone();
+    assert_eq!(m.watermark, Some(local(2024, 5, 5, 2, 0, 0)));
+    assert_eq!(m.windows_loaded, 1 + 73);
+    assert_eq!(e.sim.handle.requests().len(), 2, "72 hours fit in one request per scope (168 per request)");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_database_load_each_window_once() {
+    let db = TestDb::new().await;
+    let e = env(
+        &["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
+        TestWarehouse::Postgres(&db.url),
+        &[daily_job("2024-05-01", "0 30 6 * * *", "")],
+    )
+    .await;
+    e.sim.handle.set_faults(FaultConfig { latency_ms: 400, ..FaultConfig::default() });
+    let clock = ManualClock::new(local(2024, 5, 3, 0, 0, 0));
+    let (a, b) = (start_daemon(&e.path, clock.clone()).await, start_daemon(&e.path, clock.clone()).await);
+    clock.set(local(2024, 5, 3, 6, 30, 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let done = |d: &Daemon| {
+        let m = d.metrics.snapshot()["daily_chats"].clone();
+        m.runs + m.skipped_ticks
+    };
+    while done(&a) + done(&b) < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ma, mb) = (a.metrics.snapshot()["daily_chats"].clone(), b.metrics.snapshot()["daily_chats"].clone());
+    assert_eq!(ma.windows_loaded + mb.windows_loaded, 2, "05-01 and 05-02, loaded once between them");
+    assert_eq!(ma.skipped_ticks + mb.skipped_ticks, 1, "the other daemon found the job locked");
+    assert_eq!(e.sim.handle.requests().len(), 1, "one request for the two days, from one daemon");
+    let pool = db.pool().await;
+    let loads: i64 = sqlx::query_scalar("SELECT count(*) FROM chatetl.window_loads").fetch_one(&pool).await.unwrap();
+    assert_eq!(loads, 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_job_is_detected_and_an_invalid_reload_keeps_the_old_definitions() {
+    let db = TestDb::new().await;
+    let e = env(
+        &["--seed", "3", "--start", "2024-05-01", "--days", "6", "--sessions-per-day", "20"],
+        TestWarehouse::Postgres(&db.url),
+        &[daily_job("2024-05-01", "0 30 6 * * *", "")],
+    )
+    .await;
+    let d = start_daemon(&e.path, ManualClock::new(local(2024, 5, 2, 0, 0, 0))).await;
+    d.tick_to(local(2024, 5, 2, 6, 30, 0), "daily_chats", 1).await;
+    assert!(!d.metrics.snapshot()["daily_chats"].definition_changed);
+
+    // An invalid job file: reported, and the old definition keeps running.
+    let job_file = e.path.parent().unwrap().join("jobs/daily_chats.yaml");
+    let good = std::fs::read_to_string(&job_file).unwrap();
+    std::fs::write(&job_file, good.replace("window: day", "window: fortnight")).unwrap();
+    d.reload.send(()).await.unwrap();
+    d.tick_to(local(2024, 5, 3, 6, 30, 0), "daily_chats", 2).await;
+    assert_eq!(d.metrics.snapshot()["daily_chats"].windows_loaded, 2);
+
+    // A changed query: the reload takes it, and the next run reports the change.
+    std::fs::write(&job_file, good.replace("scopes: [org]", "scopes: [org]\nrooms: [room-a]")).unwrap();
+    d.reload.send(()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.tick_to(local(2024, 5, 4, 6, 30, 0), "daily_chats", 3).await;
+    assert!(d.metrics.snapshot()["daily_chats"].definition_changed);
+    d.stop().await;
+    let (_, out, _) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "status"]);
+    assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains("CHANGED")), "{out}");
+
+    // --rebuild reloads the whole history with the new definition.
+    let (code, out, err) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "run", "--job", "daily_chats", "--rebuild"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (_, out, _) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "status"]);
+    assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains(" ok ")), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_completes_them() {
+    let db = TestDb::new().await;
+    let today = Utc::now().with_timezone(&HEL).date_naive();
+    let start = today - chrono::Duration::days(40);
+    let (start_s, data_start) = (start.to_string(), (start - chrono::Duration::days(1)).to_string());
+    let e = env(
+        &["--seed", "3", "--start", &data_start, "--days", "43", "--sessions-per-day", "10"],
+        TestWarehouse::Postgres(&db.url),
+        &[daily_job(&start_s, "* * * * * *", "max_windows_per_request: 2\n")],
+    )
+    .await;
+    e.sim.handle.set_faults(FaultConfig { latency_ms: 150, ..FaultConfig::default() });
+    let pool = db.pool().await;
+    let loaded = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads").fetch_one(&pool).await.unwrap_or(0)
+    };
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+            .args(["--config", e.path.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0", "--concurrency", "1", "--shutdown-grace-secs", "5"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while loaded().await < 6 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = daemon.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "exits 0 on SIGTERM: {status}");
+    let committed = loaded().await;
+    assert!(committed < 40, "stopped before the catch-up finished: {committed}");
+    let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
+    let expected = chatetl::time::local_day_start(HEL, start + chrono::Duration::days(committed));
+    assert_eq!(wm, Some(expected), "the watermark covers exactly the committed windows");
+    let days_with_rows: i64 = sqlx::query_scalar("SELECT count(DISTINCT bucket_date) FROM analytics.daily_chats").fetch_one(&pool).await.unwrap();
+    assert_eq!(days_with_rows, committed, "nothing half-written");
+
+    e.sim.handle.set_faults(FaultConfig::default());
+    let mut daemon = spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while loaded().await < 40 {
+        assert!(std::time::Instant::now() < deadline, "the next start did not complete the catch-up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = daemon.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(daemon.wait().unwrap().success());
+    let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(wm, Some(chatetl::time::local_day_start(HEL, today)));
+}
