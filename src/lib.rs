@@ -18,6 +18,7 @@
 //!   file per window, atomically renamed into place).
 //! - [`state`]: watermarks, window loads and run history, and how a watermark moves.
 //! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation, run records.
+//! - [`schedule_time`]: when a job's cron schedule fires, on its zone's wall clock across DST.
 //! - [`demo`]: `chatetl demo`: the simulator and every shipped job into a local warehouse.
 //! - [`readback`]: reading results back from a warehouse (the demo's summary).
 //! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod plan;
 pub mod readback;
 pub mod runner;
+pub mod schedule_time;
 pub mod simulator;
 pub mod sink;
 pub mod source;
