@@ -5,6 +5,14 @@
 //! "when", never "what": what a run loads comes from the watermark (see [`crate::plan`]), so a tick
 //! that is late, doubled or missed does no harm. To change how DST changes are treated, change
 //! [`Schedule::next_after`] and its tests; croner only ever walks a plain wall clock here.
+//!
+//! Why chatetl drives its own ticks with croner rather than tokio-cron-scheduler: in its 0.15.1
+//! source, `Job::new_async_tz` keeps only the zone's UTC offset at creation (`src/job/mod.rs:222-225`)
+//! and every tick after the first is computed in that fixed offset (`src/scheduler.rs:183-192`), so
+//! a 06:00 Europe/Helsinki job fires at 07:00 or 05:00 local after a DST change (its issues #87,
+//! #107; proven by the `tokio_cron_scheduler_faults` tests below). It also starts a run while the
+//! last is still going (`src/job/runner.rs:46-58`) and folds missed ticks into one late run
+//! (`src/scheduler.rs:192`); a small loop over [`Schedule::next_after`] avoids all three.
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -398,5 +406,197 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// tokio-cron-scheduler, the scheduler the project brief names, at the version
+/// `tokio-cron-scheduler = "0.15"` resolves to: 0.15.1, the newest (a dev-dependency only, default
+/// features off). Paths and lines are in its crate source.
+///
+/// Where the zone goes:
+/// - `Job::new_async_tz` (`src/job/mod.rs:208`; `Job::new_cron_job_async_tz` at `:322-335` calls
+///   it) stores `time_offset_seconds = timezone.offset_from_utc_datetime(&Utc::now().naive_local())
+///   .fix().local_minus_utc()` (`:222-225`): the zone's UTC offset at the moment the job is made.
+///   The zone itself is not kept anywhere.
+/// - Only the first tick is computed in the zone: `schedule.find_next_occurrence(&Utc::now()
+///   .with_timezone(&timezone), false)` (`:239-241`). So `next_tick_for_job` looks right at first.
+/// - Every later tick is computed by the scheduler loop when a tick fires, in the fixed offset:
+///   `FixedOffset::east_opt(job.time_offset_seconds)`, `now.with_timezone(&fixed_offset)`,
+///   `schedule.iter_after(now).next()` (`src/scheduler.rs:183-192`), with `now = Utc::now()` (`:86`).
+///   It cannot be given an instant, so [`library_next_tick`] repeats those lines.
+/// - `JobLocked::tick` (`src/job/mod.rs:624-700`) would compute it in UTC (`iter_after(now)` with
+///   `now = Utc::now()`, `:625`, `:669`), but nothing in the crate calls it.
+/// - Its cron engine is croner 3, which is DST-correct when given the zone: the fault is the offset.
+///
+/// Overlapping runs (no test; the source is plain): every 500 ms (`src/scheduler.rs:85`) the loop
+/// sends an activation for each job whose `next_tick` has passed (`:116-172`), and the runner
+/// spawns the job's future for every activation without looking for a run still going
+/// (`src/job/runner.rs:46-58`). Holds at 0.15.1 (its issue #83): guard each job yourself.
+///
+/// Missed ticks (no test): the next tick is the first one after `now` (`src/scheduler.rs:185-192`),
+/// so ticks missed while the loop was late collapse into one late run, and ticks while the process
+/// was down are lost: the default `SimpleMetadataStore` is an in-memory map
+/// (`src/simple/metadata_store.rs:15-26`) and a re-created job starts from `Utc::now()`
+/// (`src/job/mod.rs:239-241`). `shutdown()` sets a flag and calls the shutdown handler
+/// (`src/job_scheduler.rs:383-395`); runs already spawned (`src/job/runner.rs:53`) are not awaited.
+/// Holds at 0.15.1.
+#[cfg(test)]
+mod tokio_cron_scheduler_faults {
+    use super::*;
+    use crate::time::format_ms_in;
+    use chrono::{FixedOffset, NaiveTime, Offset};
+    use tokio_cron_scheduler::job::job_data::JobStoredData;
+    use tokio_cron_scheduler::{Job, JobScheduler};
+
+    const HELSINKI: Tz = Tz::Europe__Helsinki;
+    const SIX: &str = "0 0 6 * * *";
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn six_am() -> NaiveTime {
+        NaiveTime::from_hms_opt(6, 0, 0).unwrap()
+    }
+
+    /// A 06:00 Helsinki job made with `Job::new_async_tz`, added to a scheduler, and the job's data
+    /// as the scheduler stored it, with the instants just before and after it was made.
+    async fn stored_helsinki_job() -> (JobScheduler, uuid::Uuid, JobStoredData, [DateTime<Utc>; 2]) {
+        let mut scheduler = JobScheduler::new().await.unwrap();
+        let before = Utc::now();
+        let job = Job::new_async_tz(SIX, HELSINKI, |_, _| Box::pin(async {})).unwrap();
+        let after = Utc::now();
+        let id = scheduler.add(job).await.unwrap();
+        let stored = scheduler.context().metadata_storage.write().await.get(id).await.unwrap().unwrap();
+        // Make sure the scheduler answers from the same data.
+        let next = scheduler.next_tick_for_job(id).await.unwrap();
+        assert_eq!(next, stored.next_tick_utc());
+        (scheduler, id, stored, [before, after])
+    }
+
+    /// The tick tokio-cron-scheduler 0.15.1 stores for a cron job that fired at `now`:
+    /// `src/scheduler.rs:182-192` and `:205`, line for line, with `now` given instead of taken from
+    /// `Utc::now()` (`:86`).
+    fn library_next_tick(job: &JobStoredData, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let schedule = job.schedule();
+        let fixed_offset = FixedOffset::east_opt(job.time_offset_seconds).unwrap_or(FixedOffset::east_opt(0).unwrap());
+        let now = now.with_timezone(&fixed_offset);
+        let next_tick = schedule.and_then(|s| s.iter_after(now).next());
+        next_tick.map(|nt| nt.with_timezone(&Utc))
+    }
+
+    /// The job's data as if `Job::new_async_tz` had run at `created`: `src/job/mod.rs:222-225` and
+    /// `:239-241` with `created` for `Utc::now()`. Everything else is the stored job's.
+    fn as_if_created_at(stored: &JobStoredData, created: DateTime<Utc>) -> JobStoredData {
+        let mut job = stored.clone();
+        job.time_offset_seconds = HELSINKI.offset_from_utc_datetime(&created.naive_local()).fix().local_minus_utc();
+        let first = job.schedule().unwrap().find_next_occurrence(&created.with_timezone(&HELSINKI), false).unwrap();
+        job.set_next_tick(Some(first.with_timezone(&Utc)));
+        job
+    }
+
+    /// Fires from the job's first tick until `until`, each next tick as the scheduler computes it
+    /// when the previous one fires.
+    fn library_fires(job: &JobStoredData, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut fires = vec![job.next_tick_utc().unwrap()];
+        while let Some(next) = library_next_tick(job, *fires.last().unwrap()).filter(|&t| t < until) {
+            fires.push(next);
+        }
+        fires
+    }
+
+    /// Holds at 0.15.1: `Job::new_async_tz` keeps the zone's UTC offset at the moment the job is
+    /// made (`src/job/mod.rs:222-225`), not the zone; only the first tick is computed in the zone.
+    #[tokio::test]
+    async fn new_async_tz_keeps_the_offset_at_creation_not_the_zone() {
+        let (_scheduler, _id, stored, [before, after]) = stored_helsinki_job().await;
+        let offsets = [before, after].map(|t| utc_offset(HELSINKI, t).local_minus_utc());
+        assert!(offsets.contains(&stored.time_offset_seconds), "{} not in {offsets:?}", stored.time_offset_seconds);
+
+        // The first tick, what `next_tick_for_job` shows, is right: 06:00 local, the same as ours.
+        let first = stored.next_tick_utc().unwrap();
+        assert_eq!(first.with_timezone(&HELSINKI).time(), six_am());
+        let ours = Schedule::parse(SIX, HELSINKI).unwrap();
+        assert!([before, after].iter().any(|&t| ours.next_after(t) == Some(first)));
+    }
+
+    /// Holds at 0.15.1: after the first tick, every tick is computed in the offset the zone had when
+    /// the job was made (`src/scheduler.rs:183-192`), so a 06:00 Europe/Helsinki job made in winter
+    /// fires at 07:00 local all summer, and one made in summer fires at 05:00 local all winter.
+    /// Our [`Schedule`] keeps 06:00 local on every day of the year.
+    #[tokio::test]
+    async fn later_ticks_are_an_hour_off_after_a_dst_change() {
+        let (_scheduler, _id, stored, _) = stored_helsinki_job().await;
+        let ours = Schedule::parse(SIX, HELSINKI).unwrap();
+        let until = utc("2025-01-01T00:00:00Z");
+        // Made in winter: off on 2024-03-31..=2024-10-26 (210 days of summer time). Made in summer: off
+        // on 2024-10-27..=2024-12-31 (66 days of winter time).
+        for (created, offset_hours, off_local_hour, off_days) in
+            [("2024-01-15T12:00:00Z", 2, 7, 210), ("2024-07-15T12:00:00Z", 3, 5, 66)]
+        {
+            let created = utc(created);
+            let job = as_if_created_at(&stored, created);
+            assert_eq!(job.time_offset_seconds, offset_hours * 3600);
+            let theirs = library_fires(&job, until);
+            let mine: Vec<_> = std::iter::successors(ours.next_after(created), |&t| ours.next_after(t))
+                .take_while(|&t| t < until)
+                .collect();
+            assert_eq!(theirs.len(), mine.len(), "one fire a day either way");
+
+            let mut off = 0;
+            for (&their, &my) in theirs.iter().zip(&mine) {
+                // Ours: 06:00 local, always.
+                assert_eq!(my.with_timezone(&HELSINKI).time(), six_am(), "{}", format_ms_in(HELSINKI, my));
+                // Theirs: 06:00 in the creation-time offset, whatever Helsinki's offset that day.
+                assert_eq!(
+                    their.with_timezone(&FixedOffset::east_opt(job.time_offset_seconds).unwrap()).time(),
+                    six_am()
+                );
+                if utc_offset(HELSINKI, their).local_minus_utc() == job.time_offset_seconds {
+                    assert_eq!(their, my);
+                } else {
+                    assert_eq!(
+                        their.with_timezone(&HELSINKI).time(),
+                        NaiveTime::from_hms_opt(off_local_hour, 0, 0).unwrap()
+                    );
+                    assert_eq!((their - my).abs(), Duration::hours(1));
+                    off += 1;
+                }
+            }
+            assert_eq!(off, off_days, "days an hour off for a job made at {created}");
+        }
+
+        // The first days after each change, side by side (theirs made in winter, ours).
+        let winter_made = library_fires(&as_if_created_at(&stored, utc("2024-03-29T12:00:00Z")), until);
+        assert_eq!(format_ms_in(HELSINKI, winter_made[1]), "2024-03-31T07:00:00.000+03:00");
+        assert_eq!(
+            format_ms_in(HELSINKI, ours.next_after(utc("2024-03-31T00:00:00Z")).unwrap()),
+            "2024-03-31T06:00:00.000+03:00"
+        );
+        let summer_made = library_fires(&as_if_created_at(&stored, utc("2024-10-25T12:00:00Z")), until);
+        assert_eq!(format_ms_in(HELSINKI, summer_made[1]), "2024-10-27T05:00:00.000+02:00");
+        assert_eq!(
+            format_ms_in(HELSINKI, ours.next_after(utc("2024-10-27T00:00:00Z")).unwrap()),
+            "2024-10-27T06:00:00.000+02:00"
+        );
+    }
+
+    /// Its cron engine is not the fault: the job's own schedule (croner 3), evaluated in the zone,
+    /// keeps 06:00 local all year and agrees with ours. The offset the scheduler substitutes for the
+    /// zone is the whole fault, so chatetl drives croner itself.
+    #[tokio::test]
+    async fn its_cron_engine_given_the_zone_keeps_six_local() {
+        let (_scheduler, _id, stored, _) = stored_helsinki_job().await;
+        let ours = Schedule::parse(SIX, HELSINKI).unwrap();
+        let start = utc("2024-01-01T00:00:00Z");
+        let engine: Vec<_> = stored
+            .schedule()
+            .unwrap()
+            .iter_after(start.with_timezone(&HELSINKI))
+            .take(366)
+            .map(|t| t.with_timezone(&Utc))
+            .collect();
+        let mine: Vec<_> = std::iter::successors(ours.next_after(start), |&t| ours.next_after(t)).take(366).collect();
+        assert_eq!(engine, mine);
     }
 }
