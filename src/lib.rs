@@ -22,6 +22,7 @@
 //!   counters and gauges, `GET /metrics` in the Prometheus text format, `GET /healthz`.
 //! - [`scheduler`]: `chatetl schedule`: a tick loop per job, overlap guard, reload, graceful
 //!   shutdown; [`metrics`] serves its health and Prometheus metrics.
+//! - [`schedule_time`]: when a job's cron schedule fires, on its zone's wall clock across DST.
 //! - [`demo`]: `chatetl demo`: the simulator and every shipped job into a local warehouse.
 //! - [`readback`]: reading results back from a warehouse (the demo's summary).
 //! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod plan;
 pub mod readback;
 pub mod runner;
+pub mod schedule_time;
 pub mod scheduler;
 pub mod simulator;
 pub mod sink;
