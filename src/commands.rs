@@ -279,9 +279,14 @@ pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleAr
     use tokio_util::sync::CancellationToken;
 
     let runner = Runner::open(config).await?;
-    let opts = SchedulerOptions { concurrency: args.concurrency, shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs) };
+    let opts = SchedulerOptions {
+        concurrency: args.concurrency,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+    };
     let scheduler = Scheduler::new(path, runner, Clock::System, opts);
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!("chatetl schedule: health and metrics on http://{}", listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
@@ -301,7 +306,10 @@ pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleAr
 }
 
 /// SIGTERM and SIGINT cancel `shutdown`; SIGHUP sends a reload request.
-fn spawn_signal_handlers(shutdown: tokio_util::sync::CancellationToken, reload: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
+fn spawn_signal_handlers(
+    shutdown: tokio_util::sync::CancellationToken,
+    reload: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

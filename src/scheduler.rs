@@ -206,12 +206,16 @@ impl Scheduler {
                 }
             }
         }
-        info!(grace_secs = inner.opts.shutdown_grace.as_secs(), "shutting down: no new ticks; waiting for runs in flight");
+        info!(
+            grace_secs = inner.opts.shutdown_grace.as_secs(),
+            "shutting down: no new ticks; waiting for runs in flight"
+        );
         inner.stopping.cancel();
         loops.cancel();
         inner.stop_runs.cancel();
         let mut runs = std::mem::take(&mut *inner.runs.lock().expect("runs lock"));
-        let drained = tokio::time::timeout(inner.opts.shutdown_grace, async { while runs.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(inner.opts.shutdown_grace, async { while runs.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!("runs still in flight after the grace period: dropping them (their open transactions roll back)");
             runs.abort_all();

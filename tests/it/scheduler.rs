@@ -148,10 +148,14 @@ async fn hourly_and_daily_jobs_advance_tick_by_tick_across_the_spring_dst_change
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "not Prometheus text: {line}");
     }
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(wh.join("_chatetl/hourly_chats.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wh.join("_chatetl/hourly_chats.json")).unwrap()).unwrap();
     let rows_on_disk: u64 = state["windows"].as_object().unwrap().values().map(|w| w["rows"].as_u64().unwrap()).sum();
     assert_eq!(sample("chatetl_job_rows_loaded_total", "hourly_chats") as u64, rows_on_disk);
-    assert_eq!(sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize, state["windows"].as_object().unwrap().len());
+    assert_eq!(
+        sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize,
+        state["windows"].as_object().unwrap().len()
+    );
     assert_eq!(sample("chatetl_job_runs_total", "daily_chats"), 4.0);
     d.stop().await;
 }
@@ -253,7 +257,8 @@ async fn a_changed_job_is_detected_and_an_invalid_reload_keeps_the_old_definitio
     assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains("CHANGED")), "{out}");
 
     // --rebuild reloads the whole history with the new definition.
-    let (code, out, err) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "run", "--job", "daily_chats", "--rebuild"]);
+    let (code, out, err) =
+        crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "run", "--job", "daily_chats", "--rebuild"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let (_, out, _) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "status"]);
     assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains(" ok ")), "{out}");
@@ -278,7 +283,17 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     };
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
-            .args(["--config", e.path.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0", "--concurrency", "1", "--shutdown-grace-secs", "5"])
+            .args([
+                "--config",
+                e.path.to_str().unwrap(),
+                "schedule",
+                "--listen",
+                "127.0.0.1:0",
+                "--concurrency",
+                "1",
+                "--shutdown-grace-secs",
+                "5",
+            ])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
@@ -295,10 +310,14 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     assert!(status.success(), "exits 0 on SIGTERM: {status}");
     let committed = loaded().await;
     assert!(committed < 40, "stopped before the catch-up finished: {committed}");
-    let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
+    let wm: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
     let expected = chatetl::time::local_day_start(HEL, start + chrono::Duration::days(committed));
     assert_eq!(wm, Some(expected), "the watermark covers exactly the committed windows");
-    let days_with_rows: i64 = sqlx::query_scalar("SELECT count(DISTINCT bucket_date) FROM analytics.daily_chats").fetch_one(&pool).await.unwrap();
+    let days_with_rows: i64 = sqlx::query_scalar("SELECT count(DISTINCT bucket_date) FROM analytics.daily_chats")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(days_with_rows, committed, "nothing half-written");
 
     e.sim.handle.set_faults(FaultConfig::default());
@@ -311,6 +330,7 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     let pid = daemon.id().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(daemon.wait().unwrap().success());
-    let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
+    let wm: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
     assert_eq!(wm, Some(chatetl::time::local_day_start(HEL, today)));
 }

@@ -114,13 +114,14 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
 
     let schedule = r.schedule.as_ref().map(|v| {
         let text = ctx.text("schedule", v)?;
-        let fields = text.split_whitespace().count();
-        if fields != 6 {
-            let message = "expected a cron expression with six fields, seconds first (e.g. `0 15 6 * * *`)";
-            ctx.error(v.referenced, "schedule", format!("{message}, found {fields} field(s)"));
-            return None;
+        // The zone only moves fire times; any valid zone checks the expression.
+        match crate::schedule_time::Schedule::parse(text.trim(), chrono_tz::UTC) {
+            Ok(_) => Some(text.trim().to_string()),
+            Err(e) => {
+                ctx.error(v.referenced, "schedule", e);
+                None
+            }
         }
-        Some(text.trim().to_string())
     });
     let settle_secs = ctx.integer("settle_secs", r.settle_secs.as_ref(), 0, 7 * 86_400, 0);
     let include_partial = r.include_partial.as_ref().is_some_and(|v| v.value);

@@ -237,7 +237,7 @@ schedule: 0 6 * * *
         "jobs/a.yaml:8:8: start: expected a date like 2024-01-01, found `2024-13-01`",
         "jobs/a.yaml:9:12: time_zone: unknown time zone `Europe/Helsinky`",
         "jobs/a.yaml:10:19: lookback_windows: expected a whole number of at least 0, found `-1`",
-        "jobs/a.yaml:11:11: schedule: expected a cron expression with six fields",
+        "jobs/a.yaml:11:11: schedule: cron expression `0 6 * * *` has five fields: add the seconds field first",
         "jobs/b.yaml:3:1: ",
     ];
     assert_eq!(errors.len(), expected.len(), "{errors:#?}");
