@@ -44,10 +44,13 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let chunks = plan::chunk(&windows, job.max_windows_per_request);
     let requests: usize = chunks.iter().map(|c| source.requests(&job, c).len()).sum();
     println!(
-        "job {}: {} {:?} windows in {} ({}), {} requests",
+        "job {}: {} {} windows in {} ({}), {} requests",
         job.name,
         windows.len(),
-        job.window,
+        match job.window {
+            chatetl::config::WindowUnit::Day => "day",
+            chatetl::config::WindowUnit::Hour => "hour",
+        },
         job.time_zone.name(),
         if windows.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },
         requests

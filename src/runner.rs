@@ -174,11 +174,6 @@ impl Runner {
         Ok(Runner { config, sink, sources })
     }
 
-    /// Replaces a source (tests: a client with short retry delays).
-    pub fn set_source(&mut self, name: &str, source: Source) {
-        self.sources.insert(name.to_string(), Arc::new(source));
-    }
-
     /// The source of `job`.
     pub fn source_of(&self, job: &Job) -> Result<Arc<Source>, RunError> {
         self.sources

@@ -128,12 +128,6 @@ impl HttpClient {
         })
     }
 
-    /// Overrides the backoff (tests use short delays).
-    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> HttpClient {
-        self.policy = policy;
-        self
-    }
-
     /// Sends `req`, retrying what can be retried, and returns the whole response body.
     pub async fn send(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
         let p = self.policy;

@@ -43,12 +43,6 @@ impl Source {
         Ok(Source { config: config.clone(), client: HttpClient::new(config, auth)? })
     }
 
-    /// Replaces the HTTP client's backoff (tests use short delays).
-    pub fn with_retry_policy(mut self, policy: http::RetryPolicy) -> Source {
-        self.client = self.client.with_retry_policy(policy);
-        self
-    }
-
     /// The requests that load `windows` (consecutive) of `job`, in the order they are sent.
     pub fn requests(&self, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
         match (self.config.kind, job.endpoint) {

@@ -520,7 +520,7 @@ async fn a_run_makes_the_minimum_number_of_requests() {
     assert_eq!(reqs.len(), 68);
     let (_, plan_out, _) =
         run_cli(&path, &["plan", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-03-02"]);
-    assert!(plan_out.contains("62 Day windows") && plan_out.contains("6 requests"), "{plan_out}");
+    assert!(plan_out.contains("62 day windows") && plan_out.contains("6 requests"), "{plan_out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
