@@ -275,7 +275,10 @@ impl Inner {
         let guard = RunningGuard { inner: self.clone(), job: job.name.clone() };
         let inner = self.clone();
         let job = job.clone();
-        self.runs.lock().expect("runs lock").spawn(async move {
+        let mut runs = self.runs.lock().expect("runs lock");
+        // Reap finished runs so a daemon that ticks for months keeps no record of each one.
+        while runs.try_join_next().is_some() {}
+        runs.spawn(async move {
             let _guard = guard;
             inner.run_once(&job, at).await;
         });
