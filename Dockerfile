@@ -12,7 +12,11 @@ COPY --from=build /usr/local/bin/chatetl /usr/local/bin/chatetl
 COPY chatetl.yaml /etc/chatetl/chatetl.yaml
 COPY jobs /etc/chatetl/jobs
 COPY deploy /etc/chatetl/deploy
-WORKDIR /etc/chatetl
+# Configuration is read-only in /etc/chatetl; data (a Parquet warehouse) goes to /var/lib/chatetl.
+RUN mkdir -p /var/lib/chatetl && chown nobody /var/lib/chatetl
+ENV CHATETL_CONFIG=/etc/chatetl/chatetl.yaml \
+    CHATETL_WAREHOUSE_PATH=/var/lib/chatetl/warehouse
+WORKDIR /var/lib/chatetl
 USER nobody
 ENTRYPOINT ["chatetl"]
 CMD ["--help"]

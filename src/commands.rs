@@ -234,17 +234,49 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
             vec![
                 s.job.clone(),
                 local(s.watermark, &s.job),
+                s.watermark.map(|w| human_duration(Utc::now() - w)).unwrap_or("-".into()),
                 definition(s),
                 last.map(|r| format!("{} {}", r.status, local(r.finished_at.or(Some(r.started_at)), &s.job)))
                     .unwrap_or("-".into()),
+                last.map(|r| format!("{}/{}", r.requests, r.retries)).unwrap_or("-".into()),
+                last.and_then(|r| {
+                    r.finished_at.map(|f| format!("{:.1}", (f - r.started_at).num_milliseconds() as f64 / 1000.0))
+                })
+                .unwrap_or("-".into()),
                 s.windows_loaded.to_string(),
                 s.rows_loaded.to_string(),
                 s.last_error.clone().map(|e| e.chars().take(80).collect()).unwrap_or("-".into()),
             ]
         })
         .collect();
-    println!("{}", table(&["job", "watermark", "definition", "last run", "windows", "rows", "last error"], &rows));
+    println!(
+        "{}",
+        table(
+            &[
+                "job",
+                "watermark",
+                "lag",
+                "definition",
+                "last run",
+                "requests/retries",
+                "seconds",
+                "windows",
+                "rows",
+                "last error"
+            ],
+            &rows
+        )
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `45m`, `26h`, `3d`: how far behind a watermark is.
+fn human_duration(d: chrono::Duration) -> String {
+    match d.num_minutes() {
+        m if m < 120 => format!("{m}m"),
+        m if m < 72 * 60 => format!("{}h", m / 60),
+        m => format!("{}d", m / (24 * 60)),
+    }
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {

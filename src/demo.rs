@@ -83,6 +83,10 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
 
     let dir = tempfile::tempdir()?;
     let mut config = shipped_config(dir.path(), &sim.base_url(), &token, &org).map_err(anyhow::Error::msg)?;
+    // The demo's history is its days, so watermarks (and `chatetl status`) show them loaded.
+    for job in config.jobs.values_mut() {
+        job.start = first;
+    }
     // The shipped limits are polite to the real API; the local simulator needs none.
     for source in config.sources.values_mut() {
         source.requests_per_second = 500.0;

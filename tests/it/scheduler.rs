@@ -334,3 +334,38 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
         sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
     assert_eq!(wm, Some(chatetl::time::local_day_start(HEL, today)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_delays_a_window_and_a_partial_window_is_replaced_without_moving_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let (name, text) = hourly_job("2024-05-02", "0 5 * * * *");
+    let text = text + "settle_secs: 600\ninclude_partial: true\n";
+    let e = env(
+        &["--seed", "3", "--start", "2024-05-01", "--days", "3", "--sessions-per-day", "200"],
+        TestWarehouse::Parquet(&wh),
+        &[(name, text)],
+    )
+    .await;
+    let d = start_daemon(&e.path, ManualClock::new(local(2024, 5, 2, 0, 0, 0))).await;
+    let state = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(wh.join("_chatetl/hourly_chats.json")).unwrap()).unwrap()
+    };
+    let files = |hour: &str| {
+        std::fs::read_dir(wh.join(format!("hourly_chats/date=2024-05-02/hour={hour}"))).map(|d| d.count()).unwrap_or(0)
+    };
+
+    // 01:05: the hour 00:00-01:00 ended 5 minutes ago, less than the 10-minute settle: it is
+    // loaded as the partial window, not recorded, and the watermark does not move.
+    d.tick_to(local(2024, 5, 2, 1, 5, 0), "hourly_chats", 1).await;
+    assert_eq!(files("00"), 1, "the partial hour is written");
+    assert!(state()["windows"].as_object().unwrap().is_empty(), "but not recorded as loaded");
+    assert_eq!(d.metrics.snapshot()["hourly_chats"].watermark, None);
+
+    // 02:05: 00:00-01:00 has settled: reloaded and recorded; 01:00-02:00 is the partial one now.
+    d.tick_to(local(2024, 5, 2, 2, 5, 0), "hourly_chats", 2).await;
+    assert_eq!(d.metrics.snapshot()["hourly_chats"].watermark, Some(local(2024, 5, 2, 1, 0, 0)));
+    assert_eq!(state()["windows"].as_object().unwrap().len(), 1);
+    assert_eq!((files("00"), files("01")), (1, 1), "replaced in place, never duplicated");
+    d.stop().await;
+}
