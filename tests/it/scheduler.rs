@@ -172,8 +172,15 @@ async fn a_tick_during_a_run_is_skipped_and_an_outage_is_caught_up_on_the_first_
     let d = start_daemon(&e.path, ManualClock::new(local(2024, 5, 2, 0, 0, 0))).await;
     e.sim.handle.set_faults(FaultConfig { latency_ms: 600, ..FaultConfig::default() });
     d.clock.set(local(2024, 5, 2, 1, 5, 0));
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    d.clock.set(local(2024, 5, 2, 2, 5, 0)); // while the first run waits for the slow simulator
+    // Wait until the first run has planned (it records itself as running), then tick again
+    // while it still waits for the slow simulator.
+    let state = dir.path().join("wh/_chatetl/hourly_chats.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"running\"")) {
+        assert!(std::time::Instant::now() < deadline, "the first run did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    d.clock.set(local(2024, 5, 2, 2, 5, 0));
     d.tick_to(local(2024, 5, 2, 2, 5, 0), "hourly_chats", 1).await;
     let m = d.metrics.snapshot()["hourly_chats"].clone();
     assert_eq!((m.runs, m.skipped_ticks), (1, 1), "the overlapping tick was skipped, not doubled");
@@ -201,7 +208,8 @@ async fn two_daemons_on_one_database_load_each_window_once() {
         &[daily_job("2024-05-01", "0 30 6 * * *", "")],
     )
     .await;
-    e.sim.handle.set_faults(FaultConfig { latency_ms: 400, ..FaultConfig::default() });
+    // Slow answers keep the winner's run (and its lock) going while the other daemon ticks.
+    e.sim.handle.set_faults(FaultConfig { latency_ms: 1000, ..FaultConfig::default() });
     let clock = ManualClock::new(local(2024, 5, 3, 0, 0, 0));
     let (a, b) = (start_daemon(&e.path, clock.clone()).await, start_daemon(&e.path, clock.clone()).await);
     clock.set(local(2024, 5, 3, 6, 30, 0));
