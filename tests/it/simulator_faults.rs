@@ -98,13 +98,15 @@ async fn latency_and_jitter_delay_the_answer() {
 async fn requests_per_second_limit_per_key() {
     let f = fixture().await;
     let mut statuses = Vec::new();
+    // 0.5 per second: a burst of one, the next token two seconds later (a wide margin for the
+    // six quick requests below).
     for _ in 0..6 {
-        statuses.push(send(&f, Some("rps_limit=2,retry_after_secs=1")).await.unwrap().0);
+        statuses.push(send(&f, Some("rps_limit=0.5,retry_after_secs=1")).await.unwrap().0);
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 4, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
     let log = f.sim.handle.requests();
-    assert_eq!(log.iter().filter(|r| r.fault.as_deref() == Some("rate_limit")).count(), 4);
+    assert_eq!(log.iter().filter(|r| r.fault.as_deref() == Some("rate_limit")).count(), 5);
 }
 
 #[tokio::test]
