@@ -134,12 +134,21 @@ impl PostgresSink {
         }
         let what = format!("job {}: cannot create table {table}", job.name);
         let mut tx = self.pool.begin().await.map_err(db_err(&what))?;
-        // Concurrent CREATE ... IF NOT EXISTS can collide in the catalog; serialize DDL.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chatetl.ddl'))")
-            .execute(&mut *tx)
+        // A table with the same comment was created by this code for this job: skip the DDL
+        // (a daemon prepares on every tick). Otherwise create it or refresh its comments.
+        let comment: Option<String> = sqlx::query_scalar("SELECT obj_description(to_regclass($1), 'pg_class')")
+            .bind(&table)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_err(&what))?;
-        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(db_err(&what))?;
+        if comment.as_deref() != Some(schema.description.as_str()) {
+            // Concurrent CREATE ... IF NOT EXISTS can collide in the catalog; serialize DDL.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chatetl.ddl'))")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(&what))?;
+            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(db_err(&what))?;
+        }
         let existing: Vec<String> = sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
         )
