@@ -328,11 +328,51 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
         .unwrap();
     assert_eq!(days_with_rows, committed, "nothing half-written");
 
+    // Windows are not reloaded (lookback 0), so the next process loads exactly the rest.
+    let rows_before_restart: i64 =
+        sqlx::query_scalar("SELECT sum(rows)::bigint FROM chatetl.window_loads").fetch_one(&pool).await.unwrap();
     e.sim.handle.set_faults(FaultConfig::default());
-    let mut daemon = spawn();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+        .args(["--config", e.path.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0", "--concurrency", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the endpoint's address from stderr, and keep draining it so the daemon never blocks.
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("health and metrics on ").nth(1) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(20)).expect("the daemon prints its endpoint");
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "the scheduler runs and the warehouse answers");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while loaded().await < 40 {
         assert!(std::time::Instant::now() < deadline, "the next start did not complete the catch-up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // This process's counters: the windows it loaded, the rows they hold.
+    let total_rows: i64 =
+        sqlx::query_scalar("SELECT sum(rows)::bigint FROM chatetl.window_loads").fetch_one(&pool).await.unwrap();
+    let sum_rows = total_rows - rows_before_restart;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}{{job=\"daily_chats\"}} ")))
+                .map(|v| v.parse::<f64>().unwrap())
+        };
+        if sample("chatetl_job_windows_loaded_total") == Some((40 - committed) as f64) {
+            assert_eq!(sample("chatetl_job_rows_loaded_total"), Some(sum_rows as f64), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "metrics never matched the loads:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = daemon.id().to_string();
