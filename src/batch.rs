@@ -1,45 +1,60 @@
 //! Typed rows: a job's output schema and the Arrow `RecordBatch` of one window.
 //!
-//! Owns: [`TableSchema`] (derived from the job: bucket start and local date, the scope
-//! dimensions, one column per aggregation — `bigint` for count, `double precision` for sum, avg
-//! and hyperUnique — and the load metadata `_window_start`, `_loaded_at`, `_run_id`), [`Row`] (what
-//! a source returns for one bucket and group) and [`build`] (rows of a window → a `RecordBatch`
-//! both sinks consume). Timestamps are `Timestamp(Microsecond, "UTC")`; the job's zone travels in
-//! the schema metadata and in `bucket_date`.
+//! Owns: [`TableSchema`] (derived from the job: the time columns, the key dimensions and the value
+//! columns its source module declares, and the load metadata `_window_start`, `_loaded_at`,
+//! `_run_id`), [`Row`] and [`Value`] (what a source returns for one bucket and group, or one
+//! snapshot line) and [`build`] (rows of a window → a `RecordBatch` both sinks consume).
+//!
+//! - A windowed job's table starts with `bucket_start` (timestamptz) and `bucket_date` (its local
+//!   date in the job's zone); a snapshot job's with `captured_at` and `captured_date`.
+//! - Dimensions are nullable text and, with the time column, the table's natural key.
+//! - Values are `bigint`, `double precision`, `text`, `boolean` or `jsonb` (JSON text in Parquet).
+//!
+//! Timestamps are `Timestamp(Microsecond, "UTC")`; the job's zone travels in the schema metadata
+//! and in the date column.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
-use crate::config::Job;
+use crate::config::{Job, JobKind};
 use crate::plan::Window;
-use crate::source::giosg::query::AggregationKind;
 
-/// Columns every job table has, before its metrics (`bucket_start`, `bucket_date`) and after
-/// them (`_window_start`, `_loaded_at`, `_run_id`).
-pub const DIMENSIONS: [&str; 3] = ["scope", "team_id", "user_id"];
-
-/// The SQL type of a metric column.
+/// The SQL type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricType {
+pub enum ColumnType {
     /// `bigint` / Int64 (counts).
     Int,
     /// `double precision` / Float64.
     Float,
+    /// `text` / Utf8.
+    Text,
+    /// `boolean` / Boolean.
+    Bool,
+    /// `jsonb` / Utf8 holding JSON (Arrow field metadata `chatetl.type = json`).
+    Json,
 }
 
-/// One metric column.
+/// One column: a dimension or a value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricColumn {
+pub struct Column {
     pub name: String,
-    pub ty: MetricType,
+    pub ty: ColumnType,
     /// What it holds, for the column comment.
     pub comment: String,
+}
+
+impl Column {
+    pub fn new(name: &str, ty: ColumnType, comment: &str) -> Column {
+        Column { name: name.to_string(), ty, comment: comment.to_string() }
+    }
 }
 
 /// The output table of a job.
@@ -48,18 +63,48 @@ pub struct TableSchema {
     pub table: String,
     pub description: String,
     pub time_zone: Tz,
-    pub dims: Vec<&'static str>,
-    pub metrics: Vec<MetricColumn>,
+    /// `bucket_start` (windowed jobs) or `captured_at` (snapshot jobs).
+    pub time_column: &'static str,
+    /// `bucket_date` or `captured_date`: the local date of the time column.
+    pub date_column: &'static str,
+    /// Comment of the time column.
+    pub time_comment: String,
+    /// Key columns after the time column: nullable text.
+    pub dims: Vec<Column>,
+    /// Value columns.
+    pub metrics: Vec<Column>,
 }
 
-/// One bucket of one group: what a source returns.
+/// One value of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl From<Option<f64>> for Value {
+    fn from(v: Option<f64>) -> Value {
+        v.map_or(Value::Null, Value::Number)
+    }
+}
+
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Value {
+        v.map_or(Value::Null, Value::Text)
+    }
+}
+
+/// One bucket of one group, or one line of a snapshot: what a source returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// The bucket start, or the snapshot's `captured_at`.
     pub bucket_start: DateTime<Utc>,
     /// Values of [`TableSchema::dims`], in order.
     pub dims: Vec<Option<String>>,
-    /// Values of [`TableSchema::metrics`], in order; `None` is SQL null (e.g. an average of nothing).
-    pub metrics: Vec<Option<f64>>,
+    /// Values of [`TableSchema::metrics`], in order; [`Value::Null`] is SQL null.
+    pub metrics: Vec<Value>,
 }
 
 /// A window and its rows as Arrow, ready for a sink.
@@ -70,33 +115,35 @@ pub struct WindowBatch {
 }
 
 impl TableSchema {
-    /// The schema of `job`'s table.
+    /// The schema of `job`'s table: its columns come from its source module.
     pub fn for_job(job: &Job) -> TableSchema {
-        let metrics = job
-            .aggregations
-            .iter()
-            .map(|a| MetricColumn {
-                name: a.column.clone(),
-                ty: if a.kind == AggregationKind::Count { MetricType::Int } else { MetricType::Float },
-                comment: match &a.field {
-                    Some(f) => format!("{} of {f} (api metric {})", a.kind.api_name(), a.metric_name()),
-                    None => format!("{} of chat session rows", a.kind.api_name()),
-                },
-            })
-            .collect();
+        let (dims, metrics) = crate::source::columns(job);
+        let (time_column, date_column, time_comment) = match job.kind {
+            JobKind::Windowed => (
+                "bucket_start",
+                "bucket_date",
+                format!("start of the bucket ({}), UTC instant", crate::source::bucket_name(job)),
+            ),
+            JobKind::Snapshot => {
+                ("captured_at", "captured_date", "the scheduled tick that captured this state, UTC instant".to_string())
+            }
+        };
         TableSchema {
             table: job.table.clone(),
             description: job.description.clone(),
             time_zone: job.time_zone,
-            dims: DIMENSIONS.to_vec(),
+            time_column,
+            date_column,
+            time_comment,
+            dims,
             metrics,
         }
     }
 
     /// Every column name, in table order.
     pub fn column_names(&self) -> Vec<String> {
-        let mut names = vec!["bucket_start".to_string(), "bucket_date".to_string()];
-        names.extend(self.dims.iter().map(|d| d.to_string()));
+        let mut names = vec![self.time_column.to_string(), self.date_column.to_string()];
+        names.extend(self.dims.iter().map(|d| d.name.clone()));
         names.extend(self.metrics.iter().map(|m| m.name.clone()));
         names.extend(["_window_start", "_loaded_at", "_run_id"].map(String::from));
         names
@@ -106,14 +153,15 @@ impl TableSchema {
     pub fn arrow_schema(&self) -> SchemaRef {
         let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         let mut fields =
-            vec![Field::new("bucket_start", ts(), false), Field::new("bucket_date", DataType::Date32, false)];
-        fields.extend(self.dims.iter().map(|d| Field::new(*d, DataType::Utf8, *d != "scope")));
+            vec![Field::new(self.time_column, ts(), false), Field::new(self.date_column, DataType::Date32, false)];
+        fields.extend(self.dims.iter().map(|d| Field::new(&d.name, DataType::Utf8, true)));
         fields.extend(self.metrics.iter().map(|m| {
-            let ty = match m.ty {
-                MetricType::Int => DataType::Int64,
-                MetricType::Float => DataType::Float64,
-            };
-            Field::new(&m.name, ty, true)
+            let field = Field::new(&m.name, arrow_type(m.ty), true);
+            if m.ty == ColumnType::Json {
+                field.with_metadata(HashMap::from([("chatetl.type".to_string(), "json".to_string())]))
+            } else {
+                field
+            }
         }));
         fields.extend([
             Field::new("_window_start", ts(), false),
@@ -129,6 +177,15 @@ impl TableSchema {
     }
 }
 
+fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Int => DataType::Int64,
+        ColumnType::Float => DataType::Float64,
+        ColumnType::Text | ColumnType::Json => DataType::Utf8,
+        ColumnType::Bool => DataType::Boolean,
+    }
+}
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -137,8 +194,64 @@ fn date32(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
 }
 
-/// Builds the batch of `window` from `rows`, sorted by bucket and dimensions. Fails on a row
-/// outside the window, a non-integral count, or two rows with the same bucket and dimensions.
+/// A column being built.
+enum Builder {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Text(StringBuilder),
+    Bool(BooleanBuilder),
+}
+
+impl Builder {
+    fn new(ty: ColumnType, n: usize) -> Builder {
+        match ty {
+            ColumnType::Int => Builder::Int(Int64Builder::with_capacity(n)),
+            ColumnType::Float => Builder::Float(Float64Builder::with_capacity(n)),
+            ColumnType::Text | ColumnType::Json => Builder::Text(StringBuilder::new()),
+            ColumnType::Bool => Builder::Bool(BooleanBuilder::with_capacity(n)),
+        }
+    }
+
+    /// Appends `v`, or says why it does not fit the column.
+    fn append(&mut self, column: &Column, v: &Value) -> Result<(), String> {
+        let wrong = |v: &Value| Err(format!("{} expects {:?}, got {v:?}", column.name, column.ty));
+        match (self, v) {
+            (Builder::Int(b), Value::Null) => b.append_null(),
+            (Builder::Float(b), Value::Null) => b.append_null(),
+            (Builder::Text(b), Value::Null) => b.append_null(),
+            (Builder::Bool(b), Value::Null) => b.append_null(),
+            (Builder::Int(b), Value::Number(x)) => {
+                if x.fract() != 0.0 || !x.is_finite() || x.abs() > 9.0e15 {
+                    return Err(format!("{} must be a whole number, got {x}", column.name));
+                }
+                b.append_value(*x as i64)
+            }
+            (Builder::Float(b), Value::Number(x)) => {
+                if !x.is_finite() {
+                    return Err(format!("{} must be a finite number, got {x}", column.name));
+                }
+                b.append_value(*x)
+            }
+            (Builder::Text(b), Value::Text(s)) => b.append_value(s),
+            (Builder::Bool(b), Value::Bool(x)) => b.append_value(*x),
+            (_, v) => return wrong(v),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Int(mut b) => Arc::new(b.finish()),
+            Builder::Float(mut b) => Arc::new(b.finish()),
+            Builder::Text(mut b) => Arc::new(b.finish()),
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds the batch of `window` from `rows`, sorted by time and dimensions. Fails on a row
+/// outside the window, a value of the wrong type (a non-integral count), or two rows with the same
+/// time and dimensions.
 pub fn build(
     schema: &TableSchema,
     window: Window,
@@ -149,49 +262,40 @@ pub fn build(
     rows.sort_by(|a, b| (a.bucket_start, &a.dims).cmp(&(b.bucket_start, &b.dims)));
     for pair in rows.windows(2) {
         if pair[0].bucket_start == pair[1].bucket_start && pair[0].dims == pair[1].dims {
-            return Err(format!("two rows for bucket {} and {:?}", pair[0].bucket_start, pair[0].dims));
+            return Err(format!(
+                "two rows for {} {} and {:?}",
+                schema.time_column, pair[0].bucket_start, pair[0].dims
+            ));
         }
     }
     let n = rows.len();
     let mut bucket = TimestampMicrosecondBuilder::with_capacity(n);
     let mut date = Date32Builder::with_capacity(n);
     let mut dims: Vec<StringBuilder> = schema.dims.iter().map(|_| StringBuilder::new()).collect();
-    let mut ints: Vec<Int64Builder> = Vec::new();
-    let mut floats: Vec<Float64Builder> = Vec::new();
-    for m in &schema.metrics {
-        match m.ty {
-            MetricType::Int => ints.push(Int64Builder::with_capacity(n)),
-            MetricType::Float => floats.push(Float64Builder::with_capacity(n)),
-        }
-    }
+    let mut values: Vec<Builder> = schema.metrics.iter().map(|m| Builder::new(m.ty, n)).collect();
     for row in &rows {
         if row.bucket_start < window.start || row.bucket_start >= window.end {
-            return Err(format!("bucket {} is outside window [{}, {})", row.bucket_start, window.start, window.end));
+            return Err(format!(
+                "{} {} is outside window [{}, {})",
+                schema.time_column, row.bucket_start, window.start, window.end
+            ));
+        }
+        if row.dims.len() != dims.len() || row.metrics.len() != values.len() {
+            return Err(format!(
+                "a row has {} dimensions and {} values; the table has {} and {}",
+                row.dims.len(),
+                row.metrics.len(),
+                dims.len(),
+                values.len()
+            ));
         }
         bucket.append_value(micros(row.bucket_start));
         date.append_value(date32(row.bucket_start.with_timezone(&schema.time_zone).date_naive()));
         for (b, v) in dims.iter_mut().zip(&row.dims) {
             b.append_option(v.as_deref());
         }
-        let (mut i, mut f) = (0, 0);
-        for (m, v) in schema.metrics.iter().zip(&row.metrics) {
-            match m.ty {
-                MetricType::Int => {
-                    let v = match v {
-                        Some(x) if x.fract() != 0.0 || !x.is_finite() => {
-                            return Err(format!("{} must be a whole number, got {x}", m.name));
-                        }
-                        Some(x) => Some(*x as i64),
-                        None => None,
-                    };
-                    ints[i].append_option(v);
-                    i += 1;
-                }
-                MetricType::Float => {
-                    floats[f].append_option(*v);
-                    f += 1;
-                }
-            }
+        for ((b, column), v) in values.iter_mut().zip(&schema.metrics).zip(&row.metrics) {
+            b.append(column, v)?;
         }
     }
     let constant_ts = |t: DateTime<Utc>| {
@@ -201,13 +305,7 @@ pub fn build(
     };
     let mut columns: Vec<ArrayRef> = vec![Arc::new(bucket.finish().with_timezone("UTC")), Arc::new(date.finish())];
     columns.extend(dims.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    let (mut ints, mut floats) = (ints.into_iter(), floats.into_iter());
-    for m in &schema.metrics {
-        columns.push(match m.ty {
-            MetricType::Int => Arc::new(ints.next().expect("one builder per column").finish()) as ArrayRef,
-            MetricType::Float => Arc::new(floats.next().expect("one builder per column").finish()) as ArrayRef,
-        });
-    }
+    columns.extend(values.into_iter().map(Builder::finish));
     columns.push(constant_ts(window.start));
     columns.push(constant_ts(loaded_at));
     let mut run = StringBuilder::new();

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chatetl::config::{Config, Job, Secret};
+use chatetl::config::{Config, Job, JobKind, Secret};
 use chatetl::plan::{self, Window};
 use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
 use chatetl::source::Source;
@@ -24,6 +24,15 @@ fn job<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Job> {
 /// The windows of `range` for `job`, or `None` when no range was given.
 fn range_windows(job: &Job, range: &RangeArgs) -> anyhow::Result<Option<Vec<Window>>> {
     let (Some(from), Some(to)) = (&range.from, &range.to) else { return Ok(None) };
+    if job.kind == JobKind::Snapshot {
+        return Err(UsageError(format!(
+            "job {}: endpoint {} has no history, so a snapshot job cannot load a range; run it without \
+             --from/--to (or on a schedule) to capture the current state",
+            job.name,
+            job.endpoint.name()
+        ))
+        .into());
+    }
     let (from, to) =
         plan::parse_range(from, to, job.time_zone).map_err(|e| UsageError(format!("job {}: {e}", job.name)))?;
     Ok(Some(plan::windows_overlapping(job.window, job.time_zone, from, to)))
@@ -50,6 +59,7 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
         match job.window {
             chatetl::config::WindowUnit::Day => "day",
             chatetl::config::WindowUnit::Hour => "hour",
+            chatetl::config::WindowUnit::Snapshot => "snapshot",
         },
         job.time_zone.name(),
         if windows.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },

@@ -15,6 +15,9 @@
 //!   (Asia/Kolkata) start at local `:00`, and a 30-minute shift (Australia/Lord_Howe) leaves one
 //!   30-minute window.
 //!
+//! - A **snapshot** window is the second starting at the tick that captured it: its start is the
+//!   `captured_at` of the rows, so a retried tick replaces its own snapshot.
+//!
 //! To add a window unit: a [`WindowUnit`] variant and its arms in [`window_containing`] and
 //! [`Window::label`]; everything else is built on those two.
 
@@ -39,6 +42,7 @@ impl Window {
         match unit {
             WindowUnit::Day => self.local_date(tz).format("%Y-%m-%d").to_string(),
             WindowUnit::Hour => self.start.with_timezone(&tz).format("%Y-%m-%dT%H:%M%:z").to_string(),
+            WindowUnit::Snapshot => self.start.with_timezone(&tz).format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
         }
     }
 
@@ -53,6 +57,10 @@ pub fn window_containing(unit: WindowUnit, tz: Tz, t: DateTime<Utc>) -> Window {
     match unit {
         WindowUnit::Day => day_containing(tz, t),
         WindowUnit::Hour => hour_containing(tz, t),
+        WindowUnit::Snapshot => {
+            let start = t.with_nanosecond(0).expect("0 is a valid nanosecond");
+            Window { start, end: start + Duration::seconds(1) }
+        }
     }
 }
 
@@ -240,7 +248,7 @@ fn looks_like_date(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::time::{local_to_utc, parse_tz};
-    use WindowUnit::{Day, Hour};
+    use WindowUnit::{Day, Hour, Snapshot};
 
     fn zone(name: &str) -> Tz {
         parse_tz(name).unwrap()
@@ -633,7 +641,7 @@ mod tests {
         }
 
         fn unit() -> impl Strategy<Value = WindowUnit> {
-            prop_oneof![Just(Day), Just(Hour)]
+            prop_oneof![Just(Day), Just(Hour), Just(Snapshot)]
         }
 
         fn instant() -> impl Strategy<Value = DateTime<Utc>> {
@@ -646,6 +654,7 @@ mod tests {
             match unit {
                 Day => 10 * 366 * DAY_SECS,
                 Hour => 400 * DAY_SECS,
+                Snapshot => 3 * 3600,
             }
         }
 
@@ -697,6 +706,10 @@ mod tests {
                             let local = w.start.with_timezone(&tz);
                             prop_assert!(local.minute() == 0 || is_offset_change(tz, w.start), "{w:?}");
                             prop_assert_eq!(local.second(), 0);
+                        }
+                        Snapshot => {
+                            prop_assert_eq!(w.end - w.start, Duration::seconds(1));
+                            prop_assert_eq!(w.start.nanosecond(), 0);
                         }
                     }
                 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::batch::{self, TableSchema, WindowBatch};
-use crate::config::{Config, Job};
+use crate::config::{Config, Job, JobKind, WindowUnit};
 use crate::plan::{self, Window};
 use crate::sink::{Commit, Sink, SinkError};
 use crate::source::Source;
@@ -189,6 +189,11 @@ impl Runner {
         job: &Job,
         now: DateTime<Utc>,
     ) -> Result<(Vec<Window>, DateTime<Utc>), RunError> {
+        if job.kind == JobKind::Snapshot {
+            // One snapshot, captured at `now` (a tick's time); it is complete once written.
+            let window = plan::window_containing(WindowUnit::Snapshot, job.time_zone, now);
+            return Ok((vec![window], window.end));
+        }
         let state = self.sink.job_state(&job.name).await?;
         let settle = chrono::Duration::seconds(job.settle_secs as i64);
         let windows = plan::incremental(
@@ -211,8 +216,13 @@ impl Runner {
         let reset = self.sink.reset_job(job, &definition_hash(job)).await;
         lock.release().await;
         reset?;
-        let windows =
-            plan::incremental(job.window, job.time_zone, job.start, None, now, 0, chrono::Duration::zero(), false);
+        let windows = match job.kind {
+            // A snapshot job has no history to reload: it starts again with the current state.
+            JobKind::Snapshot => self.incremental_windows(job, now).await?.0,
+            JobKind::Windowed => {
+                plan::incremental(job.window, job.time_zone, job.start, None, now, 0, chrono::Duration::zero(), false)
+            }
+        };
         let opts = RunOptions { kind: RunKind::Rebuild, force: true, ..opts.clone() };
         self.run(job, windows, &opts).await
     }
@@ -231,7 +241,11 @@ impl Runner {
         let source = self.source_of(job)?;
         let schema = TableSchema::for_job(job);
         let hash = definition_hash(job);
-        let history_start = local_day_start(job.time_zone, job.start);
+        // A snapshot job's watermark is its latest snapshot; a windowed job's walks from `start`.
+        let history_start = match job.kind {
+            JobKind::Windowed => local_day_start(job.time_zone, job.start),
+            JobKind::Snapshot => windows.iter().map(|w| w.start).min().unwrap_or_else(Utc::now),
+        };
         let state = self.sink.prepare(job, &schema, history_start, &hash).await?;
         let definition_changed = state.definition_hash.as_deref().is_some_and(|h| h != hash);
         if definition_changed {
@@ -413,7 +427,7 @@ impl ChunkContext<'_> {
                     history_start: self.history_start,
                     definition_hash: self.hash,
                     run_id: self.run_id,
-                    requests: job.scopes.len() as u32,
+                    requests: self.source.requests(job, &chunk).len() as u32,
                     windows,
                     partial_after: self.partial_after,
                 })

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, Job};
+use crate::config::{self, Config, Job, JobKind};
 use crate::metrics::{HealthCheck, Metrics};
 use crate::runner::{Progress, RunError, RunKind, RunOptions, Runner};
 use crate::schedule_time::Schedule;
@@ -286,7 +286,8 @@ impl Inner {
 
     async fn run_once(&self, job: &Job, at: DateTime<Utc>) {
         let runner = self.runner.read().expect("runner lock").clone();
-        let now = self.clock.now();
+        // A snapshot is captured at its tick (a retried tick replaces it); history runs up to now.
+        let now = if job.kind == JobKind::Snapshot { at } else { self.clock.now() };
         let result = async {
             let (windows, partial_after) = runner.incremental_windows(job, now).await?;
             let opts = RunOptions {

@@ -2,13 +2,45 @@
 //!
 //! Owns: parsing IANA zone names, the start of a local day (never `.single().unwrap()`: some zones
 //! skip midnight, and 02:30 can be ambiguous), and the millisecond RFC 3339 rendering giosg uses
-//! (`2019-01-01T00:00:00.000+02:00`), the UTC offset in force at an instant and where it changes.
+//! (`2019-01-01T00:00:00.000+02:00`), the UTC offset in force at an instant and where it changes,
+//! and vendor durations as seconds ([`duration_secs`]: Thulium's `HH:MM:SS`, Comm100's
+//! `hh:mm:ss.fffffff`).
 //! Everything else asks here rather than calling chrono-tz ad hoc.
 
 use chrono::{
     DateTime, Duration, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc,
 };
 use chrono_tz::Tz;
+
+/// Seconds in a vendor duration: `HH:MM:SS` (Thulium; hours may exceed 23 and have more digits),
+/// `hh:mm:ss.fffffff` (Comm100, .NET's TimeSpan: up to seven fraction digits), and .NET's day
+/// form `d.hh:mm:ss[.fffffff]`. Minutes and seconds must be below 60; nothing may be negative.
+pub fn duration_secs(text: &str) -> Result<f64, String> {
+    let bad = || format!("`{text}` is not a duration like HH:MM:SS or hh:mm:ss.fffffff");
+    let t = text.trim();
+    let parts: Vec<&str> = t.split(':').collect();
+    let [h, m, sec] = parts.as_slice() else { return Err(bad()) };
+    let (days, hours) = match h.split_once('.') {
+        Some((d, h)) => (d, h),
+        None => ("0", *h),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = match sec.split_once('.') {
+        Some((whole, fraction)) if digits(fraction) => (whole, fraction),
+        Some(_) => return Err(bad()),
+        None => (*sec, ""),
+    };
+    if !(digits(days) && digits(hours) && m.len() == 2 && digits(m) && whole.len() == 2 && digits(whole)) {
+        return Err(bad());
+    }
+    let n = |s: &str| s.parse::<f64>().map_err(|_| bad());
+    let (d, h, m, s) = (n(days)?, n(hours)?, n(m)?, n(whole)?);
+    if m >= 60.0 || s >= 60.0 {
+        return Err(bad());
+    }
+    let frac = if fraction.is_empty() { 0.0 } else { n(&format!("0.{fraction}"))? };
+    Ok(((d * 24.0 + h) * 60.0 + m) * 60.0 + s + frac)
+}
 
 /// Parses an IANA time zone name such as `Europe/Helsinki`.
 pub fn parse_tz(name: &str) -> Result<Tz, String> {
@@ -106,6 +138,20 @@ pub mod serde_ms_utc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vendor_durations_become_seconds() {
+        // Thulium (api-docs 004) and Comm100 (api-docs 003) examples.
+        assert_eq!(duration_secs("00:00:48").unwrap(), 48.0);
+        assert_eq!(duration_secs("01:02:03").unwrap(), 3723.0);
+        assert_eq!(duration_secs("125:00:00").unwrap(), 450_000.0);
+        assert!((duration_secs("06:53:57.0500000").unwrap() - 24_837.05).abs() < 1e-9);
+        assert!((duration_secs("00:20:38.2649999").unwrap() - 1238.2649999).abs() < 1e-9);
+        assert_eq!(duration_secs("1.02:00:00").unwrap(), 93_600.0);
+        for bad in ["", "48", "00:48", "00:60:00", "00:00:60", "-01:00:00", "aa:bb:cc", "00:00:00.", "00:0:00"] {
+            assert!(duration_secs(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn helsinki_dst_days_have_23_and_25_hours() {

@@ -68,7 +68,23 @@ pub struct Config {
 /// Which vendor API a source talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
+    /// giosg: `Authorization: Token`, an organization.
     Giosg,
+    /// Thulium: HTTP basic auth, an account time zone.
+    Thulium,
+    /// Comm100: `Authorization: Bearer`.
+    Comm100,
+}
+
+/// How a source authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `Authorization: Token <key>` (giosg).
+    Token(Secret),
+    /// `Authorization: Bearer <token>` (Comm100).
+    Bearer(Secret),
+    /// HTTP basic auth (Thulium).
+    Basic { username: String, password: Secret },
 }
 
 /// One upstream account.
@@ -78,10 +94,12 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// `https://api.giosg.com` (no trailing slash).
     pub base_url: String,
-    /// giosg: the `Authorization: Token` key.
-    pub token: Secret,
-    /// giosg: the organization whose data is read.
+    pub credentials: Credentials,
+    /// giosg: the organization whose data is read (empty for other kinds).
     pub organization_id: String,
+    /// Thulium: the account's zone, in which `date_from`/`date_to` are read and `series` is
+    /// written. `None` for other kinds.
+    pub account_time_zone: Option<Tz>,
     /// Requests in flight at once (default 4).
     pub concurrency: usize,
     /// Requests per second (default 5).
@@ -108,13 +126,135 @@ pub enum Warehouse {
 pub enum WindowUnit {
     Hour,
     Day,
+    /// A snapshot job's window: the second starting at the tick that captured it.
+    Snapshot,
+}
+
+/// Whether a job loads history window by window or captures current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// Windows of history, replaced as a whole (`kind: windowed`, the default).
+    Windowed,
+    /// The endpoint's current state, appended per tick with `captured_at` (`kind: snapshot`).
+    Snapshot,
 }
 
 /// The API endpoint a job reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// giosg `POST /api/reporting/v1/orgs/{org}/chat_sessions`.
     ChatSessions,
+    /// giosg `POST /api/events/v2/orgs/{org}/fetch`.
+    Events,
+    /// giosg `POST /api/reporting/workflow/v1/orgs/{org}/query/`.
+    Workflow,
+    /// giosg `GET /api/v4/reporting/realtime/rooms` (snapshot).
+    RealtimeRooms,
+    /// giosg `GET /api/v4/reporting/realtime/users` (snapshot).
+    RealtimeUsers,
+    /// Thulium `GET /api/chats/reports/summary`.
+    ChatSummary,
+    /// Comm100 `GET livechat/realTime/Agents` (snapshot).
+    Agents,
+    /// Comm100 `GET livechat/realTime/Queue` (snapshot).
+    Queue,
+    /// Comm100 `GET livechat/realTime/Today` (snapshot).
+    Today,
+    /// Comm100 `GET livechat/realTime/RightNow` (snapshot).
+    RightNow,
+}
+
+impl Endpoint {
+    /// Its name in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatSessions => "chat_sessions",
+            Endpoint::Events => "events",
+            Endpoint::Workflow => "workflow",
+            Endpoint::RealtimeRooms => "realtime_rooms",
+            Endpoint::RealtimeUsers => "realtime_users",
+            Endpoint::ChatSummary => "chat_summary",
+            Endpoint::Agents => "agents",
+            Endpoint::Queue => "queue",
+            Endpoint::Today => "today",
+            Endpoint::RightNow => "right_now",
+        }
+    }
+
+    /// Whether it has history (windowed jobs) or only a current state (snapshot jobs).
+    pub fn kind(self) -> JobKind {
+        match self {
+            Endpoint::ChatSessions | Endpoint::Events | Endpoint::Workflow | Endpoint::ChatSummary => {
+                JobKind::Windowed
+            }
+            _ => JobKind::Snapshot,
+        }
+    }
+}
+
+/// Thulium's `aggregate_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateBy {
+    Minute,
+    Hour,
+    Day,
+    HourOfDay,
+    Week,
+    Month,
+    Year,
+}
+
+impl AggregateBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregateBy::Minute => "minute",
+            AggregateBy::Hour => "hour",
+            AggregateBy::Day => "day",
+            AggregateBy::HourOfDay => "hour_of_day",
+            AggregateBy::Week => "week",
+            AggregateBy::Month => "month",
+            AggregateBy::Year => "year",
+        }
+    }
+}
+
+/// One `where` condition of a workflow query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct WorkflowCondition {
+    pub field: String,
+    pub search: String,
+}
+
+/// What a job sends beyond the common keys; one variant per endpoint family.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointParams {
+    /// chat_sessions: everything is in the common keys (scopes, rooms, aggregations, filters).
+    ChatSessions,
+    /// events: the body's `vendor` and `sources` (scopes, aggregations and filters are common).
+    Events { vendor: String, sources: Vec<String> },
+    /// workflow: the `where` conditions (the `avg` field is the one aggregation's).
+    Workflow { conditions: Vec<WorkflowCondition> },
+    /// realtime rooms: `room_id` is the job's `rooms`; `include_shared`; `timezone` is the job's.
+    RealtimeRooms { include_shared: bool },
+    /// realtime users: `user_id` filter.
+    RealtimeUsers { user_ids: Vec<String> },
+    /// Thulium chat summary.
+    ChatSummary {
+        aggregate_by: AggregateBy,
+        user_logins: Vec<String>,
+        chat_queue_ids: Vec<String>,
+        sum_users: bool,
+        response_threshold: Option<u32>,
+        /// One request per login, so each row carries `user_login`.
+        split_by_login: bool,
+        /// `limit` of each page (1..=100, default 100).
+        page_size: u32,
+    },
+    /// Comm100 Agents.
+    Agents { department_id: Option<String>, include_status_distribution: bool, page_size: u32 },
+    /// Comm100 Queue, Today, RightNow: no parameters of their own.
+    None,
 }
 
 /// A giosg row scope; chatetl adds the `scope` selector and groups team scope by `team_id` and
@@ -163,7 +303,8 @@ impl JobAggregation {
             (AggregationKind::Sum, Some(f)) => format!("{f}_sum"),
             (AggregationKind::Avg, Some(f)) => format!("{f}_avg"),
             (AggregationKind::HyperUnique, Some(f)) => format!("{f}_hyper_unique"),
-            (k, None) => unreachable!("validated: {k:?} has a field"),
+            // events aggregate their value: `count`, `sum`, `avg`.
+            (k, None) => k.api_name().to_string(),
         }
     }
 }
@@ -179,6 +320,9 @@ pub struct Job {
     /// Name of a source in [`Config::sources`].
     pub source: String,
     pub endpoint: Endpoint,
+    /// Windowed or snapshot (follows the endpoint; the file says `kind: snapshot` explicitly).
+    pub kind: JobKind,
+    /// `Snapshot` for snapshot jobs.
     pub window: WindowUnit,
     /// Bucket size sent to the API: `all`, `hour` or `day`, never longer than the window.
     pub granularity: Granularity,
@@ -189,7 +333,7 @@ pub struct Job {
     pub aggregations: Vec<JobAggregation>,
     /// Passed through to the API after structural validation.
     pub filters: Option<Filter>,
-    /// First local date of history.
+    /// First local date of history (snapshot jobs: the Unix epoch, unused).
     pub start: NaiveDate,
     /// Complete windows loaded again on every incremental run (restated metrics).
     pub lookback_windows: u32,
@@ -206,4 +350,6 @@ pub struct Job {
     /// Scheduled runs also load the current, incomplete window; it is replaced on later ticks
     /// and never moves the watermark (default false).
     pub include_partial: bool,
+    /// The endpoint's own parameters.
+    pub params: EndpointParams,
 }

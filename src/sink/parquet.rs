@@ -19,7 +19,7 @@ use super::{Commit, SinkError};
 use crate::config::{Job, WindowUnit};
 use crate::plan::Window;
 use crate::state::file::{FileState, write_atomic};
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, advance_watermark};
+use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, next_watermark};
 
 /// A folder of Parquet partitions.
 pub struct ParquetSink {
@@ -31,7 +31,7 @@ pub struct ParquetSink {
 pub fn window_path(root: &Path, job: &Job, window: &Window) -> PathBuf {
     let local = window.start.with_timezone(&job.time_zone);
     let mut dir = root.join(&job.table).join(format!("date={}", local.format("%Y-%m-%d")));
-    if job.window == WindowUnit::Hour {
+    if matches!(job.window, WindowUnit::Hour | WindowUnit::Snapshot) {
         dir = dir.join(format!("hour={}", local.format("%H")));
     }
     dir.join(format!("part-{}.parquet", window.start.format("%Y%m%dT%H%M%SZ")))
@@ -123,7 +123,7 @@ impl ParquetSink {
                 }
                 let spans: BTreeMap<DateTime<Utc>, DateTime<Utc>> =
                     s.windows.values().map(|l| (l.window_start, l.window_end)).collect();
-                s.watermark = advance_watermark(s.watermark, c.history_start, &spans);
+                s.watermark = next_watermark(&c, s.watermark, &spans);
             })
             .await
             .map_err(SinkError)?;

@@ -24,9 +24,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row as _, SqlSafeStr};
 
 use super::{Commit, SinkError};
-use crate::batch::{MetricType, TableSchema};
+use crate::batch::{ColumnType, TableSchema};
 use crate::config::{Job, Secret};
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, advance_watermark};
+use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, next_watermark};
 
 /// The state migrations, in order.
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "state", include_str!("../../migrations/0001_state.sql"))];
@@ -97,20 +97,25 @@ impl PostgresSink {
         let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(&self.schema));
         let _ = write!(
             ddl,
-            "CREATE TABLE IF NOT EXISTS {table} (\n  bucket_start timestamptz NOT NULL,\n  bucket_date date NOT NULL,\n"
+            "CREATE TABLE IF NOT EXISTS {table} (\n  {} timestamptz NOT NULL,\n  {} date NOT NULL,\n",
+            schema.time_column, schema.date_column
         );
         for d in &schema.dims {
-            let _ = writeln!(ddl, "  {} text{},", quote_ident(d), if *d == "scope" { " NOT NULL" } else { "" });
+            let _ = writeln!(ddl, "  {} text,", quote_ident(&d.name));
         }
         for m in &schema.metrics {
             let ty = match m.ty {
-                MetricType::Int => "bigint",
-                MetricType::Float => "double precision",
+                ColumnType::Int => "bigint",
+                ColumnType::Float => "double precision",
+                ColumnType::Text => "text",
+                ColumnType::Bool => "boolean",
+                ColumnType::Json => "jsonb",
             };
             let _ = writeln!(ddl, "  {} {ty},", quote_ident(&m.name));
         }
-        let key: Vec<String> =
-            std::iter::once("bucket_start".to_string()).chain(schema.dims.iter().map(|d| quote_ident(d))).collect();
+        let key: Vec<String> = std::iter::once(schema.time_column.to_string())
+            .chain(schema.dims.iter().map(|d| quote_ident(&d.name)))
+            .collect();
         let _ = write!(
             ddl,
             "  _window_start timestamptz NOT NULL,\n  _loaded_at timestamptz NOT NULL,\n  _run_id text NOT NULL,\n  CONSTRAINT {} UNIQUE NULLS NOT DISTINCT ({})\n);\n",
@@ -119,15 +124,16 @@ impl PostgresSink {
         );
         let _ = writeln!(ddl, "COMMENT ON TABLE {table} IS {};", quote_literal(&schema.description));
         let mut comments = vec![
-            ("bucket_start", format!("start of the bucket ({} granularity), UTC instant", api_granularity(job))),
-            ("bucket_date", format!("local date of bucket_start in {}", schema.time_zone.name())),
-            ("scope", "giosg row scope: org, team or user".to_string()),
-            ("team_id", "team of a team-scope row, else null".to_string()),
-            ("user_id", "user of a user-scope row, else null".to_string()),
+            (schema.time_column, schema.time_comment.clone()),
+            (
+                schema.date_column,
+                format!("local date of {} in {}", schema.time_column, schema.time_zone.name()),
+            ),
             ("_window_start", "start of the load window this row was replaced with".to_string()),
             ("_loaded_at", "when chatetl loaded this row".to_string()),
             ("_run_id", "the chatetl run that loaded this row".to_string()),
         ];
+        comments.extend(schema.dims.iter().map(|d| (d.name.as_str(), d.comment.clone())));
         comments.extend(schema.metrics.iter().map(|m| (m.name.as_str(), m.comment.clone())));
         for (col, text) in comments {
             let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{} IS {};", quote_ident(col), quote_literal(&text));
@@ -204,7 +210,8 @@ impl PostgresSink {
                 .await
                 .map_err(&err)?;
         for w in &c.windows {
-            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE bucket_start >= $1 AND bucket_start < $2")))
+            let time = c.schema.time_column;
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {time} >= $1 AND {time} < $2")))
                 .bind(w.window.start)
                 .bind(w.window.end)
                 .execute(&mut *tx)
@@ -259,7 +266,7 @@ impl PostgresSink {
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-        let next = advance_watermark(current, c.history_start, &loads);
+        let next = next_watermark(&c, current, &loads);
         if next != current {
             sqlx::query("UPDATE chatetl.jobs SET watermark = $2, updated_at = now() WHERE job = $1")
                 .bind(&c.job.name)
@@ -448,9 +455,6 @@ impl AdvisoryLock {
     }
 }
 
-fn api_granularity(job: &Job) -> String {
-    serde_json::to_value(job.granularity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-}
 
 /// Appends `batch` as CSV rows for `COPY … WITH (FORMAT csv)`: nulls unquoted-empty, text
 /// always quoted, timestamps RFC 3339 UTC with microseconds.
@@ -486,6 +490,7 @@ pub fn write_csv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
                     }
                     let _ = write!(line, "{x}");
                 }
+                DataType::Boolean => line.push_str(if col.as_boolean().value(row) { "t" } else { "f" }),
                 DataType::Utf8 => {
                     line.push('"');
                     line.push_str(&col.as_string::<i32>().value(row).replace('"', "\"\""));

@@ -8,7 +8,7 @@
 //! message. A source module builds its requests and parses bodies; it never retries by itself.
 //!
 //! To use from a new source: build an [`HttpClient`] from its [`SourceConfig`] with the vendor's
-//! [`Auth`], then call [`HttpClient::send`] with a [`HttpRequest`]; the body comes back whole.
+//! credentials, then call [`HttpClient::send`] with a [`HttpRequest`]; the body comes back whole.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -17,17 +17,10 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
 
-use crate::config::{Secret, SourceConfig};
-
-/// How a vendor authenticates.
-#[derive(Debug, Clone)]
-pub enum Auth {
-    /// giosg: `Authorization: Token <key>`.
-    Token(Secret),
-}
+use crate::config::{Credentials, SourceConfig};
 
 /// One request, ready to send (and to print in `chatetl plan`).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +80,7 @@ pub struct RetryPolicy {
 pub struct HttpClient {
     source: String,
     client: reqwest::Client,
-    auth: Auth,
+    auth: Credentials,
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
     policy: RetryPolicy,
@@ -101,8 +94,9 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client with the source's limits and timeouts.
-    pub fn new(source: &SourceConfig, auth: Auth) -> Result<HttpClient, String> {
+    /// A client with the source's credentials, limits and timeouts.
+    pub fn new(source: &SourceConfig) -> Result<HttpClient, String> {
+        let auth = source.credentials.clone();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(source.timeout_secs))
             .connect_timeout(Duration::from_secs(source.timeout_secs.min(10)))
@@ -155,8 +149,11 @@ impl HttpClient {
         let method = req.method.to_string();
         let mut builder = self.client.request(req.method.clone(), &req.url);
         builder = match &self.auth {
-            Auth::Token(t) => builder.header(AUTHORIZATION, format!("Token {}", t.expose())),
+            Credentials::Token(t) => builder.header(AUTHORIZATION, format!("Token {}", t.expose())),
+            Credentials::Bearer(t) => builder.bearer_auth(t.expose()),
+            Credentials::Basic { username, password } => builder.basic_auth(username, Some(password.expose())),
         };
+        builder = builder.header(ACCEPT, "application/json");
         if let Some(body) = &req.body {
             builder = builder.header(CONTENT_TYPE, "application/json").body(body.to_string());
         }

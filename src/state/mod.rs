@@ -70,13 +70,13 @@ pub struct JobStatus {
 }
 
 /// A fingerprint of what a job's rows mean: endpoint, window, granularity, scopes, rooms,
-/// aggregations, filters and zone (not its schedule, history start or lookback). Stored with the
+/// aggregations, filters, endpoint parameters and zone (not its schedule, history start or lookback). Stored with the
 /// history so a changed definition is detected.
 pub fn definition_hash(job: &crate::config::Job) -> String {
     use sha2::{Digest, Sha256};
     let aggregations: Vec<_> =
         job.aggregations.iter().map(|a| serde_json::json!([a.kind.api_name(), a.field, a.column])).collect();
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "endpoint": format!("{:?}", job.endpoint),
         "window": format!("{:?}", job.window),
         "granularity": job.granularity,
@@ -86,6 +86,10 @@ pub fn definition_hash(job: &crate::config::Job) -> String {
         "filters": job.filters,
         "time_zone": job.time_zone.name(),
     });
+    // chat_sessions jobs hashed without params before other endpoints existed; keep their hash.
+    if job.params != crate::config::EndpointParams::ChatSessions {
+        canonical["params"] = serde_json::Value::String(format!("{:?}", job.params));
+    }
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -106,6 +110,22 @@ pub fn advance_watermark(
         moved = true;
     }
     if moved { Some(at) } else { current }
+}
+
+/// The new watermark after a commit of `c`: a windowed job's walks over contiguous loads
+/// ([`advance_watermark`]); a snapshot job's is the end of its latest complete snapshot.
+pub fn next_watermark(
+    c: &crate::sink::Commit<'_>,
+    current: Option<DateTime<Utc>>,
+    loads: &BTreeMap<DateTime<Utc>, DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    match c.job.kind {
+        crate::config::JobKind::Windowed => advance_watermark(current, c.history_start, loads),
+        crate::config::JobKind::Snapshot => {
+            let latest = c.windows.iter().filter(|w| c.complete(&w.window)).map(|w| w.window.end).max();
+            current.max(latest)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,13 +16,17 @@ use crate::source::giosg::query::Filter;
 const ROOT: &str = "filters";
 
 /// The validated filter, or `None` after reporting every problem found.
-pub(super) fn filter(ctx: &mut Ctx, root: &Spanned<Node>) -> Option<Filter> {
+pub(super) fn filter(
+    ctx: &mut Ctx,
+    root: &Spanned<Node>,
+    dimensions: &[(&str, crate::source::giosg::query::DimensionKind)],
+) -> Option<Filter> {
     let json = to_json(ctx, root, ROOT)?;
     let filter = deserialize(ctx, root, &json, ROOT)?;
     let before = ctx.diagnostics.len();
 
     let mut problems = Vec::new();
-    filter.validate(ROOT, &mut problems);
+    filter.validate_in(ROOT, dimensions, &mut problems);
     for problem in problems {
         let path = problem.split_once(": ").map_or(ROOT, |(path, _)| path);
         ctx.error(locate(root, path), "", problem);

@@ -11,8 +11,11 @@ use super::ctx::{Ctx, identifier_problem, one_of};
 use super::filters;
 use super::raw::{RawAggregation, RawJob};
 use super::settings::{JobDefaults, SOURCE_KINDS, endpoints};
-use crate::config::{Endpoint, Job, JobAggregation, Scope, SourceKind, WindowUnit};
-use crate::source::giosg::query::{AggregationKind, DIMENSIONS, Granularity, dimension_kind};
+use crate::config::{
+    AggregateBy, Endpoint, EndpointParams, Job, JobAggregation, JobKind, Scope, SourceKind, WindowUnit,
+    WorkflowCondition,
+};
+use crate::source::giosg::query::{AggregationKind, DIMENSIONS, DimensionKind, EVENT_DIMENSIONS, Granularity};
 
 /// Columns chatetl writes itself; no aggregation may use them.
 pub const RESERVED_COLUMNS: &[&str] =
@@ -29,6 +32,71 @@ pub(super) struct JobOutcome {
     pub name: Option<(String, Location)>,
     pub table: Option<(String, Location)>,
     pub job: Option<Job>,
+}
+
+/// Which keys each endpoint reads, besides the ones every job has (`name`, `description`,
+/// `source`, `endpoint`, `kind`, `schedule`, `table`, `time_zone`). A key of another endpoint is
+/// an error, so a typo or a misplaced key never goes unnoticed.
+fn keys_of(endpoint: Endpoint) -> &'static [&'static str] {
+    const WINDOWED: [&str; 6] =
+        ["window", "start", "lookback_windows", "settle_secs", "include_partial", "max_windows_per_request"];
+    match endpoint {
+        Endpoint::ChatSessions => &[
+            WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], WINDOWED[5],
+            "granularity", "scopes", "rooms", "aggregations", "filters",
+        ],
+        Endpoint::Events => &[
+            WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], WINDOWED[5],
+            "granularity", "scopes", "aggregations", "filters", "vendor", "event_sources",
+        ],
+        Endpoint::Workflow => &[WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], "aggregations", "where"],
+        Endpoint::ChatSummary => &[
+            WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], WINDOWED[5],
+            "aggregate_by", "user_logins", "chat_queue_ids", "sum_users", "response_threshold", "split_by_login",
+            "page_size",
+        ],
+        Endpoint::RealtimeRooms => &["rooms", "include_shared"],
+        Endpoint::RealtimeUsers => &["user_ids"],
+        Endpoint::Agents => &["department_id", "include_status_distribution", "page_size"],
+        Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => &[],
+    }
+}
+
+/// The endpoint-specific keys present in `r`, with their location.
+fn present_keys(r: &RawJob) -> Vec<(&'static str, Location)> {
+    fn at<T>(v: &Option<Spanned<T>>) -> Option<Location> {
+        v.as_ref().map(|v| v.referenced)
+    }
+    [
+        ("window", at(&r.window)),
+        ("start", at(&r.start)),
+        ("lookback_windows", at(&r.lookback_windows)),
+        ("settle_secs", at(&r.settle_secs)),
+        ("include_partial", at(&r.include_partial)),
+        ("max_windows_per_request", at(&r.max_windows_per_request)),
+        ("granularity", at(&r.granularity)),
+        ("scopes", at(&r.scopes)),
+        ("rooms", at(&r.rooms)),
+        ("aggregations", at(&r.aggregations)),
+        ("filters", at(&r.filters)),
+        ("vendor", at(&r.vendor)),
+        ("event_sources", at(&r.event_sources)),
+        ("where", at(&r.conditions)),
+        ("aggregate_by", at(&r.aggregate_by)),
+        ("user_logins", at(&r.user_logins)),
+        ("chat_queue_ids", at(&r.chat_queue_ids)),
+        ("sum_users", at(&r.sum_users)),
+        ("response_threshold", at(&r.response_threshold)),
+        ("split_by_login", at(&r.split_by_login)),
+        ("page_size", at(&r.page_size)),
+        ("include_shared", at(&r.include_shared)),
+        ("user_ids", at(&r.user_ids)),
+        ("department_id", at(&r.department_id)),
+        ("include_status_distribution", at(&r.include_status_distribution)),
+    ]
+    .into_iter()
+    .filter_map(|(key, at)| at.map(|at| (key, at)))
+    .collect()
 }
 
 /// Validates the job file `file`.
@@ -65,34 +133,72 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let endpoint = ctx
         .required(at, "endpoint", &r.endpoint, "the API endpoint read, e.g. chat_sessions")
         .and_then(|v| job_endpoint(ctx, v, kind));
-    let window = ctx
-        .required(at, "window", &r.window, "hour or day")
-        .and_then(|v| ctx.choice("window", v, "window", &[("hour", WindowUnit::Hour), ("day", WindowUnit::Day)]));
-    let granularity = job_granularity(ctx, r.granularity.as_ref(), window);
-    let scopes = job_scopes(ctx, r.scopes.as_ref());
-    let rooms = job_rooms(ctx, r.rooms.as_ref());
-    let aggregations = ctx
-        .required(at, "aggregations", &r.aggregations, "a list of `type`, `field` and `column`")
-        .and_then(|v| job_aggregations(ctx, v));
-    let filters = match &r.filters {
-        None => Some(None),
-        Some(node) => filters::filter(ctx, node).map(Some),
-    };
-    let start = ctx.required(at, "start", &r.start, "the first local date of history, e.g. 2024-01-01").and_then(|v| {
-        let text = ctx.text("start", v)?;
-        let date = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok();
-        if date.is_none() {
-            ctx.error(v.referenced, "start", format!("expected a date like 2024-01-01, found `{text}`"));
+    // Without a valid endpoint the file is still checked, as a chat_sessions job whose
+    // endpoint-specific keys are optional, so every other problem is reported now too.
+    let known = endpoint.is_some();
+    let endpoint_or_default = endpoint.unwrap_or(Endpoint::ChatSessions);
+    let endpoint = endpoint_or_default;
+    let keys = keys_of(endpoint);
+    for (key, location) in present_keys(r) {
+        if known && !keys.contains(&key) {
+            let used_by: Vec<&str> = ALL_ENDPOINTS
+                .iter()
+                .filter(|e| keys_of(**e).contains(&key))
+                .map(|e| e.name())
+                .collect();
+            let message = format!("not used by endpoint `{}` (only by {})", endpoint.name(), one_of(&used_by));
+            ctx.error(location, key, message);
         }
-        date
-    });
+    }
+    let uses = |key: &str| keys.contains(&key);
+    let job_kind = job_kind(ctx, at, r.kind.as_ref(), endpoint);
+    let windowed = endpoint.kind() == JobKind::Windowed;
+
+    let window = if windowed {
+        ctx.required(at, "window", &r.window, "hour or day")
+            .and_then(|v| ctx.choice("window", v, "window", &[("hour", WindowUnit::Hour), ("day", WindowUnit::Day)]))
+    } else {
+        Some(WindowUnit::Snapshot)
+    };
+    let granularity = match endpoint {
+        Endpoint::ChatSessions | Endpoint::Events => job_granularity(ctx, r.granularity.as_ref(), window),
+        _ => Some(Granularity::All),
+    };
+    let scopes = if uses("scopes") { job_scopes(ctx, r.scopes.as_ref()) } else { Some(vec![Scope::Org]) };
+    let rooms = if uses("rooms") { job_rooms(ctx, r.rooms.as_ref()) } else { Some(Vec::new()) };
+    let aggregations = if uses("aggregations") && (known || r.aggregations.is_some()) {
+        ctx.required(at, "aggregations", &r.aggregations, "a list of `type`, `field` and `column`")
+            .and_then(|v| job_aggregations(ctx, v, endpoint))
+    } else {
+        Some(Vec::new())
+    };
+    let filters = match (&r.filters, uses("filters")) {
+        (Some(node), true) => filters::filter(ctx, node, dimensions_of(endpoint)).map(Some),
+        _ => Some(None),
+    };
+    let start = if windowed {
+        ctx.required(at, "start", &r.start, "the first local date of history, e.g. 2024-01-01").and_then(|v| {
+            let text = ctx.text("start", v)?;
+            let date = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok();
+            if date.is_none() {
+                ctx.error(v.referenced, "start", format!("expected a date like 2024-01-01, found `{text}`"));
+            }
+            date
+        })
+    } else {
+        NaiveDate::from_ymd_opt(1970, 1, 1)
+    };
 
     let max_windows = match window {
         Some(WindowUnit::Day) => MAX_DAY_WINDOWS,
         Some(WindowUnit::Hour) => MAX_HOUR_WINDOWS,
-        None => u64::from(u32::MAX),
+        _ => u64::from(u32::MAX),
     };
     let lookback_windows = ctx.integer("lookback_windows", r.lookback_windows.as_ref(), 0, max_windows, 1);
+    let params = endpoint_params(ctx, at, r, endpoint, window);
+    // One request covers one window when the API returns one bucket per request.
+    let single = granularity == Some(Granularity::All)
+        || matches!(&params, Some(EndpointParams::ChatSummary { aggregate_by, .. }) if one_bucket_per_request(*aggregate_by));
     let default_per_request = match window {
         Some(WindowUnit::Hour) => 168,
         _ => 31,
@@ -100,11 +206,15 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let per_request_path = "max_windows_per_request";
     let mut max_windows_per_request =
         ctx.integer(per_request_path, r.max_windows_per_request.as_ref(), 1, max_windows, default_per_request);
-    if granularity == Some(Granularity::All) {
+    if single || !windowed {
         if let (Some(v), Some(n)) = (&r.max_windows_per_request, max_windows_per_request)
             && n != 1
         {
-            let message = "granularity `all` gives one bucket per request, so expected 1 (or no value)";
+            let message = if granularity == Some(Granularity::All) {
+                "granularity `all` gives one bucket per request, so expected 1 (or no value)"
+            } else {
+                "this job gets one bucket per request, so expected 1 (or no value)"
+            };
             ctx.error(v.referenced, per_request_path, format!("{message}, found `{n}`"));
             max_windows_per_request = None;
         } else {
@@ -136,7 +246,8 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             file: file.to_path_buf(),
             description: description?,
             source: source?,
-            endpoint: endpoint?,
+            endpoint: known.then_some(endpoint)?,
+            kind: job_kind?,
             window: window?,
             granularity: granularity?,
             scopes: scopes?,
@@ -151,9 +262,214 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             max_windows_per_request: u32::try_from(max_windows_per_request?).ok()?,
             settle_secs: settle_secs?,
             include_partial,
+            params: params?,
         })
     })();
     JobOutcome { name, table, job }
+}
+
+const ALL_ENDPOINTS: [Endpoint; 10] = [
+    Endpoint::ChatSessions,
+    Endpoint::Events,
+    Endpoint::Workflow,
+    Endpoint::RealtimeRooms,
+    Endpoint::RealtimeUsers,
+    Endpoint::ChatSummary,
+    Endpoint::Agents,
+    Endpoint::Queue,
+    Endpoint::Today,
+    Endpoint::RightNow,
+];
+
+/// `kind`: optional for windowed endpoints, required (`snapshot`) for snapshot ones, so a reader
+/// of the file sees that the job has no history.
+fn job_kind(ctx: &mut Ctx, at: Location, value: Option<&Spanned<String>>, endpoint: Endpoint) -> Option<JobKind> {
+    let options = [("windowed", JobKind::Windowed), ("snapshot", JobKind::Snapshot)];
+    let expected = endpoint.kind();
+    let name = |k: JobKind| if k == JobKind::Snapshot { "snapshot" } else { "windowed" };
+    let Some(value) = value else {
+        if expected == JobKind::Snapshot {
+            let message = format!(
+                "required key is missing (endpoint `{}` has no history: expected `kind: snapshot`)",
+                endpoint.name()
+            );
+            ctx.error(at, "kind", message);
+            return None;
+        }
+        return Some(JobKind::Windowed);
+    };
+    let kind = ctx.choice("kind", value, "job kind", &options)?;
+    if kind != expected {
+        let message =
+            format!("endpoint `{}` makes {} jobs, not {}", endpoint.name(), name(expected), name(kind));
+        ctx.error(value.referenced, "kind", message);
+        return None;
+    }
+    Some(kind)
+}
+
+/// Whether a chat summary request returns one bucket for its whole range (so it covers one window).
+pub fn one_bucket_per_request(aggregate_by: AggregateBy) -> bool {
+    matches!(aggregate_by, AggregateBy::HourOfDay | AggregateBy::Week | AggregateBy::Month | AggregateBy::Year)
+}
+
+/// The dimensions `filters` and `aggregations[].field` may name for `endpoint`.
+fn dimensions_of(endpoint: Endpoint) -> &'static [(&'static str, DimensionKind)] {
+    match endpoint {
+        Endpoint::Events => EVENT_DIMENSIONS,
+        _ => DIMENSIONS,
+    }
+}
+
+/// A list of non-empty strings without repeats.
+fn string_list(ctx: &mut Ctx, key: &str, value: Option<&Spanned<Vec<Spanned<String>>>>, what: &str) -> Option<Vec<String>> {
+    let Some(list) = value else { return Some(Vec::new()) };
+    let mut out = Some(Vec::<String>::new());
+    for (i, item) in list.value.iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        let v = ctx.non_empty(&path, item, what).map(|v| v.trim().to_string());
+        match (v, &mut out) {
+            (Some(v), Some(out)) if out.contains(&v) => {
+                ctx.error(item.referenced, &path, format!("`{v}` is listed twice"));
+            }
+            (Some(v), Some(out)) => out.push(v),
+            _ => out = None,
+        }
+    }
+    out
+}
+
+/// The endpoint's own keys.
+fn endpoint_params(
+    ctx: &mut Ctx,
+    at: Location,
+    r: &RawJob,
+    endpoint: Endpoint,
+    window: Option<WindowUnit>,
+) -> Option<EndpointParams> {
+    let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_some_and(|v| v.value);
+    match endpoint {
+        Endpoint::ChatSessions => Some(EndpointParams::ChatSessions),
+        Endpoint::Events => {
+            let vendor = match &r.vendor {
+                None => Some("com.giosg.chat".to_string()),
+                Some(v) => ctx.non_empty("vendor", v, "an event vendor, e.g. com.giosg.chat").map(|v| v.trim().to_string()),
+            };
+            let sources = match &r.event_sources {
+                None => Some(vec!["trusted".to_string()]),
+                Some(list) if list.value.is_empty() => {
+                    ctx.error(list.referenced, "event_sources", "expected at least one event source, e.g. trusted");
+                    None
+                }
+                Some(_) => string_list(ctx, "event_sources", r.event_sources.as_ref(), "an event source"),
+            };
+            Some(EndpointParams::Events { vendor: vendor?, sources: sources? })
+        }
+        Endpoint::Workflow => {
+            let list = ctx.required(at, "where", &r.conditions, "a list of `field` and `search`")?;
+            if list.value.is_empty() {
+                ctx.error(list.referenced, "where", "expected at least one condition");
+                return None;
+            }
+            let mut conditions = Some(Vec::new());
+            for (i, c) in list.value.iter().enumerate() {
+                let path = |k: &str| format!("where[{i}].{k}");
+                let field = ctx
+                    .required(c.referenced, &path("field"), &c.value.field, "the field matched, e.g. category")
+                    .and_then(|v| ctx.non_empty(&path("field"), v, "a field name"));
+                let search = ctx
+                    .required(c.referenced, &path("search"), &c.value.search, "the value matched (\"\" for empty)")
+                    .and_then(|v| ctx.text(&path("search"), v));
+                match (field, search, &mut conditions) {
+                    (Some(field), Some(search), Some(out)) => {
+                        out.push(WorkflowCondition { field: field.trim().to_string(), search })
+                    }
+                    _ => conditions = None,
+                }
+            }
+            Some(EndpointParams::Workflow { conditions: conditions? })
+        }
+        Endpoint::ChatSummary => {
+            let options = [
+                ("minute", AggregateBy::Minute),
+                ("hour", AggregateBy::Hour),
+                ("day", AggregateBy::Day),
+                ("hour_of_day", AggregateBy::HourOfDay),
+                ("week", AggregateBy::Week),
+                ("month", AggregateBy::Month),
+                ("year", AggregateBy::Year),
+            ];
+            let aggregate_by = match &r.aggregate_by {
+                None => window.map(|w| if w == WindowUnit::Hour { AggregateBy::Hour } else { AggregateBy::Day }),
+                Some(v) => ctx.choice("aggregate_by", v, "aggregate_by", &options).and_then(|a| {
+                    if window == Some(WindowUnit::Hour) && matches!(a, AggregateBy::Day | AggregateBy::HourOfDay) {
+                        let message = format!("`{}` buckets do not fit in an hour window", a.as_str());
+                        ctx.error(v.referenced, "aggregate_by", message);
+                        return None;
+                    }
+                    Some(a)
+                }),
+            };
+            let user_logins = string_list(ctx, "user_logins", r.user_logins.as_ref(), "a user login");
+            let chat_queue_ids = match &r.chat_queue_ids {
+                None => Some(Vec::new()),
+                Some(list) => {
+                    let mut out = Some(Vec::new());
+                    for (i, item) in list.value.iter().enumerate() {
+                        let id = ctx.integer(&format!("chat_queue_ids[{i}]"), Some(item), 0, u64::from(u32::MAX), 0);
+                        match (id, &mut out) {
+                            (Some(id), Some(out)) => out.push(id.to_string()),
+                            _ => out = None,
+                        }
+                    }
+                    out
+                }
+            };
+            let response_threshold = match &r.response_threshold {
+                None => Some(None),
+                Some(v) => ctx.integer("response_threshold", Some(v), 1, 86_400, 20).map(|n| Some(n as u32)),
+            };
+            let page_size = ctx.integer("page_size", r.page_size.as_ref(), 1, 100, 100).map(|n| n as u32);
+            let split_by_login = flag(&r.split_by_login);
+            if split_by_login && user_logins.as_ref().is_some_and(Vec::is_empty) {
+                let at = r.split_by_login.as_ref().map_or(at, |v| v.referenced);
+                ctx.error(at, "split_by_login", "needs `user_logins`: one request is sent per login");
+                return None;
+            }
+            if split_by_login && flag(&r.sum_users) {
+                let at = r.split_by_login.as_ref().map_or(at, |v| v.referenced);
+                ctx.error(at, "split_by_login", "cannot be combined with `sum_users: true` (one row per request either way; use one of them)");
+                return None;
+            }
+            Some(EndpointParams::ChatSummary {
+                aggregate_by: aggregate_by?,
+                user_logins: user_logins?,
+                chat_queue_ids: chat_queue_ids?,
+                sum_users: flag(&r.sum_users),
+                response_threshold: response_threshold?,
+                split_by_login,
+                page_size: page_size?,
+            })
+        }
+        Endpoint::RealtimeRooms => Some(EndpointParams::RealtimeRooms { include_shared: flag(&r.include_shared) }),
+        Endpoint::RealtimeUsers => {
+            let user_ids = string_list(ctx, "user_ids", r.user_ids.as_ref(), "a user id")?;
+            Some(EndpointParams::RealtimeUsers { user_ids })
+        }
+        Endpoint::Agents => {
+            let department_id = match &r.department_id {
+                None => Some(None),
+                Some(v) => ctx.non_empty("department_id", v, "a department id").map(|v| Some(v.trim().to_string())),
+            };
+            let page_size = ctx.integer("page_size", r.page_size.as_ref(), 1, 1000, 100).map(|n| n as u32);
+            Some(EndpointParams::Agents {
+                department_id: department_id?,
+                include_status_distribution: flag(&r.include_status_distribution),
+                page_size: page_size?,
+            })
+        }
+        Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => Some(EndpointParams::None),
+    }
 }
 
 /// The job's source name and, when known, its kind.
@@ -192,6 +508,7 @@ fn job_granularity(ctx: &mut Ctx, value: Option<&Spanned<String>>, window: Optio
         return window.map(|w| match w {
             WindowUnit::Hour => Granularity::Hour,
             WindowUnit::Day => Granularity::Day,
+            WindowUnit::Snapshot => Granularity::All,
         });
     };
     let options = [("all", Granularity::All), ("hour", Granularity::Hour), ("day", Granularity::Day)];
@@ -241,16 +558,24 @@ fn job_rooms(ctx: &mut Ctx, value: Option<&Spanned<Vec<Spanned<String>>>>) -> Op
     rooms
 }
 
-fn job_aggregations(ctx: &mut Ctx, list: &Spanned<Vec<Spanned<RawAggregation>>>) -> Option<Vec<JobAggregation>> {
+fn job_aggregations(
+    ctx: &mut Ctx,
+    list: &Spanned<Vec<Spanned<RawAggregation>>>,
+    endpoint: Endpoint,
+) -> Option<Vec<JobAggregation>> {
     if list.value.is_empty() {
         ctx.error(list.referenced, "aggregations", "expected at least one aggregation");
+        return None;
+    }
+    if endpoint == Endpoint::Workflow && list.value.len() > 1 {
+        ctx.error(list.referenced, "aggregations", "a workflow query computes one average: expected one aggregation");
         return None;
     }
     let mut columns: HashMap<String, usize> = HashMap::new();
     let mut metrics: HashMap<String, usize> = HashMap::new();
     let mut out = Some(Vec::new());
     for (i, raw) in list.value.iter().enumerate() {
-        let Some(aggregation) = job_aggregation(ctx, i, raw, &mut columns) else {
+        let Some(aggregation) = job_aggregation(ctx, i, raw, &mut columns, endpoint) else {
             out = None;
             continue;
         };
@@ -271,32 +596,53 @@ fn job_aggregations(ctx: &mut Ctx, list: &Spanned<Vec<Spanned<RawAggregation>>>)
 }
 
 /// Aggregation `i`; `columns` holds the columns of the earlier ones.
+///
+/// chat_sessions: any type on the fields 002 allows. events: `count`, `sum` or `avg` of the
+/// events' value, without a field. workflow: `avg` of one field (`dim1` in 001).
 fn job_aggregation(
     ctx: &mut Ctx,
     i: usize,
     raw: &Spanned<RawAggregation>,
     columns: &mut HashMap<String, usize>,
+    endpoint: Endpoint,
 ) -> Option<JobAggregation> {
     let at = raw.referenced;
     let r = &raw.value;
     let path = |key: &str| format!("aggregations[{i}].{key}");
-    let kinds = [AggregationKind::Count, AggregationKind::Sum, AggregationKind::Avg, AggregationKind::HyperUnique]
-        .map(|k| (k.api_name(), k));
-    let kind_names = kinds.map(|(name, _)| name);
+    let all = [AggregationKind::Count, AggregationKind::Sum, AggregationKind::Avg, AggregationKind::HyperUnique];
+    let allowed: &[AggregationKind] = match endpoint {
+        Endpoint::Events => &all[..3],
+        Endpoint::Workflow => &all[2..3],
+        _ => &all,
+    };
+    let kinds: Vec<(&str, AggregationKind)> = allowed.iter().map(|k| (k.api_name(), *k)).collect();
+    let kind_names: Vec<&str> = kinds.iter().map(|(name, _)| *name).collect();
 
     let kind = ctx
         .required(at, &path("type"), &r.kind, &one_of(&kind_names))
         .and_then(|v| ctx.choice(&path("type"), v, "aggregation type", &kinds));
-    let field = match (&r.field, kind) {
-        (Some(v), _) => aggregation_field(ctx, &path("field"), v, kind).map(Some),
-        (None, Some(AggregationKind::Count)) => Some(None),
-        (None, Some(k)) => {
+    let field = match (endpoint, &r.field, kind) {
+        (Endpoint::Events, Some(v), _) => {
+            ctx.error(v.referenced, &path("field"), "events aggregate their value: expected no field");
+            None
+        }
+        (Endpoint::Events, None, _) => Some(None),
+        (Endpoint::Workflow, Some(v), _) => {
+            ctx.non_empty(&path("field"), v, "the field averaged, e.g. dim1").map(|f| Some(f.trim().to_string()))
+        }
+        (Endpoint::Workflow, None, _) => {
+            ctx.error(at, &path("field"), "`avg` needs a field (001 averages `dim1`)");
+            None
+        }
+        (_, Some(v), _) => aggregation_field(ctx, &path("field"), v, kind).map(Some),
+        (_, None, Some(AggregationKind::Count)) => Some(None),
+        (_, None, Some(k)) => {
             let message =
                 format!("`{}` needs a field (expected one of {})", k.api_name(), k.allowed_fields().join(", "));
             ctx.error(at, &path("field"), message);
             None
         }
-        (None, None) => None,
+        (_, None, None) => None,
     };
     let column = aggregation_column(ctx, &path("column"), at, &r.column, i, columns);
     Some(JobAggregation { kind: kind?, field: field?, column: column? })
@@ -316,7 +662,7 @@ fn aggregation_field(
         None => DIMENSIONS.iter().map(|(name, _)| *name).collect(),
     };
     let problem = match restricted {
-        _ if dimension_kind(&field).is_none() => format!("unknown dimension `{field}` (expected {})", one_of(&allowed)),
+        _ if crate::source::giosg::query::dimension_kind(&field).is_none() => format!("unknown dimension `{field}` (expected {})", one_of(&allowed)),
         Some(k) if !allowed.contains(&field.as_str()) => {
             format!("`{}` is not available for `{field}` (allowed: {})", k.api_name(), allowed.join(", "))
         }

@@ -43,14 +43,21 @@ pub(super) struct RawConfigOutline {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSource {
-    /// Which vendor API: `giosg` (the only kind for now); required.
+    /// Which vendor API: `giosg`, `thulium` or `comm100`; required.
     pub kind: Option<Spanned<String>>,
     /// `http://` or `https://` root of the API; a trailing slash is dropped; required.
     pub base_url: Option<Spanned<String>>,
-    /// giosg: the API token (`Authorization: Token …`); required, never printed.
+    /// giosg: the API token (`Authorization: Token …`); comm100: the bearer token
+    /// (`Authorization: Bearer …`); required for both, never printed.
     pub token: Option<Spanned<String>>,
-    /// giosg: the organization whose data is read; required.
+    /// giosg: the organization whose data is read; required for giosg.
     pub organization_id: Option<Spanned<String>>,
+    /// Thulium: the API user (basic auth); required for thulium.
+    pub username: Option<Spanned<String>>,
+    /// Thulium: the API password (basic auth); required for thulium, never printed.
+    pub password: Option<Spanned<String>>,
+    /// Thulium: the account's IANA zone (dates are sent and `series` read in it); required.
+    pub time_zone: Option<Spanned<String>>,
     /// Requests in flight at once, at least 1; default 4.
     pub concurrency: Option<Spanned<RawNumber>>,
     /// Requests started per second, more than 0; default 5.
@@ -120,6 +127,47 @@ pub(super) struct RawJob {
     /// Consecutive windows one request may cover, at least 1; default 31 for day windows and
     /// 168 for hour windows; must be 1 (or left out) when granularity is `all`.
     pub max_windows_per_request: Option<Spanned<RawNumber>>,
+    /// `windowed` (default) or `snapshot`; must match the endpoint.
+    pub kind: Option<Spanned<String>>,
+    /// events: the body's `vendor`; default `com.giosg.chat`.
+    pub vendor: Option<Spanned<String>>,
+    /// events: the body's `sources`; default `[trusted]`.
+    pub event_sources: Option<Spanned<Vec<Spanned<String>>>>,
+    /// workflow: the `where` conditions (`field`, `search`); required, non-empty.
+    #[serde(rename = "where")]
+    pub conditions: Option<Spanned<Vec<Spanned<RawCondition>>>>,
+    /// chat_summary: `aggregate_by`; default: the window (`hour` or `day`).
+    pub aggregate_by: Option<Spanned<String>>,
+    /// chat_summary: `user_logins[]`; default none (every user).
+    pub user_logins: Option<Spanned<Vec<Spanned<String>>>>,
+    /// chat_summary: `chat_queue_ids[]`; default none (every queue).
+    pub chat_queue_ids: Option<Spanned<Vec<Spanned<RawNumber>>>>,
+    /// chat_summary: `sum_users`; default false.
+    pub sum_users: Option<Spanned<bool>>,
+    /// chat_summary: `response_threshold` in seconds; default: not sent (the API's 20).
+    pub response_threshold: Option<Spanned<RawNumber>>,
+    /// chat_summary: one request per login of `user_logins`, so rows carry the login; default false.
+    pub split_by_login: Option<Spanned<bool>>,
+    /// chat_summary `limit` (1..=100, default 100); agents `pageSize` (1..=1000, default 100).
+    pub page_size: Option<Spanned<RawNumber>>,
+    /// realtime_rooms: `include_shared`; default false.
+    pub include_shared: Option<Spanned<bool>>,
+    /// realtime_users: `user_id` (sent comma-delimited); default none (every user).
+    pub user_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    /// agents: `departmentId`; default none.
+    pub department_id: Option<Spanned<String>>,
+    /// agents: `includeStatusDistribution`; default false.
+    pub include_status_distribution: Option<Spanned<bool>>,
+}
+
+/// One `where` condition of a workflow job.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCondition {
+    /// The field matched (`category`, `action`, `partner_organization_ids`); required.
+    pub field: Option<Spanned<String>>,
+    /// The value it must equal (`""` matches an empty field); required.
+    pub search: Option<Spanned<String>>,
 }
 
 /// One entry of a job's `aggregations`.

@@ -11,15 +11,29 @@ use serde_saphyr::{Location, Spanned};
 
 use super::ctx::{Ctx, one_of};
 use super::raw::{RawConfig, RawSource, RawWarehouse};
-use crate::config::{Endpoint, Secret, SourceConfig, SourceKind, Warehouse};
+use crate::config::{Credentials, Endpoint, Secret, SourceConfig, SourceKind, Warehouse};
 
 /// Source kinds by their name in `chatetl.yaml`.
-pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] = &[("giosg", SourceKind::Giosg)];
+pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] =
+    &[("giosg", SourceKind::Giosg), ("thulium", SourceKind::Thulium), ("comm100", SourceKind::Comm100)];
 
 /// The endpoints a source of `kind` serves, by their name in job files.
 pub(super) fn endpoints(kind: SourceKind) -> &'static [(&'static str, Endpoint)] {
     match kind {
-        SourceKind::Giosg => &[("chat_sessions", Endpoint::ChatSessions)],
+        SourceKind::Giosg => &[
+            ("chat_sessions", Endpoint::ChatSessions),
+            ("events", Endpoint::Events),
+            ("workflow", Endpoint::Workflow),
+            ("realtime_rooms", Endpoint::RealtimeRooms),
+            ("realtime_users", Endpoint::RealtimeUsers),
+        ],
+        SourceKind::Thulium => &[("chat_summary", Endpoint::ChatSummary)],
+        SourceKind::Comm100 => &[
+            ("agents", Endpoint::Agents),
+            ("queue", Endpoint::Queue),
+            ("today", Endpoint::Today),
+            ("right_now", Endpoint::RightNow),
+        ],
     }
 }
 
@@ -126,12 +140,44 @@ fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<Source
         }
         Some(url.to_string())
     });
-    let token = ctx
-        .required(at, &p("token"), &r.token, "the API token, e.g. `${GIOSG_TOKEN}`")
-        .and_then(|v| ctx.non_empty(&p("token"), v, "an API token"));
-    let organization_id = ctx
-        .required(at, &p("organization_id"), &r.organization_id, "the id of the organization to read")
-        .and_then(|v| ctx.non_empty(&p("organization_id"), v, "an organization id"));
+    // Each kind's credentials; keys of another kind are errors, so a typo cannot go unnoticed.
+    let (needed, unused): (&[&str], &[&str]) = match kind {
+        Some(SourceKind::Giosg) => (&["token", "organization_id"], &["username", "password", "time_zone"]),
+        Some(SourceKind::Thulium) => (&["username", "password", "time_zone"], &["token", "organization_id"]),
+        Some(SourceKind::Comm100) => (&["token"], &["organization_id", "username", "password", "time_zone"]),
+        None => (&[], &[]),
+    };
+    let raw_key = |key: &str| match key {
+        "token" => &r.token,
+        "organization_id" => &r.organization_id,
+        "username" => &r.username,
+        "password" => &r.password,
+        _ => &r.time_zone,
+    };
+    for key in unused {
+        if let Some(v) = raw_key(key) {
+            let kind_name = SOURCE_KINDS.iter().find(|(_, k)| Some(*k) == kind).map_or("", |(n, _)| *n);
+            ctx.error(v.referenced, &p(key), format!("not used by a {kind_name} source"));
+        }
+    }
+    let mut value = |key: &str, expected: &str, what: &str| -> Option<String> {
+        if !needed.contains(&key) {
+            return Some(String::new());
+        }
+        ctx.required(at, &p(key), raw_key(key), expected).and_then(|v| ctx.non_empty(&p(key), v, what))
+    };
+    let token = value("token", "the API token, e.g. `${GIOSG_TOKEN}`", "an API token");
+    let organization_id = value("organization_id", "the id of the organization to read", "an organization id");
+    let username = value("username", "the API user, e.g. `${THULIUM_USER}`", "a user name");
+    let password = value("password", "the API password, e.g. `${THULIUM_PASSWORD}`", "a password");
+    let account_time_zone = match (kind, &r.time_zone) {
+        (Some(SourceKind::Thulium), Some(v)) => ctx.time_zone(&p("time_zone"), v).map(Some),
+        (Some(SourceKind::Thulium), None) => {
+            ctx.required(at, &p("time_zone"), &r.time_zone, "the account's IANA zone, e.g. Europe/Warsaw");
+            None
+        }
+        _ => Some(None),
+    };
     let max = u64::from(u32::MAX);
     let concurrency = ctx.integer(&p("concurrency"), r.concurrency.as_ref(), 1, max, 4);
     let requests_per_second = ctx.positive(&p("requests_per_second"), r.requests_per_second.as_ref(), 5.0);
@@ -145,8 +191,15 @@ fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<Source
             name: name.to_string(),
             kind: kind?,
             base_url: base_url?,
-            token: Secret::new(token?),
+            credentials: match kind? {
+                SourceKind::Giosg => Credentials::Token(Secret::new(token?)),
+                SourceKind::Comm100 => Credentials::Bearer(Secret::new(token?)),
+                SourceKind::Thulium => {
+                    Credentials::Basic { username: username?.trim().to_string(), password: Secret::new(password?) }
+                }
+            },
             organization_id: organization_id?.trim().to_string(),
+            account_time_zone: account_time_zone?,
             concurrency: usize::try_from(concurrency?).ok()?,
             requests_per_second: requests_per_second?,
             timeout_secs: timeout_secs?,

@@ -124,7 +124,7 @@ fn config_loads_the_documented_example() {
     assert_eq!(source.name, "giosg");
     assert_eq!(source.kind, SourceKind::Giosg);
     assert_eq!(source.base_url, "https://api.giosg.com");
-    assert_eq!(source.token.expose(), "tok-secret-123");
+    assert_eq!(source.credentials, crate::config::Credentials::Token(crate::config::Secret::new("tok-secret-123")));
     assert_eq!(source.organization_id, "org-1");
     assert_eq!(source.concurrency, 4);
     assert_eq!(source.requests_per_second, 5.0);

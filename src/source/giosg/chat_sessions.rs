@@ -14,14 +14,48 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::batch::Row;
-use crate::config::{Job, Scope};
+use crate::batch::{Row, Value as Cell};
+use crate::config::{Job, Scope, SourceConfig};
 use crate::plan::Window;
+use crate::source::FetchError;
 use crate::source::giosg::query::{Aggregation, ChatSessionsQuery, ChatSessionsResponse, Filter, Interval};
+use crate::source::http::{HttpClient, HttpRequest};
 
 /// `…/api/reporting/v1/orgs/{org}/chat_sessions`.
 pub fn url(base_url: &str, organization_id: &str) -> String {
     format!("{base_url}/api/reporting/v1/orgs/{organization_id}/chat_sessions")
+}
+
+/// One request per scope of the job, over consecutive `windows`.
+pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+    let url = url(&source.base_url, &source.organization_id);
+    job.scopes
+        .iter()
+        .map(|scope| HttpRequest {
+            method: reqwest::Method::POST,
+            url: url.clone(),
+            body: Some(serde_json::to_value(query(job, *scope, windows)).expect("serializable")),
+        })
+        .collect()
+}
+
+/// Sends every scope's request at once and merges their rows per window.
+pub async fn fetch(
+    client: &HttpClient,
+    source: &SourceConfig,
+    job: &Job,
+    windows: &[Window],
+) -> Result<Vec<Vec<Row>>, FetchError> {
+    let requests = requests(source, job, windows);
+    let answers = futures::future::try_join_all(requests.iter().map(|r| client.send(r))).await?;
+    let mut out = vec![Vec::new(); windows.len()];
+    for ((scope, body), req) in job.scopes.iter().zip(answers).zip(&requests) {
+        let rows = parse(job, *scope, windows, &body).map_err(|message| FetchError::response(req, message))?;
+        for (acc, mut r) in out.iter_mut().zip(rows) {
+            acc.append(&mut r);
+        }
+    }
+    Ok(out)
 }
 
 /// The query for `scope` over consecutive `windows` (at least one).
@@ -60,12 +94,7 @@ pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
 
 /// Parses a response to [`query`] into rows per window (same order as `windows`).
 pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8]) -> Result<Vec<Vec<Row>>, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        let head: String = String::from_utf8_lossy(&body[..body.len().min(80)]).chars().collect();
-        format!("response is not JSON ({e}); it starts with {head:?}")
-    })?;
-    let resp: ChatSessionsResponse =
-        serde_json::from_value(value).map_err(|e| format!("response is not a chat_sessions result: {e}"))?;
+    let resp: ChatSessionsResponse = crate::source::json_body(body, "a chat_sessions result")?;
     let names: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
     let index_of = |name: &str| {
         names.iter().position(|n| *n == name).ok_or_else(|| format!("response lacks field `{name}` (it has {names:?})"))
@@ -113,7 +142,7 @@ pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8]) -> Result
         out[w].push(Row {
             bucket_start: bucket,
             dims: vec![Some(scope.as_str().to_string()), team_id, user_id],
-            metrics,
+            metrics: metrics.into_iter().map(Cell::from).collect(),
         });
     }
     Ok(out)

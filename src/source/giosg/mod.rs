@@ -1,8 +1,47 @@
-//! giosg: the reporting APIs of `../shared/api-docs/` 001 and 002.
+//! giosg: the reporting APIs of `../shared/api-docs/` 000, 001 and 002.
 //!
 //! Owns the chat_sessions query language (`query`: the request body, its dimensions and which
-//! aggregations each dimension allows) and the chat_sessions client (`chat_sessions`: bodies for a
-//! job's windows, responses split back into windows).
+//! aggregations each dimension allows, shared with events), one client module per endpoint
+//! (`chat_sessions`, `events`, `workflow`: bodies for a job's windows and responses split back
+//! into windows; `realtime`: the rooms and users snapshots), and the table shape the three
+//! history endpoints share ([`columns`]).
 
 pub mod chat_sessions;
+pub mod events;
 pub mod query;
+pub mod realtime;
+pub mod workflow;
+
+use crate::batch::{Column, ColumnType};
+use crate::config::Job;
+use crate::source::giosg::query::AggregationKind;
+
+/// chat_sessions, events and workflow tables: `scope`, `team_id`, `user_id`, then one column per
+/// aggregation (`bigint` for count, `double precision` otherwise).
+pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
+    let dims = vec![
+        Column::new("scope", ColumnType::Text, "row scope: org, team or user"),
+        Column::new("team_id", ColumnType::Text, "team of a team-scope row"),
+        Column::new("user_id", ColumnType::Text, "user of a user-scope row"),
+    ];
+    let metrics = job
+        .aggregations
+        .iter()
+        .map(|a| Column {
+            name: a.column.clone(),
+            ty: if a.kind == AggregationKind::Count { ColumnType::Int } else { ColumnType::Float },
+            comment: match &a.field {
+                Some(f) => format!("{} of {f} (api metric {})", a.kind.api_name(), a.metric_name()),
+                None => format!("{} of the {} (api metric {})", a.kind.api_name(), what_is_counted(job), a.metric_name()),
+            },
+        })
+        .collect();
+    (dims, metrics)
+}
+
+fn what_is_counted(job: &Job) -> &'static str {
+    match job.endpoint {
+        crate::config::Endpoint::Events => "matching events' values",
+        _ => "chat session rows",
+    }
+}

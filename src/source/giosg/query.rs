@@ -159,6 +159,19 @@ pub const DIMENSIONS: &[(&str, DimensionKind)] = &[
     ("visitor_session_ids", DimensionKind::Multi),
 ];
 
+/// The dimensions of an event (api-docs 001's events bodies filter on `category` and `action`
+/// and group by `user_id`; the rest are what chatetl assumes an event carries).
+pub const EVENT_DIMENSIONS: &[(&str, DimensionKind)] = &[
+    ("action", DimensionKind::Text),
+    ("category", DimensionKind::Text),
+    ("room_id", DimensionKind::Text),
+    ("source", DimensionKind::Text),
+    ("team_id", DimensionKind::Text),
+    ("user_id", DimensionKind::Text),
+    ("value", DimensionKind::Number),
+    ("vendor", DimensionKind::Text),
+];
+
 /// The kind of dimension `name`, or `None` when 002 has no such dimension.
 pub fn dimension_kind(name: &str) -> Option<DimensionKind> {
     DIMENSIONS.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
@@ -255,8 +268,19 @@ impl ChatSessionsQuery {
 }
 
 impl Filter {
-    /// Structural checks of this filter, pushing each problem prefixed with `path`.
+    /// Structural checks of this filter against 002's dimensions, pushing each problem prefixed
+    /// with `path`.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        self.validate_in(path, DIMENSIONS, errors)
+    }
+
+    /// Structural checks of this filter against `dimensions`.
+    pub fn validate_in(&self, path: &str, dimensions: &[(&str, DimensionKind)], errors: &mut Vec<String>) {
+        let check_dimension = |path: &str, dimension: &str, errors: &mut Vec<String>| {
+            if !dimensions.iter().any(|(n, _)| *n == dimension) {
+                errors.push(format!("{path}.dimension: unknown dimension `{dimension}`"));
+            }
+        };
         match self {
             Filter::Selector { dimension, value } => {
                 check_dimension(path, dimension, errors);
@@ -282,17 +306,11 @@ impl Filter {
             }
             Filter::And { fields } | Filter::Or { fields } => {
                 for (i, f) in fields.iter().enumerate() {
-                    f.validate(&format!("{path}.fields[{i}]"), errors);
+                    f.validate_in(&format!("{path}.fields[{i}]"), dimensions, errors);
                 }
             }
-            Filter::Not { field } => field.validate(&format!("{path}.field"), errors),
+            Filter::Not { field } => field.validate_in(&format!("{path}.field"), dimensions, errors),
         }
-    }
-}
-
-fn check_dimension(path: &str, dimension: &str, errors: &mut Vec<String>) {
-    if dimension_kind(dimension).is_none() {
-        errors.push(format!("{path}.dimension: unknown dimension `{dimension}`"));
     }
 }
 
