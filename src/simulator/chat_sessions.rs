@@ -1,9 +1,8 @@
 //! The simulated `POST /api/reporting/v1/orgs/{organization_id}/chat_sessions` (api-docs 002).
 //!
-//! Owns: evaluating the query language over the dataset's chat-session rows (interval, time-zone
-//! buckets, group_by with multi-value expansion, selector/bound/and/or/not filters, count, sum,
-//! avg and hyperUnique) and rendering the `{fields, data}` response. Authentication and faults are
-//! applied around it by `simulator::auth` and `simulator::faults`.
+//! Owns: the handler, the query's validation, and how a chat-session row answers the query
+//! engine (`simulator::druid`: buckets, groups, filters and aggregations, shared with events).
+//! Authentication and faults are applied around it by `simulator::auth` and `simulator::faults`.
 //!
 //! Assumptions where the docs are silent (also in `docs/simulator.md`):
 //! - the organization in the path selects rows whose `owner_organization_id` is that organization;
@@ -14,23 +13,17 @@
 //! - weeks start on Monday; buckets are labelled with their start in the query zone's offset;
 //! - hyperUnique is an exact distinct count (within the docs' 2%).
 
-use std::collections::{BTreeMap, HashSet};
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde_json::Value;
 
 use super::SimState;
 use super::dataset::ChatSessionRow;
-use crate::source::giosg::query::{
-    AggregationKind, ChatSessionsQuery, ChatSessionsResponse, DimensionKind, Filter, Granularity, Ordering,
-    ResponseField, bound_number, dimension_kind,
-};
-use crate::time::{format_ms_in, local_date, local_day_start};
+use super::druid::{Query, Record, render_number};
+use crate::source::giosg::query::{AggregationKind, ChatSessionsQuery, ChatSessionsResponse, DIMENSIONS};
 
 /// An API error: status and the `detail` message of the JSON body.
 #[derive(Debug)]
@@ -66,131 +59,52 @@ pub fn evaluate(
         .validate()
         .map_err(|errs| ApiError(StatusCode::BAD_REQUEST, format!("invalid query: {}", errs.join("; "))))?;
     let tz: Tz = crate::time::parse_tz(&query.interval.time_zone).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    let start = query.interval.start.with_timezone(&Utc);
-    let end = query.interval.end.with_timezone(&Utc);
-    let g = query.granularity;
-
-    // The metric columns: (kind, field) per output metric.
-    let metrics: Vec<(AggregationKind, Option<&str>)> = query
+    let metrics = query
         .aggregations
         .iter()
         .flat_map(|a| match a.kind {
-            AggregationKind::Count => vec![(a.kind, None)],
-            k => a.fields.iter().map(|f| (k, Some(f.as_str()))).collect(),
+            AggregationKind::Count => vec![(a.kind, None, "count".to_string())],
+            k => a.fields.iter().zip(a.metric_names()).map(|(f, n)| (k, Some(f.as_str()), n)).collect(),
         })
         .collect();
-
-    let lo = rows.partition_point(|r| r.time < start);
-    let hi = rows.partition_point(|r| r.time <= end);
-    let mut groups: BTreeMap<GroupKey, Vec<Acc>> = BTreeMap::new();
-    let fresh = || metrics.iter().map(|(k, _)| Acc::new(*k)).collect::<Vec<_>>();
-    for row in rows[lo..hi.max(lo)].iter().filter(|r| r.owner_organization_id == org) {
-        if let Some(f) = &query.filters
-            && !matches(f, row)
-        {
-            continue;
-        }
-        let bucket = bucket_start(g, tz, start, row.time);
-        for key in group_keys(&query.group_by, row) {
-            let accs = groups.entry((bucket, key)).or_insert_with(fresh);
-            for (acc, (_, field)) in accs.iter_mut().zip(&metrics) {
-                acc.add(row, *field);
-            }
-        }
-    }
-    if query.group_by.is_empty() {
-        for bucket in buckets(g, tz, start, end) {
-            groups.entry((bucket, Vec::new())).or_insert_with(fresh);
-        }
-    }
-
-    let mut fields = vec![ResponseField { name: "start_time".into(), kind: "dimension".into() }];
-    fields.extend(query.group_by.iter().map(|d| ResponseField { name: d.clone(), kind: "dimension".into() }));
-    fields.extend(
-        query
-            .aggregations
-            .iter()
-            .flat_map(|a| a.metric_names())
-            .map(|n| ResponseField { name: n, kind: "metric".into() }),
-    );
-    let data = groups
-        .into_iter()
-        .map(|((bucket, key), accs)| {
-            let label = if g == Granularity::All { start } else { bucket };
-            let mut line = vec![Value::String(format_ms_in(tz, label))];
-            line.extend(key.into_iter().zip(&query.group_by).map(|(v, dim)| key_value(v, dim)));
-            line.extend(accs.into_iter().map(Acc::finish));
-            line
-        })
-        .collect();
-    Ok(ChatSessionsResponse { fields, data })
+    let q = Query {
+        start: query.interval.start.with_timezone(&Utc),
+        end: query.interval.end.with_timezone(&Utc),
+        tz,
+        granularity: query.granularity,
+        group_by: &query.group_by,
+        metrics,
+        filters: query.filters.as_ref(),
+        dimensions: DIMENSIONS,
+    };
+    // Rows are sorted by time; the engine takes the interval's slice, then the organization's.
+    let lo = rows.partition_point(|r| r.time < q.start);
+    let hi = rows.partition_point(|r| r.time <= q.end);
+    let mine: Vec<&ChatSessionRow> =
+        rows[lo..hi.max(lo)].iter().filter(|r| r.owner_organization_id == org).collect();
+    Ok(super::druid::evaluate(&q, &mine))
 }
 
-/// A result row's identity: bucket start and group values (`None` for null).
-type GroupKey = (DateTime<Utc>, Vec<Option<String>>);
-
-/// One metric being accumulated.
-enum Acc {
-    Count(u64),
-    Sum(f64),
-    Avg(f64, u64),
-    Distinct(HashSet<String>),
-}
-
-impl Acc {
-    fn new(kind: AggregationKind) -> Acc {
-        match kind {
-            AggregationKind::Count => Acc::Count(0),
-            AggregationKind::Sum => Acc::Sum(0.0),
-            AggregationKind::Avg => Acc::Avg(0.0, 0),
-            AggregationKind::HyperUnique => Acc::Distinct(HashSet::new()),
-        }
+impl Record for ChatSessionRow {
+    fn time(&self) -> DateTime<Utc> {
+        self.time
     }
 
-    fn add(&mut self, row: &ChatSessionRow, field: Option<&str>) {
-        match self {
-            Acc::Count(n) => *n += 1,
-            Acc::Sum(s) => *s += number(row, field.expect("sum has a field")),
-            Acc::Avg(s, n) => {
-                *s += number(row, field.expect("avg has a field"));
-                *n += 1;
-            }
-            Acc::Distinct(set) => {
-                for v in values(row, field.expect("hyperUnique has a field")) {
-                    if !set.contains(&v) {
-                        set.insert(v);
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> Value {
-        match self {
-            Acc::Count(n) => Value::from(n),
-            Acc::Sum(s) => Value::from(s),
-            Acc::Avg(_, 0) => Value::Null,
-            Acc::Avg(s, n) => Value::from(s / n as f64),
-            Acc::Distinct(set) => Value::from(set.len() as f64),
-        }
-    }
-}
-
-/// A numeric dimension's value.
-fn number(row: &ChatSessionRow, dim: &str) -> f64 {
-    match dim {
+    fn number(&self, dim: &str) -> f64 {
+        let row = self;
+        match dim {
         "order_count" => row.order_count as f64,
         "user_message_count" => row.user_message_count as f64,
         "visitor_message_count" => row.visitor_message_count as f64,
         "sales" => row.sales,
         "subscription_sales" => row.subscription_sales,
         _ => unreachable!("validated: `{dim}` is numeric"),
+        }
     }
-}
 
-/// A dimension's values as strings: none for null or an empty list, several for a list.
-fn values(row: &ChatSessionRow, dim: &str) -> Vec<String> {
-    let one = |s: &str| vec![s.to_string()];
+    fn values(&self, dim: &str) -> Vec<String> {
+        let row = self;
+        let one = |s: &str| vec![s.to_string()];
     let opt = |s: &Option<String>| s.iter().cloned().collect();
     match dim {
         "chat_initiator" => one(&row.chat_initiator),
@@ -205,205 +119,8 @@ fn values(row: &ChatSessionRow, dim: &str) -> Vec<String> {
         "user_organization_id" => opt(&row.user_organization_id),
         "visitor_ids" => row.visitor_ids.clone(),
         "visitor_session_ids" => row.visitor_session_ids.clone(),
-        n => vec![render_number(number(row, n))],
-    }
-}
-
-/// Numbers as Druid renders dimension values: integers without a fraction.
-fn render_number(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { format!("{x}") }
-}
-
-/// The group keys `row` falls in: the cartesian product of each group dimension's values, a
-/// multi-value dimension expanding into one key per value and an empty one into null.
-fn group_keys(group_by: &[String], row: &ChatSessionRow) -> Vec<Vec<Option<String>>> {
-    let mut keys: Vec<Vec<Option<String>>> = vec![Vec::new()];
-    for dim in group_by {
-        let v = values(row, dim);
-        let vals: Vec<Option<String>> = if v.is_empty() { vec![None] } else { v.into_iter().map(Some).collect() };
-        keys = keys
-            .into_iter()
-            .flat_map(|k| {
-                vals.iter().map(move |v| {
-                    let mut k = k.clone();
-                    k.push(v.clone());
-                    k
-                })
-            })
-            .collect();
-    }
-    keys
-}
-
-/// A group key part as the response shows it: numeric dimensions as numbers, others as strings.
-fn key_value(v: Option<String>, dim: &str) -> Value {
-    match v {
-        None => Value::Null,
-        Some(s) if dimension_kind(dim) == Some(DimensionKind::Number) => {
-            s.parse::<i64>().map(Value::from).or_else(|_| s.parse::<f64>().map(Value::from)).unwrap_or(Value::String(s))
-        }
-        Some(s) => Value::String(s),
-    }
-}
-
-/// Whether `row` passes `filter`.
-pub fn matches(filter: &Filter, row: &ChatSessionRow) -> bool {
-    match filter {
-        Filter::And { fields } => fields.iter().all(|f| matches(f, row)),
-        Filter::Or { fields } => fields.iter().any(|f| matches(f, row)),
-        Filter::Not { field } => !matches(field, row),
-        Filter::Selector { dimension, value } => {
-            let vals = values(row, dimension);
-            match value {
-                Value::Null => vals.is_empty() || vals.iter().all(|v| v.is_empty()),
-                Value::String(s) => vals.iter().any(|v| v == s),
-                Value::Number(n) => {
-                    let want = n.as_f64();
-                    vals.iter().any(|v| v.parse::<f64>().ok() == want)
-                }
-                Value::Bool(b) => vals.iter().any(|v| *v == b.to_string()),
-                _ => false,
-            }
-        }
-        Filter::Bound { dimension, lower, upper, lower_strict, upper_strict, ordering } => {
-            values(row, dimension).iter().any(|v| match ordering {
-                Ordering::Numeric => {
-                    let Ok(x) = v.parse::<f64>() else { return false };
-                    let lo_ok = lower
-                        .as_ref()
-                        .and_then(bound_number)
-                        .is_none_or(|lo| if *lower_strict { x > lo } else { x >= lo });
-                    let hi_ok = upper
-                        .as_ref()
-                        .and_then(bound_number)
-                        .is_none_or(|hi| if *upper_strict { x < hi } else { x <= hi });
-                    lo_ok && hi_ok
-                }
-                Ordering::Lexicographic => {
-                    let text = |b: &Value| match b {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    let lo_ok =
-                        lower.as_ref().map(text).is_none_or(|lo| if *lower_strict { *v > lo } else { *v >= lo });
-                    let hi_ok =
-                        upper.as_ref().map(text).is_none_or(|hi| if *upper_strict { *v < hi } else { *v <= hi });
-                    lo_ok && hi_ok
-                }
-            })
+        n => vec![render_number(row.number(n))],
         }
     }
 }
 
-/// The start of the bucket holding `t`, in zone `tz`.
-pub fn bucket_start(g: Granularity, tz: Tz, interval_start: DateTime<Utc>, t: DateTime<Utc>) -> DateTime<Utc> {
-    let sub_day = |minutes: i64| {
-        // Floor the local wall clock, keeping the offset in force at `t`: correct across DST
-        // changes (an hour of a 25-hour day is its own bucket) and for half-hour zones.
-        let local = t.with_timezone(&tz);
-        let offset = local.naive_local() - t.naive_utc();
-        let naive = local.naive_local();
-        let since_midnight = naive.time().num_seconds_from_midnight() as i64 / 60;
-        let floored = naive.date().and_hms_opt(0, 0, 0).expect("midnight")
-            + Duration::minutes(since_midnight / minutes * minutes);
-        (floored - offset).and_utc()
-    };
-    let date = local_date(tz, t);
-    let day_start = |d: NaiveDate| local_day_start(tz, d);
-    match g {
-        Granularity::All => interval_start,
-        Granularity::Minute => sub_day(1),
-        Granularity::FifteenMinute => sub_day(15),
-        Granularity::ThirtyMinute => sub_day(30),
-        Granularity::Hour => sub_day(60),
-        Granularity::Day => day_start(date),
-        Granularity::Week => day_start(date - Duration::days(date.weekday().num_days_from_monday() as i64)),
-        Granularity::Month => day_start(date.with_day(1).expect("day 1")),
-        Granularity::Quarter => {
-            let m = (date.month0() / 3) * 3 + 1;
-            day_start(NaiveDate::from_ymd_opt(date.year(), m, 1).expect("valid"))
-        }
-        Granularity::Year => day_start(NaiveDate::from_ymd_opt(date.year(), 1, 1).expect("valid")),
-    }
-}
-
-/// Every bucket start from the bucket of `start` through the bucket of `end`.
-fn buckets(g: Granularity, tz: Tz, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<DateTime<Utc>> {
-    if g == Granularity::All {
-        return vec![start];
-    }
-    let mut out = Vec::new();
-    let mut b = bucket_start(g, tz, start, start);
-    while b <= end {
-        out.push(b);
-        // The next bucket starts where a probe past this one's longest possible length floors to.
-        let probe = match g {
-            Granularity::Minute => b + Duration::minutes(1),
-            Granularity::FifteenMinute => b + Duration::minutes(15),
-            Granularity::ThirtyMinute => b + Duration::minutes(30),
-            Granularity::Hour => b + Duration::hours(1),
-            Granularity::Day => b + Duration::hours(26),
-            Granularity::Week => b + Duration::days(7) + Duration::hours(2),
-            Granularity::Month => b + Duration::days(32),
-            Granularity::Quarter => b + Duration::days(93),
-            Granularity::Year => b + Duration::days(367),
-            Granularity::All => unreachable!(),
-        };
-        let next = bucket_start(g, tz, start, probe);
-        b = if next > b { next } else { probe };
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn hel() -> Tz {
-        chrono_tz::Europe::Helsinki
-    }
-
-    #[test]
-    fn hour_buckets_of_the_autumn_dst_day_number_25() {
-        let tz = hel();
-        let d = NaiveDate::from_ymd_opt(2024, 10, 27).unwrap();
-        let start = local_day_start(tz, d);
-        let end = local_day_start(tz, d.succ_opt().unwrap()) - Duration::milliseconds(1);
-        let b = buckets(Granularity::Hour, tz, start, end);
-        assert_eq!(b.len(), 25);
-        assert_eq!(format_ms_in(tz, b[3]), "2024-10-27T03:00:00.000+03:00");
-        assert_eq!(format_ms_in(tz, b[4]), "2024-10-27T03:00:00.000+02:00");
-    }
-
-    #[test]
-    fn day_buckets_follow_local_midnight_across_spring_change() {
-        let tz = hel();
-        let start = local_day_start(tz, NaiveDate::from_ymd_opt(2024, 3, 30).unwrap());
-        let end = local_day_start(tz, NaiveDate::from_ymd_opt(2024, 4, 2).unwrap()) - Duration::milliseconds(1);
-        let b: Vec<String> =
-            buckets(Granularity::Day, tz, start, end).into_iter().map(|t| format_ms_in(tz, t)).collect();
-        assert_eq!(
-            b,
-            ["2024-03-30T00:00:00.000+02:00", "2024-03-31T00:00:00.000+02:00", "2024-04-01T00:00:00.000+03:00"]
-        );
-    }
-
-    #[test]
-    fn week_and_month_buckets() {
-        let tz = hel();
-        let t = Utc.with_ymd_and_hms(2024, 3, 31, 12, 0, 0).unwrap(); // a Sunday
-        assert_eq!(format_ms_in(tz, bucket_start(Granularity::Week, tz, t, t)), "2024-03-25T00:00:00.000+02:00");
-        assert_eq!(format_ms_in(tz, bucket_start(Granularity::Month, tz, t, t)), "2024-03-01T00:00:00.000+02:00");
-        assert_eq!(format_ms_in(tz, bucket_start(Granularity::Quarter, tz, t, t)), "2024-01-01T00:00:00.000+02:00");
-    }
-
-    #[test]
-    fn a_millisecond_before_midnight_is_the_previous_day() {
-        let tz = hel();
-        let midnight = local_day_start(tz, NaiveDate::from_ymd_opt(2024, 3, 31).unwrap());
-        let before = bucket_start(Granularity::Day, tz, midnight, midnight - Duration::milliseconds(1));
-        assert_eq!(format_ms_in(tz, before), "2024-03-30T00:00:00.000+02:00");
-        assert_eq!(bucket_start(Granularity::Day, tz, midnight, midnight), midnight);
-    }
-}

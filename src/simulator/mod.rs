@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod chat_sessions;
 pub mod dataset;
+pub mod druid;
 pub mod faults;
 
 use std::future::Future;
