@@ -382,6 +382,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         reset_rate: args.reset_rate,
         truncate_rate: args.truncate_rate,
         rps_limit: args.rps_limit,
+        // Response rewriting is for tests (rules or the `x-sim-fault` header), not a server flag.
+        ..FaultConfig::default()
     };
     let orgs: Vec<String> = dataset.organizations.iter().map(|o| o.id.clone()).collect();
     let listener = tokio::net::TcpListener::bind(args.listen)

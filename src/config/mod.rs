@@ -220,7 +220,8 @@ impl AggregateBy {
 }
 
 /// One `where` condition of a workflow query.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkflowCondition {
     pub field: String,
     pub search: String,

@@ -67,6 +67,7 @@ pub struct ChatSessionRow {
 pub enum Record {
     Organization(Organization),
     ChatSessionRow(Box<ChatSessionRow>),
+    Event(Box<super::events::Event>),
 }
 
 /// [`Record`] by reference, for writing without copying rows.
@@ -75,6 +76,7 @@ pub enum Record {
 enum RecordRef<'a> {
     Organization(&'a Organization),
     ChatSessionRow(&'a ChatSessionRow),
+    Event(&'a super::events::Event),
 }
 
 /// Everything the simulator serves.
@@ -83,6 +85,8 @@ pub struct Dataset {
     pub organizations: Vec<Organization>,
     /// Sorted by `time` (then session id and scope), so a time range is a slice.
     pub chat_session_rows: Vec<ChatSessionRow>,
+    /// giosg events (events and workflow endpoints), sorted by `time`.
+    pub events: Vec<super::events::Event>,
 }
 
 /// The knobs of the generator. Same spec, same dataset, byte for byte.
@@ -152,6 +156,10 @@ impl Dataset {
             serde_json::to_writer(&mut out, &RecordRef::ChatSessionRow(row)).map_err(|e| e.to_string())?;
             out.write_all(b"\n").map_err(err)?;
         }
+        for event in &self.events {
+            serde_json::to_writer(&mut out, &RecordRef::Event(event)).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(err)?;
+        }
         out.flush().map_err(err)
     }
 
@@ -159,12 +167,14 @@ impl Dataset {
         match record {
             Record::Organization(o) => self.organizations.push(o),
             Record::ChatSessionRow(r) => self.chat_session_rows.push(*r),
+            Record::Event(e) => self.events.push(*e),
         }
     }
 
     /// Sorts rows and, for a file without organization records, derives the organizations from
     /// the rows' owners (all readable with the token `sim-token`).
     fn finish(&mut self) {
+        self.events.sort_by(|a, b| a.time.cmp(&b.time));
         self.chat_session_rows.sort_by(|a, b| {
             (a.time, &a.chat_session_id, scope_rank(&a.scope), &a.team_id, &a.user_id).cmp(&(
                 b.time,
@@ -206,20 +216,21 @@ fn scope_rank(scope: &str) -> u8 {
 }
 
 /// A deterministic UUID-shaped id (version 4 layout) from the generator's stream.
-fn uuid(rng: &mut ChaCha8Rng) -> String {
+pub(super) fn uuid(rng: &mut ChaCha8Rng) -> String {
     let a: u128 = rng.random();
     let a = (a & !(0xF000u128 << 64) & !(0xC000u128 << 48)) | (0x4000u128 << 64) | (0x8000u128 << 48);
     let h = format!("{a:032x}");
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-struct Org {
-    id: String,
-    rooms: Vec<String>,
-    teams: Vec<String>,
+/// An organization's people and places, which every API's records are generated from.
+pub(super) struct Org {
+    pub id: String,
+    pub rooms: Vec<String>,
+    pub teams: Vec<String>,
     /// (user id, index into `teams`)
-    users: Vec<(String, usize)>,
-    visitors: Vec<String>,
+    pub users: Vec<(String, usize)>,
+    pub visitors: Vec<String>,
 }
 
 /// A user who sent messages into a session.
@@ -232,9 +243,9 @@ struct Chatter {
 }
 
 /// Hour-of-day weights (local wall clock): quiet nights, a late-morning peak, a busy evening.
-const HOUR_WEIGHTS: [u32; 24] = [2, 1, 1, 1, 1, 2, 4, 8, 14, 18, 20, 20, 18, 17, 17, 16, 14, 12, 12, 13, 12, 9, 6, 3];
+pub(super) const HOUR_WEIGHTS: [u32; 24] = [2, 1, 1, 1, 1, 2, 4, 8, 14, 18, 20, 20, 18, 17, 17, 16, 14, 12, 12, 13, 12, 9, 6, 3];
 
-fn weekday_factor(day: Weekday) -> f64 {
+pub(super) fn weekday_factor(day: Weekday) -> f64 {
     match day {
         Weekday::Mon => 1.15,
         Weekday::Tue => 1.1,
@@ -246,12 +257,12 @@ fn weekday_factor(day: Weekday) -> f64 {
     }
 }
 
-fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
+pub(super) fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
 }
 
 /// Picks index `i` with probability `weights[i] / sum(weights)`.
-fn weighted(rng: &mut ChaCha8Rng, weights: &[u32]) -> usize {
+pub(super) fn weighted(rng: &mut ChaCha8Rng, weights: &[u32]) -> usize {
     let total: u32 = weights.iter().sum();
     let mut x = rng.random_range(0..total);
     for (i, w) in weights.iter().enumerate() {
@@ -311,7 +322,8 @@ pub fn generate(spec: &DatasetSpec) -> Dataset {
             session_rows(&mut day_rng, &orgs, t, &mut rows);
         }
     }
-    let mut dataset = Dataset { organizations, chat_session_rows: rows };
+    let events = super::events::generate(spec, &orgs);
+    let mut dataset = Dataset { organizations, chat_session_rows: rows, events };
     dataset.finish();
     dataset
 }

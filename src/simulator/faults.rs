@@ -46,6 +46,14 @@ pub struct FaultConfig {
     pub truncate_rate: f64,
     /// Requests per second allowed per API key; more are answered 429 with `Retry-After`.
     pub rps_limit: Option<f64>,
+    /// Fraction of requests answered `200` with an HTML page instead of JSON (a proxy's or login
+    /// page, as misconfigured gateways send).
+    pub html_rate: f64,
+    /// Removes this key from every JSON object of the response (a missing field).
+    pub drop_field: Option<String>,
+    /// Adds this key (value `"unexpected"`) to every JSON object of the response (an extra
+    /// field, which clients must tolerate).
+    pub extra_field: Option<String>,
 }
 
 /// A fault aimed at particular requests, for tests: the first `times` requests (all, if unset)
@@ -70,7 +78,8 @@ pub struct RecordedRequest {
     pub body: String,
     /// The status answered; 0 when the connection was reset before a response.
     pub status: u16,
-    /// The fault applied, if any: `error`, `throttle`, `rate_limit`, `reset`, `truncate`.
+    /// The fault applied, if any: `error`, `throttle`, `rate_limit`, `reset`, `truncate`,
+    /// `html`, `drop_field`, `extra_field`.
     pub fault: Option<String>,
 }
 
@@ -81,7 +90,9 @@ impl FaultConfig {
         let mut map = serde_json::Map::new();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| format!("x-sim-fault: `{pair}` is not key=value"))?;
-            let value = if k.trim() == "error_statuses" {
+            let value = if matches!(k.trim(), "drop_field" | "extra_field") {
+                serde_json::json!(v.trim())
+            } else if k.trim() == "error_statuses" {
                 let codes: Result<Vec<u16>, _> = v.split('|').map(|s| s.trim().parse::<u16>()).collect();
                 serde_json::json!(codes.map_err(|_| format!("x-sim-fault: bad status list `{v}`"))?)
             } else {
@@ -105,6 +116,7 @@ enum Outcome {
     Throttle,
     Reset,
     Truncate,
+    Html,
 }
 
 /// Per-key token buckets for `rps_limit`.
@@ -191,10 +203,21 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
             ApiError(code, format!("Simulated server error {status}.")).into_response()
         }
         _ if rate_limited => throttled("rate_limit", &mut record),
+        Outcome::Html => {
+            record.status = 200;
+            record.fault = Some("html".into());
+            let page = "<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\n<body><h1>Service Unavailable</h1><p>The gateway could not reach the application.</p></body></html>\n";
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+        }
         Outcome::Serve | Outcome::Truncate => {
             let req = Request::from_parts(parts, Body::from(bytes));
-            let resp = next.run(req).await;
+            let mut resp = next.run(req).await;
             record.status = resp.status().as_u16();
+            if config.drop_field.is_some() || config.extra_field.is_some() {
+                let label = if config.drop_field.is_some() { "drop_field" } else { "extra_field" };
+                record.fault = Some(label.into());
+                resp = rewrite_json(resp, config.drop_field.as_deref(), config.extra_field.as_deref()).await;
+            }
             if outcome == Outcome::Truncate {
                 record.fault = Some("truncate".into());
                 truncate(resp).await
@@ -205,6 +228,36 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
     };
     state.record(record);
     response
+}
+
+/// Removes key `drop` from, and adds key `add` to, every JSON object of `resp`'s body.
+async fn rewrite_json(resp: Response, drop: Option<&str>, add: Option<&str>) -> Response {
+    fn walk(v: &mut serde_json::Value, drop: Option<&str>, add: Option<&str>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(k) = drop {
+                    map.remove(k);
+                }
+                for x in map.values_mut() {
+                    walk(x, drop, add);
+                }
+                if let Some(k) = add {
+                    map.insert(k.to_string(), serde_json::json!("unexpected"));
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|x| walk(x, drop, add)),
+            _ => {}
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    walk(&mut value, drop, add);
+    let out = value.to_string();
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Response::from_parts(parts, Body::from(out))
 }
 
 /// Sends the first half of `resp`'s body under the full `Content-Length`, then fails the stream
@@ -271,6 +324,8 @@ impl SimState {
             Outcome::Error(statuses[rng.random_range(0..statuses.len())])
         } else if hit(c.truncate_rate) {
             Outcome::Truncate
+        } else if hit(c.html_rate) {
+            Outcome::Html
         } else {
             Outcome::Serve
         };

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod chat_sessions;
 pub mod dataset;
 pub mod druid;
+pub mod events;
 pub mod faults;
 
 use std::future::Future;
@@ -87,6 +88,8 @@ impl Simulator {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route("/api/reporting/v1/orgs/{organization_id}/chat_sessions", post(chat_sessions::handler))
+            .route("/api/events/v2/orgs/{organization_id}/fetch", post(events::events_handler))
+            .route("/api/reporting/workflow/v1/orgs/{organization_id}/query/", post(events::workflow_handler))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), faults::layer));
         let admin = Router::new()
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))

@@ -46,11 +46,22 @@ pub async fn fetch(
     job: &Job,
     windows: &[Window],
 ) -> Result<Vec<Vec<Row>>, FetchError> {
-    let requests = requests(source, job, windows);
+    fetch_scopes(client, job, windows, requests(source, job, windows), "a chat_sessions result").await
+}
+
+/// Sends `requests` (one per scope of `job`, in order) at once, parses each `{fields, data}`
+/// answer and merges their rows per window; `what` names the expected result in errors.
+pub async fn fetch_scopes(
+    client: &HttpClient,
+    job: &Job,
+    windows: &[Window],
+    requests: Vec<HttpRequest>,
+    what: &str,
+) -> Result<Vec<Vec<Row>>, FetchError> {
     let answers = futures::future::try_join_all(requests.iter().map(|r| client.send(r))).await?;
     let mut out = vec![Vec::new(); windows.len()];
     for ((scope, body), req) in job.scopes.iter().zip(answers).zip(&requests) {
-        let rows = parse(job, *scope, windows, &body).map_err(|message| FetchError::response(req, message))?;
+        let rows = parse(job, *scope, windows, &body, what).map_err(|message| FetchError::response(req, message))?;
         for (acc, mut r) in out.iter_mut().zip(rows) {
             acc.append(&mut r);
         }
@@ -92,9 +103,11 @@ pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
     }
 }
 
-/// Parses a response to [`query`] into rows per window (same order as `windows`).
-pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8]) -> Result<Vec<Vec<Row>>, String> {
-    let resp: ChatSessionsResponse = crate::source::json_body(body, "a chat_sessions result")?;
+/// Parses a `{fields, data}` response (chat_sessions, and events, which answer in the same shape)
+/// for `scope` into rows per window (same order as `windows`); `what` names the expected result
+/// in errors.
+pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8], what: &str) -> Result<Vec<Vec<Row>>, String> {
+    let resp: ChatSessionsResponse = crate::source::json_body(body, what)?;
     let names: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
     let index_of = |name: &str| {
         names.iter().position(|n| *n == name).ok_or_else(|| format!("response lacks field `{name}` (it has {names:?})"))

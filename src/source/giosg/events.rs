@@ -1,20 +1,138 @@
-//! giosg events: not implemented yet (issue 4).
+//! The giosg events client (`POST /api/events/v2/orgs/{org}/fetch`, api-docs 001): the request
+//! body for a job's windows and scopes, and the response split back into rows per window.
+//!
+//! Body (001's shape, key for key): `sources` and `vendor` from the job (default `["trusted"]`
+//! and `com.giosg.chat`), the job's `interval` in its zone (`end` = last window end minus 1 ms,
+//! as 001 ends days at `…T23:59:59.999`), its granularity, `group_by` from the scope (org: none,
+//! team: `team_id`, user: `user_id`), `organization_id` from the source, `aggregations` as the
+//! plain names 001 sends (`["avg"]`, `["count"]`; `sum` too), and the job's `filters` unchanged
+//! (001 filters on `category` and `action`). Unlike chat_sessions there is no `scope` selector:
+//! an event is not stored once per scope.
+//!
+//! Response assumption (001 does not show one): the chat_sessions shape, `{"fields": [...],
+//! "data": [[...]]}`, with `start_time` first, the group_by dimension next, then one metric per
+//! aggregation named `count`, `sum` or `avg` (the average and sum of the events' `value`; an
+//! average of no events is null). Parsed by [`super::chat_sessions::parse`], so the same rules
+//! hold: extra fields are ignored; a missing field, a line of the wrong length, a bucket outside
+//! the requested windows or a non-numeric metric fails the request. The simulator serves exactly
+//! this shape (`docs/simulator.md`).
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::batch::Row;
-use crate::config::{Job, SourceConfig};
+use crate::config::{EndpointParams, Job, Scope, SourceConfig};
 use crate::plan::Window;
 use crate::source::FetchError;
+use crate::source::giosg::query::{AggregationKind, EVENT_DIMENSIONS, Filter, Granularity, Interval};
 use crate::source::http::{HttpClient, HttpRequest};
 
-pub fn requests(_source: &SourceConfig, _job: &Job, _windows: &[Window]) -> Vec<HttpRequest> {
-    Vec::new()
+/// One query against `POST /api/events/v2/orgs/{org}/fetch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Event sources read (001: `["trusted"]`).
+    pub sources: Vec<String>,
+    /// The time range, both ends inclusive, and the bucketing zone.
+    pub interval: Interval,
+    pub granularity: Granularity,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// The organization, repeated from the path (001 sends both).
+    pub organization_id: String,
+    /// The event vendor (001: `com.giosg.chat`).
+    pub vendor: String,
+    /// `count`, `sum` or `avg` of the events' value.
+    pub aggregations: Vec<AggregationKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Filter>,
 }
 
+impl EventsQuery {
+    /// Checks what serde cannot, every problem with its path.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if crate::time::parse_tz(&self.interval.time_zone).is_err() {
+            errors.push(format!("interval.time_zone: unknown time zone `{}`", self.interval.time_zone));
+        }
+        if self.interval.end < self.interval.start {
+            errors.push("interval: end is before start".to_string());
+        }
+        if self.sources.is_empty() {
+            errors.push("sources: at least one source is required".to_string());
+        }
+        let known = |d: &str| EVENT_DIMENSIONS.iter().any(|(n, _)| *n == d);
+        for (i, dim) in self.group_by.iter().enumerate() {
+            if !known(dim) {
+                errors.push(format!("group_by[{i}]: unknown dimension `{dim}`"));
+            }
+        }
+        if self.aggregations.is_empty() {
+            errors.push("aggregations: at least one aggregation is required".to_string());
+        }
+        for (i, a) in self.aggregations.iter().enumerate() {
+            if *a == AggregationKind::HyperUnique {
+                errors.push(format!("aggregations[{i}]: events aggregate with count, sum or avg"));
+            } else if self.aggregations[..i].contains(a) {
+                errors.push(format!("aggregations[{i}]: `{}` is requested twice", a.api_name()));
+            }
+        }
+        if let Some(f) = &self.filters {
+            f.validate_in("filters", EVENT_DIMENSIONS, &mut errors);
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+/// `…/api/events/v2/orgs/{org}/fetch`.
+pub fn url(base_url: &str, organization_id: &str) -> String {
+    format!("{base_url}/api/events/v2/orgs/{organization_id}/fetch")
+}
+
+/// The query for `scope` over consecutive `windows` (at least one).
+pub fn query(source: &SourceConfig, job: &Job, scope: Scope, windows: &[Window]) -> EventsQuery {
+    let first = windows.first().expect("at least one window");
+    let last = windows.last().expect("at least one window");
+    let at = |t: DateTime<Utc>| t.with_timezone(&job.time_zone).fixed_offset();
+    let (vendor, sources) = match &job.params {
+        EndpointParams::Events { vendor, sources } => (vendor.clone(), sources.clone()),
+        other => unreachable!("an events job has events params, not {other:?}"),
+    };
+    EventsQuery {
+        sources,
+        interval: Interval {
+            start: at(first.start),
+            end: at(last.end - Duration::milliseconds(1)),
+            time_zone: job.time_zone.name().to_string(),
+        },
+        granularity: job.granularity,
+        group_by: scope.group_by().into_iter().map(String::from).collect(),
+        organization_id: source.organization_id.clone(),
+        vendor,
+        aggregations: job.aggregations.iter().map(|a| a.kind).collect(),
+        filters: job.filters.clone(),
+    }
+}
+
+/// One request per scope of the job, over consecutive `windows`.
+pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+    let url = url(&source.base_url, &source.organization_id);
+    job.scopes
+        .iter()
+        .map(|scope| HttpRequest {
+            method: reqwest::Method::POST,
+            url: url.clone(),
+            body: Some(serde_json::to_value(query(source, job, *scope, windows)).expect("serializable")),
+        })
+        .collect()
+}
+
+/// Sends every scope's request at once and merges their rows per window.
 pub async fn fetch(
-    _client: &HttpClient,
-    _source: &SourceConfig,
+    client: &HttpClient,
+    source: &SourceConfig,
     job: &Job,
-    _windows: &[Window],
+    windows: &[Window],
 ) -> Result<Vec<Vec<Row>>, FetchError> {
-    Err(FetchError::Response { url: String::new(), message: format!("endpoint {} is not implemented", job.endpoint.name()) })
+    super::chat_sessions::fetch_scopes(client, job, windows, requests(source, job, windows), "an events result").await
 }

@@ -1,20 +1,125 @@
-//! giosg workflow: not implemented yet (issue 4).
+//! The giosg workflow client (`POST /api/reporting/workflow/v1/orgs/{org}/query/`, api-docs 001):
+//! one request per window, and its one average as the window's org-scope row.
+//!
+//! Body (001's shape, key for key): `avg` with the job's one aggregation field (`["dim1"]`),
+//! `where` with the job's conditions in order (`field` + `search`; 001 matches `category`,
+//! `action` and an empty `partner_organization_ids`), and `timespan` with `After` = the window
+//! start and `Before` = the window end minus 1 ms, in the job's zone (001:
+//! `2020-10-29T00:00:00.000+02:00` … `2020-10-30T23:59:59.999+02:00`, both ends inclusive).
+//!
+//! Response assumption (001 does not show one): the chat_sessions shape without buckets or
+//! groups, `{"fields": [{"name": "dim1_avg", "type": "metric"}], "data": [[12.5]]}`: one line,
+//! one value per averaged field named `<field>_avg`, null when nothing matched. Extra fields are
+//! ignored; a missing field, no line or several lines, or a non-numeric value fails the window.
+//! The simulator serves exactly this (`docs/simulator.md`).
 
-use crate::batch::Row;
-use crate::config::{Job, SourceConfig};
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::batch::{Row, Value as Cell};
+use crate::config::{EndpointParams, Job, SourceConfig, WorkflowCondition};
 use crate::plan::Window;
 use crate::source::FetchError;
+use crate::source::giosg::query::{ChatSessionsResponse, serde_ms_offset};
 use crate::source::http::{HttpClient, HttpRequest};
 
-pub fn requests(_source: &SourceConfig, _job: &Job, _windows: &[Window]) -> Vec<HttpRequest> {
-    Vec::new()
+/// One query against the workflow endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowQuery {
+    /// Fields averaged (001: `["dim1"]`).
+    pub avg: Vec<String>,
+    /// Conditions that must all hold.
+    #[serde(rename = "where", default)]
+    pub conditions: Vec<WorkflowCondition>,
+    pub timespan: Timespan,
 }
 
+/// `timespan`: both ends inclusive, with their offsets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timespan {
+    #[serde(rename = "After", with = "serde_ms_offset")]
+    pub after: DateTime<FixedOffset>,
+    #[serde(rename = "Before", with = "serde_ms_offset")]
+    pub before: DateTime<FixedOffset>,
+}
+
+/// `…/api/reporting/workflow/v1/orgs/{org}/query/` (with 001's trailing slash).
+pub fn url(base_url: &str, organization_id: &str) -> String {
+    format!("{base_url}/api/reporting/workflow/v1/orgs/{organization_id}/query/")
+}
+
+/// The query of `window`.
+pub fn query(job: &Job, window: &Window) -> WorkflowQuery {
+    let at = |t: DateTime<Utc>| t.with_timezone(&job.time_zone).fixed_offset();
+    let conditions = match &job.params {
+        EndpointParams::Workflow { conditions } => conditions.clone(),
+        other => unreachable!("a workflow job has workflow params, not {other:?}"),
+    };
+    WorkflowQuery {
+        avg: job.aggregations.iter().filter_map(|a| a.field.clone()).collect(),
+        conditions,
+        timespan: Timespan { after: at(window.start), before: at(window.end - Duration::milliseconds(1)) },
+    }
+}
+
+/// One request per window.
+pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+    let url = url(&source.base_url, &source.organization_id);
+    windows
+        .iter()
+        .map(|w| HttpRequest {
+            method: reqwest::Method::POST,
+            url: url.clone(),
+            body: Some(serde_json::to_value(query(job, w)).expect("serializable")),
+        })
+        .collect()
+}
+
+/// Sends each window's request and returns its one org-scope row.
 pub async fn fetch(
-    _client: &HttpClient,
-    _source: &SourceConfig,
+    client: &HttpClient,
+    source: &SourceConfig,
     job: &Job,
-    _windows: &[Window],
+    windows: &[Window],
 ) -> Result<Vec<Vec<Row>>, FetchError> {
-    Err(FetchError::Response { url: String::new(), message: format!("endpoint {} is not implemented", job.endpoint.name()) })
+    let requests = requests(source, job, windows);
+    let answers = futures::future::try_join_all(requests.iter().map(|r| client.send(r))).await?;
+    windows
+        .iter()
+        .zip(answers)
+        .zip(&requests)
+        .map(|((w, body), req)| parse(job, w, &body).map(|row| vec![row]).map_err(|m| FetchError::response(req, m)))
+        .collect()
+}
+
+/// The org-scope row of `window` from a response to [`query`].
+pub fn parse(job: &Job, window: &Window, body: &[u8]) -> Result<Row, String> {
+    let resp: ChatSessionsResponse = crate::source::json_body(body, "a workflow result")?;
+    let line = match resp.data.as_slice() {
+        [line] => line,
+        lines => return Err(format!("expected one data line, found {}", lines.len())),
+    };
+    if line.len() != resp.fields.len() {
+        return Err(format!("data[0] has {} values for {} fields", line.len(), resp.fields.len()));
+    }
+    let metrics = job
+        .aggregations
+        .iter()
+        .map(|a| {
+            let name = a.metric_name();
+            let i = resp.fields.iter().position(|f| f.name == name).ok_or_else(|| {
+                let names: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
+                format!("response lacks field `{name}` (it has {names:?})")
+            })?;
+            match &line[i] {
+                Value::Null => Ok(Cell::Null),
+                Value::Number(n) => Ok(Cell::from(n.as_f64())),
+                other => Err(format!("data[0].{name} is not a number: {other}")),
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Row { bucket_start: window.start, dims: vec![Some("org".to_string()), None, None], metrics })
 }

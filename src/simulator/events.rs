@@ -1,0 +1,260 @@
+//! The simulated giosg events and workflow endpoints (api-docs 001), served from the dataset's
+//! `event` records.
+//!
+//! Owns: the [`Event`] record and its generator, how an event answers the shared query engine
+//! (`simulator::druid`), and the two handlers:
+//! - `POST /api/events/v2/orgs/{org}/fetch`: validates the [`EventsQuery`] (001's body: sources,
+//!   vendor, organization_id, interval, granularity, group_by, aggregations `count`/`sum`/`avg`,
+//!   filters), keeps the organization's events whose `vendor` is the body's vendor and whose
+//!   `source` is one of its `sources`, and answers in the chat_sessions shape (`fields` + `data`)
+//!   with metrics named `count`, `sum`, `avg` over the events' `value`;
+//! - `POST /api/reporting/workflow/v1/orgs/{org}/query/`: validates the [`WorkflowQuery`] (001's
+//!   body: `avg`, `where`, `timespan` After/Before, both inclusive), keeps the organization's
+//!   events matching every `where` condition and answers `{"fields": [{"name": "<f>_avg"}],
+//!   "data": [[average or null]]}`.
+//!
+//! Assumptions (001 shows no responses; also in `docs/simulator.md`): a `where` condition holds
+//! when the event's field equals `search`, any element for a list field, and `search: ""` holds
+//! for an empty or missing field; the workflow field `dim1` is the event's `value`; the
+//! organization is the path's, and the body's `organization_id` must equal it (400 otherwise).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Datelike, Duration, NaiveTime, Utc};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::SimState;
+use super::chat_sessions::ApiError;
+use super::dataset::{DatasetSpec, HOUR_WEIGHTS, Org, pick, weekday_factor, weighted};
+use super::druid::{Query, Record, render_number};
+use crate::source::giosg::events::EventsQuery;
+use crate::source::giosg::query::{ChatSessionsResponse, EVENT_DIMENSIONS, ResponseField};
+use crate::source::giosg::workflow::WorkflowQuery;
+use crate::time::serde_ms_utc;
+
+/// One event of giosg's event store, as the events and workflow endpoints read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    #[serde(with = "serde_ms_utc")]
+    pub time: DateTime<Utc>,
+    pub organization_id: String,
+    /// `com.giosg.chat` for chat events.
+    pub vendor: String,
+    /// `trusted` (server-side) or `untrusted` (browser-reported).
+    pub source: String,
+    /// e.g. `chat_session_first_response_wait_time`, `chat_invitation`, `track_chat_invite`.
+    pub category: String,
+    /// e.g. `changed`, `created`, `chat_invitation_accepted`.
+    pub action: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub room_id: Option<String>,
+    /// The measured value (seconds for wait times; workflow's `dim1`); null when the event only
+    /// counts. Sums and averages read null as 0, as Druid does.
+    pub value: Option<f64>,
+    /// Partner organizations involved (workflow's `partner_organization_ids`); empty for the
+    /// organization's own events.
+    pub partner_organization_ids: Vec<String>,
+}
+
+impl Record for Event {
+    fn time(&self) -> DateTime<Utc> {
+        self.time
+    }
+
+    fn values(&self, dim: &str) -> Vec<String> {
+        let one = |s: &str| vec![s.to_string()];
+        let opt = |s: &Option<String>| s.iter().cloned().collect();
+        match dim {
+            "action" => one(&self.action),
+            "category" => one(&self.category),
+            "source" => one(&self.source),
+            "vendor" => one(&self.vendor),
+            "organization_id" => one(&self.organization_id),
+            "room_id" => opt(&self.room_id),
+            "team_id" => opt(&self.team_id),
+            "user_id" => opt(&self.user_id),
+            "partner_organization_ids" => self.partner_organization_ids.clone(),
+            "value" | "dim1" => self.value.map(render_number).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn number(&self, _dim: &str) -> f64 {
+        self.value.unwrap_or(0.0)
+    }
+}
+
+/// The `events` path of an organization.
+pub fn events_path(org: &str) -> String {
+    format!("/api/events/v2/orgs/{org}/fetch")
+}
+
+/// The `workflow` path of an organization.
+pub fn workflow_path(org: &str) -> String {
+    format!("/api/reporting/workflow/v1/orgs/{org}/query/")
+}
+
+/// The events of organization `org` in `[start, end]` (both inclusive), in time order.
+fn events_between<'a>(
+    state: &'a [Event],
+    org: &'a str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> impl Iterator<Item = &'a Event> + 'a {
+    let lo = state.partition_point(|e| e.time < start);
+    let hi = state.partition_point(|e| e.time <= end);
+    state[lo..hi.max(lo)].iter().filter(move |e| e.organization_id == org)
+}
+
+fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, format!("invalid query: {e}"))
+}
+
+/// `POST /api/events/v2/orgs/{org}/fetch`.
+pub async fn events_handler(
+    State(state): State<SimState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ChatSessionsResponse>, ApiError> {
+    super::auth::giosg_org_access(&state, &headers, &org)?;
+    let query: EventsQuery = serde_json::from_slice(&body).map_err(bad_request)?;
+    query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
+    if query.organization_id != org {
+        return Err(bad_request(format!("organization_id {} is not the path's {org}", query.organization_id)));
+    }
+    let tz = crate::time::parse_tz(&query.interval.time_zone).map_err(bad_request)?;
+    let q = Query {
+        start: query.interval.start.with_timezone(&Utc),
+        end: query.interval.end.with_timezone(&Utc),
+        tz,
+        granularity: query.granularity,
+        group_by: &query.group_by,
+        metrics: query.aggregations.iter().map(|k| (*k, Some("value"), k.api_name().to_string())).collect(),
+        filters: query.filters.as_ref(),
+        dimensions: EVENT_DIMENSIONS,
+    };
+    let dataset = state.dataset();
+    let mine: Vec<&Event> = events_between(&dataset.events, &org, q.start, q.end)
+        .filter(|e| e.vendor == query.vendor && query.sources.contains(&e.source))
+        .collect();
+    Ok(Json(super::druid::evaluate(&q, &mine)))
+}
+
+/// `POST /api/reporting/workflow/v1/orgs/{org}/query/`.
+pub async fn workflow_handler(
+    State(state): State<SimState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ChatSessionsResponse>, ApiError> {
+    super::auth::giosg_org_access(&state, &headers, &org)?;
+    let query: WorkflowQuery = serde_json::from_slice(&body).map_err(bad_request)?;
+    if query.avg.is_empty() {
+        return Err(bad_request("avg: at least one field is required"));
+    }
+    if query.timespan.before < query.timespan.after {
+        return Err(bad_request("timespan: Before is earlier than After"));
+    }
+    let (start, end) = (query.timespan.after.with_timezone(&Utc), query.timespan.before.with_timezone(&Utc));
+    let dataset = state.dataset();
+    let holds = |e: &Event| {
+        query.conditions.iter().all(|c| {
+            let values = e.values(&c.field);
+            if c.search.is_empty() { values.iter().all(String::is_empty) } else { values.contains(&c.search) }
+        })
+    };
+    let matched: Vec<&Event> = events_between(&dataset.events, &org, start, end).filter(|e| holds(e)).collect();
+    let fields = query.avg.iter().map(|f| ResponseField { name: format!("{f}_avg"), kind: "metric".into() }).collect();
+    let line = query
+        .avg
+        .iter()
+        .map(|f| {
+            let xs: Vec<f64> =
+                matched.iter().filter_map(|e| e.values(f).first().and_then(|v| v.parse::<f64>().ok())).collect();
+            if xs.is_empty() { json!(null) } else { json!(xs.iter().sum::<f64>() / xs.len() as f64) }
+        })
+        .collect();
+    Ok(Json(ChatSessionsResponse { fields, data: vec![line] }))
+}
+
+/// The kinds of event generated: (category, action, share of events, whether it has a value and
+/// its range in seconds, whether a user is set).
+const KINDS: &[(&str, &str, u32, Option<(u32, u32)>, bool)] = &[
+    ("chat_session_first_response_wait_time", "changed", 14, Some((2, 180)), true),
+    ("chat_session_response_wait_time", "changed", 30, Some((1, 600)), true),
+    ("chat_invitation", "created", 20, None, true),
+    ("chat_message_attachment_click_action", "created", 12, None, false),
+    ("track_chat_invite", "chat_invitation_accepted", 8, Some((1, 90)), true),
+    ("track_chat_invite", "first_message_sent", 8, Some((1, 900)), true),
+    // Noise the 001 filters must leave out.
+    ("chat_invitation", "removed", 4, None, true),
+    ("chat_session_first_response_wait_time", "removed", 2, Some((2, 180)), true),
+    ("chat_session_created", "created", 2, None, false),
+];
+
+/// Generates the events of `spec` for `orgs`: about two per chat session a day (same weekday
+/// and hour-of-day seasonality), 10% of them untrusted or from another vendor, 10% of workflow
+/// events with a partner organization, plus events at each local midnight, a millisecond after
+/// it and a millisecond before the next. Its own random stream: chat sessions do not change.
+pub(super) fn generate(spec: &DatasetSpec, orgs: &[Org]) -> Vec<Event> {
+    let mut events = Vec::new();
+    let weights: Vec<u32> = KINDS.iter().map(|k| k.2).collect();
+    for day in 0..spec.days {
+        let date = spec.start + Duration::days(day as i64);
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0xE7E7_5EED ^ (day as u64).wrapping_mul(0x2545_F491));
+        let n = (2.0 * spec.sessions_per_day as f64 * weekday_factor(date.weekday())).round() as usize;
+        let mut times = Vec::with_capacity(n + 3);
+        for _ in 0..n {
+            let hour = weighted(&mut rng, &HOUR_WEIGHTS) as u32;
+            let ms = rng.random_range(0..3_600_000u32);
+            let local = NaiveTime::from_hms_milli_opt(hour, ms / 60_000, (ms / 1000) % 60, ms % 1000).expect("valid");
+            // A local time in a spring gap moves to the gap's end; an autumn one takes its first pass.
+            times.push(crate::time::local_to_utc(spec.time_zone, date.and_time(local)));
+        }
+        let midnight = crate::time::local_day_start(spec.time_zone, date);
+        let next = crate::time::local_day_start(spec.time_zone, date + Duration::days(1));
+        times.extend([midnight, midnight + Duration::milliseconds(1), next - Duration::milliseconds(1)]);
+        for time in times {
+            let org_index = if orgs.len() == 1 || rng.random_bool(0.7) { 0 } else { rng.random_range(1..orgs.len()) };
+            let org = &orgs[org_index];
+            let (category, action, _, range, with_user) = KINDS[weighted(&mut rng, &weights)];
+            let (user_id, team_id) = if with_user && rng.random_bool(0.95) {
+                let (user, team) = pick(&mut rng, &org.users);
+                (Some(user.clone()), Some(org.teams[*team].clone()))
+            } else {
+                (None, None)
+            };
+            let value = range.map(|(lo, hi)| rng.random_range(lo * 10..hi * 10) as f64 / 10.0);
+            let (vendor, source) = match rng.random_range(0..20) {
+                0 => ("com.giosg.other", "trusted"),
+                1 => ("com.giosg.chat", "untrusted"),
+                _ => ("com.giosg.chat", "trusted"),
+            };
+            let partner = category == "track_chat_invite" && orgs.len() > 1 && rng.random_bool(0.1);
+            let partner_organization_ids =
+                if partner { vec![orgs[(org_index + 1) % orgs.len()].id.clone()] } else { Vec::new() };
+            events.push(Event {
+                time,
+                organization_id: org.id.clone(),
+                vendor: vendor.to_string(),
+                source: source.to_string(),
+                category: category.to_string(),
+                action: action.to_string(),
+                user_id,
+                team_id,
+                room_id: Some(pick(&mut rng, &org.rooms).clone()),
+                value,
+                partner_organization_ids,
+            });
+        }
+    }
+    events.sort_by(|a, b| a.time.cmp(&b.time));
+    events
+}
