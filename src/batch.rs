@@ -262,10 +262,7 @@ pub fn build(
     rows.sort_by(|a, b| (a.bucket_start, &a.dims).cmp(&(b.bucket_start, &b.dims)));
     for pair in rows.windows(2) {
         if pair[0].bucket_start == pair[1].bucket_start && pair[0].dims == pair[1].dims {
-            return Err(format!(
-                "two rows for {} {} and {:?}",
-                schema.time_column, pair[0].bucket_start, pair[0].dims
-            ));
+            return Err(format!("two rows for {} {} and {:?}", schema.time_column, pair[0].bucket_start, pair[0].dims));
         }
     }
     let n = rows.len();

@@ -184,9 +184,7 @@ impl Endpoint {
     /// Whether it has history (windowed jobs) or only a current state (snapshot jobs).
     pub fn kind(self) -> JobKind {
         match self {
-            Endpoint::ChatSessions | Endpoint::Events | Endpoint::Workflow | Endpoint::ChatSummary => {
-                JobKind::Windowed
-            }
+            Endpoint::ChatSessions | Endpoint::Events | Endpoint::Workflow | Endpoint::ChatSummary => JobKind::Windowed,
             _ => JobKind::Snapshot,
         }
     }

@@ -80,8 +80,7 @@ pub fn evaluate(
     // Rows are sorted by time; the engine takes the interval's slice, then the organization's.
     let lo = rows.partition_point(|r| r.time < q.start);
     let hi = rows.partition_point(|r| r.time <= q.end);
-    let mine: Vec<&ChatSessionRow> =
-        rows[lo..hi.max(lo)].iter().filter(|r| r.owner_organization_id == org).collect();
+    let mine: Vec<&ChatSessionRow> = rows[lo..hi.max(lo)].iter().filter(|r| r.owner_organization_id == org).collect();
     Ok(super::druid::evaluate(&q, &mine))
 }
 
@@ -93,34 +92,33 @@ impl Record for ChatSessionRow {
     fn number(&self, dim: &str) -> f64 {
         let row = self;
         match dim {
-        "order_count" => row.order_count as f64,
-        "user_message_count" => row.user_message_count as f64,
-        "visitor_message_count" => row.visitor_message_count as f64,
-        "sales" => row.sales,
-        "subscription_sales" => row.subscription_sales,
-        _ => unreachable!("validated: `{dim}` is numeric"),
+            "order_count" => row.order_count as f64,
+            "user_message_count" => row.user_message_count as f64,
+            "visitor_message_count" => row.visitor_message_count as f64,
+            "sales" => row.sales,
+            "subscription_sales" => row.subscription_sales,
+            _ => unreachable!("validated: `{dim}` is numeric"),
         }
     }
 
     fn values(&self, dim: &str) -> Vec<String> {
         let row = self;
         let one = |s: &str| vec![s.to_string()];
-    let opt = |s: &Option<String>| s.iter().cloned().collect();
-    match dim {
-        "chat_initiator" => one(&row.chat_initiator),
-        "chat_session_id" => one(&row.chat_session_id),
-        "chat_type" => one(&row.chat_type),
-        "chatted_organization_ids" => row.chatted_organization_ids.clone(),
-        "owner_organization_id" => one(&row.owner_organization_id),
-        "room_ids" => row.room_ids.clone(),
-        "scope" => one(&row.scope),
-        "team_id" => opt(&row.team_id),
-        "user_id" => opt(&row.user_id),
-        "user_organization_id" => opt(&row.user_organization_id),
-        "visitor_ids" => row.visitor_ids.clone(),
-        "visitor_session_ids" => row.visitor_session_ids.clone(),
-        n => vec![render_number(row.number(n))],
+        let opt = |s: &Option<String>| s.iter().cloned().collect();
+        match dim {
+            "chat_initiator" => one(&row.chat_initiator),
+            "chat_session_id" => one(&row.chat_session_id),
+            "chat_type" => one(&row.chat_type),
+            "chatted_organization_ids" => row.chatted_organization_ids.clone(),
+            "owner_organization_id" => one(&row.owner_organization_id),
+            "room_ids" => row.room_ids.clone(),
+            "scope" => one(&row.scope),
+            "team_id" => opt(&row.team_id),
+            "user_id" => opt(&row.user_id),
+            "user_organization_id" => opt(&row.user_organization_id),
+            "visitor_ids" => row.visitor_ids.clone(),
+            "visitor_session_ids" => row.visitor_session_ids.clone(),
+            n => vec![render_number(row.number(n))],
         }
     }
 }
-

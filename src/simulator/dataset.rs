@@ -174,7 +174,7 @@ impl Dataset {
     /// Sorts rows and, for a file without organization records, derives the organizations from
     /// the rows' owners (all readable with the token `sim-token`).
     fn finish(&mut self) {
-        self.events.sort_by(|a, b| a.time.cmp(&b.time));
+        self.events.sort_by_key(|e| e.time);
         self.chat_session_rows.sort_by(|a, b| {
             (a.time, &a.chat_session_id, scope_rank(&a.scope), &a.team_id, &a.user_id).cmp(&(
                 b.time,
@@ -243,7 +243,8 @@ struct Chatter {
 }
 
 /// Hour-of-day weights (local wall clock): quiet nights, a late-morning peak, a busy evening.
-pub(super) const HOUR_WEIGHTS: [u32; 24] = [2, 1, 1, 1, 1, 2, 4, 8, 14, 18, 20, 20, 18, 17, 17, 16, 14, 12, 12, 13, 12, 9, 6, 3];
+pub(super) const HOUR_WEIGHTS: [u32; 24] =
+    [2, 1, 1, 1, 1, 2, 4, 8, 14, 18, 20, 20, 18, 17, 17, 16, 14, 12, 12, 13, 12, 9, 6, 3];
 
 pub(super) fn weekday_factor(day: Weekday) -> f64 {
     match day {

@@ -184,9 +184,11 @@ pub async fn workflow_handler(
     Ok(Json(ChatSessionsResponse { fields, data: vec![line] }))
 }
 
-/// The kinds of event generated: (category, action, share of events, whether it has a value and
-/// its range in seconds, whether a user is set).
-const KINDS: &[(&str, &str, u32, Option<(u32, u32)>, bool)] = &[
+/// A kind of event generated: (category, action, share of events, whether it has a value and its
+/// range in seconds, whether a user is set).
+type Kind = (&'static str, &'static str, u32, Option<(u32, u32)>, bool);
+
+const KINDS: &[Kind] = &[
     ("chat_session_first_response_wait_time", "changed", 14, Some((2, 180)), true),
     ("chat_session_response_wait_time", "changed", 30, Some((1, 600)), true),
     ("chat_invitation", "created", 20, None, true),
@@ -255,6 +257,6 @@ pub(super) fn generate(spec: &DatasetSpec, orgs: &[Org]) -> Vec<Event> {
             });
         }
     }
-    events.sort_by(|a, b| a.time.cmp(&b.time));
+    events.sort_by_key(|e| e.time);
     events
 }

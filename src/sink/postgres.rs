@@ -125,10 +125,7 @@ impl PostgresSink {
         let _ = writeln!(ddl, "COMMENT ON TABLE {table} IS {};", quote_literal(&schema.description));
         let mut comments = vec![
             (schema.time_column, schema.time_comment.clone()),
-            (
-                schema.date_column,
-                format!("local date of {} in {}", schema.time_column, schema.time_zone.name()),
-            ),
+            (schema.date_column, format!("local date of {} in {}", schema.time_column, schema.time_zone.name())),
             ("_window_start", "start of the load window this row was replaced with".to_string()),
             ("_loaded_at", "when chatetl loaded this row".to_string()),
             ("_run_id", "the chatetl run that loaded this row".to_string()),
@@ -454,7 +451,6 @@ impl AdvisoryLock {
         let _ = sqlx::Connection::close(self.conn).await;
     }
 }
-
 
 /// Appends `batch` as CSV rows for `COPY … WITH (FORMAT csv)`: nulls unquoted-empty, text
 /// always quoted, timestamps RFC 3339 UTC with microseconds.

@@ -20,5 +20,8 @@ pub async fn fetch(
     job: &Job,
     _windows: &[Window],
 ) -> Result<Vec<Vec<Row>>, FetchError> {
-    Err(FetchError::Response { url: String::new(), message: format!("endpoint {} is not implemented", job.endpoint.name()) })
+    Err(FetchError::Response {
+        url: String::new(),
+        message: format!("endpoint {} is not implemented", job.endpoint.name()),
+    })
 }

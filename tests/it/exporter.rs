@@ -5,9 +5,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use arrow_array::Array;
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Float64Type, Int64Type};
 use arrow_schema::DataType;
 use chatetl::config::{self, Config};
 use chatetl::runner::{Progress, RunKind, RunOptions, Runner};
@@ -15,12 +12,12 @@ use chatetl::simulator::{FaultConfig, FaultRule, RunningSimulator};
 use chrono::{NaiveDate, Utc};
 use sqlx::Row as _;
 
-use crate::util::{Row, TOKEN, TestDb, TestWarehouse, chatetl, dump, read_dump, serve, shipped_jobs, write_config};
+use crate::util::{
+    Row, TOKEN, Table, TestDb, TestWarehouse, assert_tables_match, chatetl, dump, parquet_table, pg_table, read_dump,
+    serve, shipped_jobs, write_config,
+};
 
 const HEL: chrono_tz::Tz = chrono_tz::Europe::Helsinki;
-
-/// (local date, scope, team or user id) → value.
-type Table = BTreeMap<(String, String, Option<String>), Option<f64>>;
 
 fn real(r: &Row) -> bool {
     matches!(r.s("chat_type"), "visitor" | "external")
@@ -107,69 +104,6 @@ const CHECKS: &[Check] = &[
         "",
     ),
 ];
-
-fn assert_tables_match(job: &str, got: &Table, want: &Table, distinct: bool) {
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "{job}: the same days, scopes, teams and users"
-    );
-    for (k, w) in want {
-        let g = got[k];
-        match (g, w) {
-            (None, None) => {}
-            (Some(g), Some(w)) => {
-                let tol = if distinct { 0.02 * w.max(1.0) } else { 1e-9 * w.abs().max(1.0) };
-                assert!((g - w).abs() <= tol, "{job} {k:?}: got {g}, want {w}");
-            }
-            _ => panic!("{job} {k:?}: got {g:?}, want {w:?}"),
-        }
-    }
-}
-
-async fn pg_table(pool: &sqlx::PgPool, table: &str, column: &str) -> Table {
-    let sql = format!(
-        "SELECT bucket_date::text, scope, coalesce(team_id, user_id), \"{column}\"::float8 FROM analytics.\"{table}\""
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
-        .collect()
-}
-
-fn parquet_table(root: &Path, table: &str, column: &str) -> Table {
-    let mut out = Table::new();
-    for batch in chatetl::readback::read_parquet_dir(&root.join(table)).unwrap() {
-        let date = batch.column_by_name("bucket_date").unwrap().as_primitive::<Date32Type>().clone();
-        let scope = batch.column_by_name("scope").unwrap().as_string::<i32>().clone();
-        let team = batch.column_by_name("team_id").unwrap().as_string::<i32>().clone();
-        let user = batch.column_by_name("user_id").unwrap().as_string::<i32>().clone();
-        let value = batch.column_by_name(column).unwrap().clone();
-        for i in 0..batch.num_rows() {
-            let who = if !team.is_null(i) {
-                Some(team.value(i).to_string())
-            } else if !user.is_null(i) {
-                Some(user.value(i).to_string())
-            } else {
-                None
-            };
-            let v = if value.is_null(i) {
-                None
-            } else {
-                Some(match value.data_type() {
-                    DataType::Int64 => value.as_primitive::<Int64Type>().value(i) as f64,
-                    _ => value.as_primitive::<Float64Type>().value(i),
-                })
-            };
-            let key = (date.value_as_date(i).unwrap().to_string(), scope.value(i).to_string(), who);
-            assert!(out.insert(key.clone(), v).is_none(), "{table}: duplicate row {key:?}");
-        }
-    }
-    out
-}
 
 fn days(from: &str, to: &str) -> Vec<NaiveDate> {
     let (a, b) = (from.parse::<NaiveDate>().unwrap(), to.parse::<NaiveDate>().unwrap());

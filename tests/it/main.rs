@@ -3,6 +3,7 @@
 //! Everything runs against real parts: the simulator over HTTP on loopback, the `chatetl` binary.
 
 mod exporter;
+mod giosg_events;
 mod jobs;
 mod scheduler;
 mod simulator_api;

@@ -1,8 +1,15 @@
 //! Shared test helpers: datasets dumped through the real CLI, a running simulator, and an
 //! independent reading of the dump (plain JSON, not the simulator's own types) for expected values.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int64Type};
+use arrow_schema::DataType;
+use sqlx::Row as _;
 
 use chatetl::simulator::{Dataset, FaultConfig, RunningSimulator, Simulator};
 use chrono::{DateTime, Utc};
@@ -80,10 +87,98 @@ pub fn read_dump(path: &Path) -> (Vec<Value>, Vec<Row>) {
                 let time = DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap().with_timezone(&Utc);
                 rows.push(Row { time, v })
             }
-            k => panic!("unknown kind {k}"),
+            // Records of the other APIs: see `read_kind`.
+            _ => {}
         }
     }
     (orgs, rows)
+}
+
+/// The records of `kind` in a dump (e.g. `event`), read as plain JSON, in file order; `time` is
+/// the record's `time` (or the Unix epoch when it has none).
+pub fn read_kind(path: &Path, kind: &str) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .map(|v| {
+            let time = v["time"]
+                .as_str()
+                .map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc))
+                .unwrap_or_default();
+            Row { time, v }
+        })
+        .collect()
+}
+
+/// (local date, scope, team or user id) → value: a giosg-shaped table (chat_sessions, events,
+/// workflow), as read back from a warehouse or computed from a dump.
+pub type Table = BTreeMap<(String, String, Option<String>), Option<f64>>;
+
+/// Asserts two tables have the same keys and values (within 2% for distinct counts).
+pub fn assert_tables_match(job: &str, got: &Table, want: &Table, distinct: bool) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{job}: the same days, scopes, teams and users"
+    );
+    for (k, w) in want {
+        let g = got[k];
+        match (g, w) {
+            (None, None) => {}
+            (Some(g), Some(w)) => {
+                let tol = if distinct { 0.02 * w.max(1.0) } else { 1e-9 * w.abs().max(1.0) };
+                assert!((g - w).abs() <= tol, "{job} {k:?}: got {g}, want {w}");
+            }
+            _ => panic!("{job} {k:?}: got {g:?}, want {w:?}"),
+        }
+    }
+}
+
+/// A giosg-shaped table (`analytics` schema) read from PostgreSQL.
+pub async fn pg_table(pool: &sqlx::PgPool, table: &str, column: &str) -> Table {
+    let sql = format!(
+        "SELECT bucket_date::text, scope, coalesce(team_id, user_id), \"{column}\"::float8 FROM analytics.\"{table}\""
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+        .collect()
+}
+
+/// A giosg-shaped table read from its Parquet folder under `root`.
+pub fn parquet_table(root: &Path, table: &str, column: &str) -> Table {
+    let mut out = Table::new();
+    for batch in chatetl::readback::read_parquet_dir(&root.join(table)).unwrap() {
+        let date = batch.column_by_name("bucket_date").unwrap().as_primitive::<Date32Type>().clone();
+        let scope = batch.column_by_name("scope").unwrap().as_string::<i32>().clone();
+        let team = batch.column_by_name("team_id").unwrap().as_string::<i32>().clone();
+        let user = batch.column_by_name("user_id").unwrap().as_string::<i32>().clone();
+        let value = batch.column_by_name(column).unwrap().clone();
+        for i in 0..batch.num_rows() {
+            let who = if !team.is_null(i) {
+                Some(team.value(i).to_string())
+            } else if !user.is_null(i) {
+                Some(user.value(i).to_string())
+            } else {
+                None
+            };
+            let v = if value.is_null(i) {
+                None
+            } else {
+                Some(match value.data_type() {
+                    DataType::Int64 => value.as_primitive::<Int64Type>().value(i) as f64,
+                    _ => value.as_primitive::<Float64Type>().value(i),
+                })
+            };
+            let key = (date.value_as_date(i).unwrap().to_string(), scope.value(i).to_string(), who);
+            assert!(out.insert(key.clone(), v).is_none(), "{table}: duplicate row {key:?}");
+        }
+    }
+    out
 }
 
 /// POSTs a query body to the chat_sessions endpoint of `org`.
@@ -183,10 +278,17 @@ pub fn write_config(
     path
 }
 
-/// The shipped job files, optionally with their `start:` replaced.
+/// The shipped chat_sessions job files (the first slice's catalogue), optionally with their
+/// `start:` replaced.
 pub fn shipped_jobs(start: Option<&str>) -> Vec<(&'static str, String)> {
+    shipped_jobs_of("chat_sessions", start)
+}
+
+/// The shipped job files of `endpoint`, optionally with their `start:` replaced.
+pub fn shipped_jobs_of(endpoint: &str, start: Option<&str>) -> Vec<(&'static str, String)> {
     chatetl::demo::shipped::JOBS
         .iter()
+        .filter(|(_, text)| text.lines().any(|l| l.trim() == format!("endpoint: {endpoint}")))
         .map(|(name, text)| {
             let text = match start {
                 Some(s) => {

@@ -42,17 +42,48 @@ fn keys_of(endpoint: Endpoint) -> &'static [&'static str] {
         ["window", "start", "lookback_windows", "settle_secs", "include_partial", "max_windows_per_request"];
     match endpoint {
         Endpoint::ChatSessions => &[
-            WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], WINDOWED[5],
-            "granularity", "scopes", "rooms", "aggregations", "filters",
+            WINDOWED[0],
+            WINDOWED[1],
+            WINDOWED[2],
+            WINDOWED[3],
+            WINDOWED[4],
+            WINDOWED[5],
+            "granularity",
+            "scopes",
+            "rooms",
+            "aggregations",
+            "filters",
         ],
         Endpoint::Events => &[
-            WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], WINDOWED[5],
-            "granularity", "scopes", "aggregations", "filters", "vendor", "event_sources",
+            WINDOWED[0],
+            WINDOWED[1],
+            WINDOWED[2],
+            WINDOWED[3],
+            WINDOWED[4],
+            WINDOWED[5],
+            "granularity",
+            "scopes",
+            "aggregations",
+            "filters",
+            "vendor",
+            "event_sources",
         ],
-        Endpoint::Workflow => &[WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], "aggregations", "where"],
+        Endpoint::Workflow => {
+            &[WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], "aggregations", "where"]
+        }
         Endpoint::ChatSummary => &[
-            WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], WINDOWED[5],
-            "aggregate_by", "user_logins", "chat_queue_ids", "sum_users", "response_threshold", "split_by_login",
+            WINDOWED[0],
+            WINDOWED[1],
+            WINDOWED[2],
+            WINDOWED[3],
+            WINDOWED[4],
+            WINDOWED[5],
+            "aggregate_by",
+            "user_logins",
+            "chat_queue_ids",
+            "sum_users",
+            "response_threshold",
+            "split_by_login",
             "page_size",
         ],
         Endpoint::RealtimeRooms => &["rooms", "include_shared"],
@@ -141,11 +172,8 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let keys = keys_of(endpoint);
     for (key, location) in present_keys(r) {
         if known && !keys.contains(&key) {
-            let used_by: Vec<&str> = ALL_ENDPOINTS
-                .iter()
-                .filter(|e| keys_of(**e).contains(&key))
-                .map(|e| e.name())
-                .collect();
+            let used_by: Vec<&str> =
+                ALL_ENDPOINTS.iter().filter(|e| keys_of(**e).contains(&key)).map(|e| e.name()).collect();
             let message = format!("not used by endpoint `{}` (only by {})", endpoint.name(), one_of(&used_by));
             ctx.error(location, key, message);
         }
@@ -300,8 +328,7 @@ fn job_kind(ctx: &mut Ctx, at: Location, value: Option<&Spanned<String>>, endpoi
     };
     let kind = ctx.choice("kind", value, "job kind", &options)?;
     if kind != expected {
-        let message =
-            format!("endpoint `{}` makes {} jobs, not {}", endpoint.name(), name(expected), name(kind));
+        let message = format!("endpoint `{}` makes {} jobs, not {}", endpoint.name(), name(expected), name(kind));
         ctx.error(value.referenced, "kind", message);
         return None;
     }
@@ -322,7 +349,12 @@ fn dimensions_of(endpoint: Endpoint) -> &'static [(&'static str, DimensionKind)]
 }
 
 /// A list of non-empty strings without repeats.
-fn string_list(ctx: &mut Ctx, key: &str, value: Option<&Spanned<Vec<Spanned<String>>>>, what: &str) -> Option<Vec<String>> {
+fn string_list(
+    ctx: &mut Ctx,
+    key: &str,
+    value: Option<&Spanned<Vec<Spanned<String>>>>,
+    what: &str,
+) -> Option<Vec<String>> {
     let Some(list) = value else { return Some(Vec::new()) };
     let mut out = Some(Vec::<String>::new());
     for (i, item) in list.value.iter().enumerate() {
@@ -353,7 +385,9 @@ fn endpoint_params(
         Endpoint::Events => {
             let vendor = match &r.vendor {
                 None => Some("com.giosg.chat".to_string()),
-                Some(v) => ctx.non_empty("vendor", v, "an event vendor, e.g. com.giosg.chat").map(|v| v.trim().to_string()),
+                Some(v) => {
+                    ctx.non_empty("vendor", v, "an event vendor, e.g. com.giosg.chat").map(|v| v.trim().to_string())
+                }
             };
             let sources = match &r.event_sources {
                 None => Some(vec!["trusted".to_string()]),
@@ -438,7 +472,11 @@ fn endpoint_params(
             }
             if split_by_login && flag(&r.sum_users) {
                 let at = r.split_by_login.as_ref().map_or(at, |v| v.referenced);
-                ctx.error(at, "split_by_login", "cannot be combined with `sum_users: true` (one row per request either way; use one of them)");
+                ctx.error(
+                    at,
+                    "split_by_login",
+                    "cannot be combined with `sum_users: true` (one row per request either way; use one of them)",
+                );
                 return None;
             }
             Some(EndpointParams::ChatSummary {
@@ -662,7 +700,9 @@ fn aggregation_field(
         None => DIMENSIONS.iter().map(|(name, _)| *name).collect(),
     };
     let problem = match restricted {
-        _ if crate::source::giosg::query::dimension_kind(&field).is_none() => format!("unknown dimension `{field}` (expected {})", one_of(&allowed)),
+        _ if crate::source::giosg::query::dimension_kind(&field).is_none() => {
+            format!("unknown dimension `{field}` (expected {})", one_of(&allowed))
+        }
         Some(k) if !allowed.contains(&field.as_str()) => {
             format!("`{}` is not available for `{field}` (allowed: {})", k.api_name(), allowed.join(", "))
         }

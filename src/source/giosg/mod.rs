@@ -32,7 +32,9 @@ pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
             ty: if a.kind == AggregationKind::Count { ColumnType::Int } else { ColumnType::Float },
             comment: match &a.field {
                 Some(f) => format!("{} of {f} (api metric {})", a.kind.api_name(), a.metric_name()),
-                None => format!("{} of the {} (api metric {})", a.kind.api_name(), what_is_counted(job), a.metric_name()),
+                None => {
+                    format!("{} of the {} (api metric {})", a.kind.api_name(), what_is_counted(job), a.metric_name())
+                }
             },
         })
         .collect();
