@@ -282,6 +282,15 @@ pub(crate) struct UsageError(pub(crate) String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print and end die quietly when their reader goes away (`chatetl plan | head`),
+    // as Unix tools do; the long-running ones keep Rust's default (SIGPIPE ignored, EPIPE errors).
+    #[cfg(unix)]
+    if matches!(cli.command, Command::Validate | Command::Plan(_) | Command::Status(_)) {
+        // SAFETY: called before any thread starts; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     telemetry::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
