@@ -1,9 +1,10 @@
 //! `chatetl demo`: the built-in simulator, every shipped job, a local warehouse, a summary.
 //!
 //! Owns: starting the simulator in-process on a dataset that ends today, loading the embedded
-//! configuration and job catalogue ([`shipped`]) with the simulator's address and key in place of
-//! the `GIOSG_*` environment variables, running each job over the last `days` complete days, and
-//! reading a few result rows back from the warehouse for the summary.
+//! configuration and job catalogue ([`shipped`]) with the simulator's address and keys in place of
+//! the `GIOSG_*`, `THULIUM_*` and `COMM100_*` environment variables, running each windowed job over
+//! the last `days` complete days and capturing each snapshot job once, and reading a few result
+//! rows back from the warehouse for the summary.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use chrono::{Duration, Utc};
 
-use crate::config::{self, Config, Secret, Warehouse, WindowUnit};
+use crate::config::{self, Config, JobKind, Secret, Warehouse};
 use crate::plan;
 use crate::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
 use crate::simulator::{DatasetSpec, FaultConfig, Simulator, dataset};
@@ -100,7 +101,11 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     let to = local_day_start(tz, today);
     let mut reports = Vec::new();
     for job in runner.config.jobs.values() {
-        let windows = plan::windows_overlapping(WindowUnit::Day, job.time_zone, from, to);
+        let windows = match job.kind {
+            JobKind::Windowed => plan::windows_overlapping(job.window, job.time_zone, from, to),
+            // Snapshots have no history: capture the simulator's current state once.
+            JobKind::Snapshot => runner.incremental_windows(job, Utc::now()).await?.0,
+        };
         let opts = RunOptions {
             kind: RunKind::Demo,
             concurrency: 4,
