@@ -18,6 +18,7 @@ pub mod auth;
 pub mod chat_sessions;
 pub mod dataset;
 pub mod faults;
+pub mod thulium;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,6 +87,7 @@ impl Simulator {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route("/api/reporting/v1/orgs/{organization_id}/chat_sessions", post(chat_sessions::handler))
+            .route(thulium::PATH, get(thulium::handler))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), faults::layer));
         let admin = Router::new()
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))
