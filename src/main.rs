@@ -237,6 +237,10 @@ struct SimulateArgs {
     /// Average chat sessions per day (weekdays busier, nights quieter).
     #[arg(long, default_value_t = 200)]
     sessions_per_day: u32,
+    /// Thulium users (agents) per organization, each with 1 to 4 chats a day; 0 generates no
+    /// Thulium data.
+    #[arg(long, default_value_t = 0)]
+    thulium_users: u32,
     /// Zone of the local clock that drives daily seasonality and the midnight-edge sessions.
     #[arg(long, default_value = "Europe/Helsinki")]
     time_zone: String,
@@ -357,6 +361,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 sessions_per_day: args.sessions_per_day,
                 time_zone: tz,
                 token: args.token.clone(),
+                thulium_users_per_org: args.thulium_users,
             };
             dataset::generate(&spec)
         }

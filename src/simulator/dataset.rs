@@ -19,6 +19,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::thulium::{ThuliumAccount, ThuliumChat};
 use crate::time::serde_ms_utc;
 
 /// An organization of the dataset and the API token that may read it.
@@ -68,6 +69,8 @@ pub enum Record {
     Organization(Organization),
     ChatSessionRow(Box<ChatSessionRow>),
     Event(Box<super::events::Event>),
+    ThuliumAccount(ThuliumAccount),
+    ThuliumChat(Box<ThuliumChat>),
 }
 
 /// [`Record`] by reference, for writing without copying rows.
@@ -77,6 +80,8 @@ enum RecordRef<'a> {
     Organization(&'a Organization),
     ChatSessionRow(&'a ChatSessionRow),
     Event(&'a super::events::Event),
+    ThuliumAccount(&'a ThuliumAccount),
+    ThuliumChat(&'a ThuliumChat),
 }
 
 /// Everything the simulator serves.
@@ -87,6 +92,10 @@ pub struct Dataset {
     pub chat_session_rows: Vec<ChatSessionRow>,
     /// giosg events (events and workflow endpoints), sorted by `time`.
     pub events: Vec<super::events::Event>,
+    /// Thulium accounts (their zones), one per organization that has Thulium chats.
+    pub thulium_accounts: Vec<ThuliumAccount>,
+    /// Thulium chats, sorted by `started_at` (then account and login).
+    pub thulium_chats: Vec<ThuliumChat>,
 }
 
 /// The knobs of the generator. Same spec, same dataset, byte for byte.
@@ -106,6 +115,8 @@ pub struct DatasetSpec {
     pub time_zone: Tz,
     /// API token of the first organization; organization `i > 0` gets `<token>-org<i>`.
     pub token: String,
+    /// Thulium users (agents) per organization, each with 1 to 4 chats a day (0: no Thulium data).
+    pub thulium_users_per_org: u32,
 }
 
 impl Default for DatasetSpec {
@@ -121,6 +132,7 @@ impl Default for DatasetSpec {
             sessions_per_day: 200,
             time_zone: chrono_tz::Europe::Helsinki,
             token: "sim-token".to_string(),
+            thulium_users_per_org: 0,
         }
     }
 }
@@ -160,6 +172,14 @@ impl Dataset {
             serde_json::to_writer(&mut out, &RecordRef::Event(event)).map_err(|e| e.to_string())?;
             out.write_all(b"\n").map_err(err)?;
         }
+        for account in &self.thulium_accounts {
+            serde_json::to_writer(&mut out, &RecordRef::ThuliumAccount(account)).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(err)?;
+        }
+        for chat in &self.thulium_chats {
+            serde_json::to_writer(&mut out, &RecordRef::ThuliumChat(chat)).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(err)?;
+        }
         out.flush().map_err(err)
     }
 
@@ -168,6 +188,8 @@ impl Dataset {
             Record::Organization(o) => self.organizations.push(o),
             Record::ChatSessionRow(r) => self.chat_session_rows.push(*r),
             Record::Event(e) => self.events.push(*e),
+            Record::ThuliumAccount(a) => self.thulium_accounts.push(a),
+            Record::ThuliumChat(c) => self.thulium_chats.push(*c),
         }
     }
 
@@ -175,6 +197,7 @@ impl Dataset {
     /// the rows' owners (all readable with the token `sim-token`).
     fn finish(&mut self) {
         self.events.sort_by_key(|e| e.time);
+        super::thulium::sort(&mut self.thulium_chats);
         self.chat_session_rows.sort_by(|a, b| {
             (a.time, &a.chat_session_id, scope_rank(&a.scope), &a.team_id, &a.user_id).cmp(&(
                 b.time,
@@ -324,7 +347,9 @@ pub fn generate(spec: &DatasetSpec) -> Dataset {
         }
     }
     let events = super::events::generate(spec, &orgs);
-    let mut dataset = Dataset { organizations, chat_session_rows: rows, events };
+    let (thulium_accounts, thulium_chats) = super::thulium::generate(spec, &organizations);
+    let mut dataset =
+        Dataset { organizations, chat_session_rows: rows, events, thulium_accounts, thulium_chats };
     dataset.finish();
     dataset
 }

@@ -20,6 +20,7 @@ pub mod dataset;
 pub mod druid;
 pub mod events;
 pub mod faults;
+pub mod thulium;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -90,6 +91,7 @@ impl Simulator {
             .route("/api/reporting/v1/orgs/{organization_id}/chat_sessions", post(chat_sessions::handler))
             .route("/api/events/v2/orgs/{organization_id}/fetch", post(events::events_handler))
             .route("/api/reporting/workflow/v1/orgs/{organization_id}/query/", post(events::workflow_handler))
+            .route(thulium::PATH, get(thulium::handler))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), faults::layer));
         let admin = Router::new()
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))

@@ -9,4 +9,5 @@ mod scheduler;
 mod simulator_api;
 mod simulator_cli;
 mod simulator_faults;
+mod thulium;
 mod util;

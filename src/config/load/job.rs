@@ -224,8 +224,12 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     };
     let lookback_windows = ctx.integer("lookback_windows", r.lookback_windows.as_ref(), 0, max_windows, 1);
     let params = endpoint_params(ctx, at, r, endpoint, window);
-    // One request covers one window when the API returns one bucket per request.
-    let single = granularity == Some(Granularity::All)
+    // One request covers one window when the API returns one bucket per request: granularity
+    // `all`, or a chat summary bucket longer than a window (a chat summary's granularity is
+    // `all` only as a placeholder: its buckets are `aggregate_by`'s).
+    let summary = endpoint == Endpoint::ChatSummary;
+    let one_bucket = !summary && granularity == Some(Granularity::All);
+    let single = one_bucket
         || matches!(&params, Some(EndpointParams::ChatSummary { aggregate_by, .. }) if one_bucket_per_request(*aggregate_by));
     let default_per_request = match window {
         Some(WindowUnit::Hour) => 168,
@@ -238,7 +242,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         if let (Some(v), Some(n)) = (&r.max_windows_per_request, max_windows_per_request)
             && n != 1
         {
-            let message = if granularity == Some(Granularity::All) {
+            let message = if one_bucket {
                 "granularity `all` gives one bucket per request, so expected 1 (or no value)"
             } else {
                 "this job gets one bucket per request, so expected 1 (or no value)"
