@@ -58,8 +58,19 @@ pub fn shipped_config(dir: &std::path::Path, base_url: &str, token: &str, org: &
     for (name, text) in shipped::JOBS {
         std::fs::write(dir.join("jobs").join(name), text).map_err(|e| e.to_string())?;
     }
-    let vars: HashMap<&str, &str> =
-        HashMap::from([("GIOSG_BASE_URL", base_url), ("GIOSG_TOKEN", token), ("GIOSG_ORGANIZATION_ID", org)]);
+    // The simulator serves every vendor; an organization's key is also its Thulium password
+    // (any user name) and its Comm100 bearer token.
+    let vars: HashMap<&str, &str> = HashMap::from([
+        ("GIOSG_BASE_URL", base_url),
+        ("GIOSG_TOKEN", token),
+        ("GIOSG_ORGANIZATION_ID", org),
+        ("THULIUM_BASE_URL", base_url),
+        ("THULIUM_USER", "demo"),
+        ("THULIUM_PASSWORD", token),
+        ("THULIUM_TIME_ZONE", "Europe/Helsinki"),
+        ("COMM100_BASE_URL", base_url),
+        ("COMM100_TOKEN", token),
+    ]);
     let lookup = |name: &str| vars.get(name).map(|v| v.to_string()).or_else(|| std::env::var(name).ok());
     config::load_with_env(&dir.join("chatetl.yaml"), &lookup).map_err(|e| e.to_string())
 }

@@ -239,7 +239,7 @@ struct SimulateArgs {
     sessions_per_day: u32,
     /// Thulium users (agents) per organization, each with 1 to 4 chats a day; 0 generates no
     /// Thulium data.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 12)]
     thulium_users: u32,
     /// Zone of the local clock that drives daily seasonality and the midnight-edge sessions.
     #[arg(long, default_value = "Europe/Helsinki")]

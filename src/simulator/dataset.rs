@@ -132,7 +132,7 @@ impl Default for DatasetSpec {
             sessions_per_day: 200,
             time_zone: chrono_tz::Europe::Helsinki,
             token: "sim-token".to_string(),
-            thulium_users_per_org: 0,
+            thulium_users_per_org: 12,
         }
     }
 }

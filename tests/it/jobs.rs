@@ -142,7 +142,7 @@ fn validate_reports_a_broken_job_file_with_its_location() {
         "sources:\n  giosg:\n    kind: giosg\n    base_url: http://127.0.0.1:9\n    token: t\n    organization_id: o\nwarehouse:\n  kind: parquet\n  path: wh\n",
     )
     .unwrap();
-    let good = chatetl::demo::shipped::JOBS[0].1;
+    let good = chatetl::demo::shipped::JOBS.iter().find(|(n, _)| *n == "real_chats.yaml").unwrap().1;
     std::fs::write(dir.path().join("jobs/a.yaml"), good.replace("granularity: day", "granulrity: day")).unwrap();
     std::fs::write(dir.path().join("jobs/b.yaml"), good.replace("scopes: [org, team, user]", "scopes: [org, galaxy]"))
         .unwrap();
