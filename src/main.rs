@@ -237,6 +237,9 @@ struct SimulateArgs {
     /// Average chat sessions per day (weekdays busier, nights quieter).
     #[arg(long, default_value_t = 200)]
     sessions_per_day: u32,
+    /// Comm100 agents per organization (site); Agents pages through them.
+    #[arg(long, default_value_t = 12)]
+    comm100_agents: u32,
     /// Zone of the local clock that drives daily seasonality and the midnight-edge sessions.
     #[arg(long, default_value = "Europe/Helsinki")]
     time_zone: String,
@@ -348,6 +351,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 sessions_per_day: args.sessions_per_day,
                 time_zone: tz,
                 token: args.token.clone(),
+                comm100_agents: args.comm100_agents,
             };
             dataset::generate(&spec)
         }

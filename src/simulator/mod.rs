@@ -16,8 +16,10 @@
 
 pub mod auth;
 pub mod chat_sessions;
+pub mod comm100;
 pub mod dataset;
 pub mod faults;
+pub mod realtime;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,6 +88,12 @@ impl Simulator {
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route("/api/reporting/v1/orgs/{organization_id}/chat_sessions", post(chat_sessions::handler))
+            .route("/api/v4/reporting/realtime/rooms", get(realtime::rooms))
+            .route("/api/v4/reporting/realtime/users", get(realtime::users))
+            .route("/v4/livechat/realTime/Agents", get(comm100::agents))
+            .route("/v4/livechat/realTime/Queue", get(comm100::queue))
+            .route("/v4/livechat/realTime/Today", get(comm100::today_handler))
+            .route("/v4/livechat/realTime/RightNow", get(comm100::right_now))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), faults::layer));
         let admin = Router::new()
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))
