@@ -8,4 +8,5 @@ mod scheduler;
 mod simulator_api;
 mod simulator_cli;
 mod simulator_faults;
+mod snapshots;
 mod util;
