@@ -80,8 +80,14 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let names: Vec<String> =
-        if args.jobs.is_empty() { config.jobs.keys().cloned().collect() } else { args.jobs.clone() };
+    let ranged = args.range.from.is_some();
+    let names: Vec<String> = if args.jobs.is_empty() {
+        // A range is history: snapshot jobs have none, so `run --from --to` leaves them out
+        // unless named (and then refuses them).
+        config.jobs.values().filter(|j| !(ranged && j.kind == JobKind::Snapshot)).map(|j| j.name.clone()).collect()
+    } else {
+        args.jobs.clone()
+    };
     let mut jobs = Vec::new();
     for name in &names {
         let job = job(&config, name)?.clone();

@@ -58,6 +58,7 @@ pub fn shipped_config(dir: &std::path::Path, base_url: &str, token: &str, org: &
     for (name, text) in shipped::JOBS {
         std::fs::write(dir.join("jobs").join(name), text).map_err(|e| e.to_string())?;
     }
+    let comm100_base = format!("{base_url}/v4");
     // The simulator serves every vendor; an organization's key is also its Thulium password
     // (any user name) and its Comm100 bearer token.
     let vars: HashMap<&str, &str> = HashMap::from([
@@ -68,7 +69,7 @@ pub fn shipped_config(dir: &std::path::Path, base_url: &str, token: &str, org: &
         ("THULIUM_USER", "demo"),
         ("THULIUM_PASSWORD", token),
         ("THULIUM_TIME_ZONE", "Europe/Helsinki"),
-        ("COMM100_BASE_URL", base_url),
+        ("COMM100_BASE_URL", comm100_base.as_str()),
         ("COMM100_TOKEN", token),
     ]);
     let lookup = |name: &str| vars.get(name).map(|v| v.to_string()).or_else(|| std::env::var(name).ok());

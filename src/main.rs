@@ -241,6 +241,9 @@ struct SimulateArgs {
     /// Thulium data.
     #[arg(long, default_value_t = 12)]
     thulium_users: u32,
+    /// Comm100 agents per organization (site); Agents pages through them.
+    #[arg(long, default_value_t = 12)]
+    comm100_agents: u32,
     /// Zone of the local clock that drives daily seasonality and the midnight-edge sessions.
     #[arg(long, default_value = "Europe/Helsinki")]
     time_zone: String,
@@ -362,6 +365,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 time_zone: tz,
                 token: args.token.clone(),
                 thulium_users_per_org: args.thulium_users,
+                comm100_agents: args.comm100_agents,
             };
             dataset::generate(&spec)
         }

@@ -16,11 +16,13 @@
 
 pub mod auth;
 pub mod chat_sessions;
+pub mod comm100;
 pub mod dataset;
 pub mod druid;
 pub mod events;
 pub mod faults;
 pub mod thulium;
+pub mod realtime;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,6 +94,12 @@ impl Simulator {
             .route("/api/events/v2/orgs/{organization_id}/fetch", post(events::events_handler))
             .route("/api/reporting/workflow/v1/orgs/{organization_id}/query/", post(events::workflow_handler))
             .route(thulium::PATH, get(thulium::handler))
+            .route("/api/v4/reporting/realtime/rooms", get(realtime::rooms))
+            .route("/api/v4/reporting/realtime/users", get(realtime::users))
+            .route("/v4/livechat/realTime/Agents", get(comm100::agents))
+            .route("/v4/livechat/realTime/Queue", get(comm100::queue))
+            .route("/v4/livechat/realTime/Today", get(comm100::today_handler))
+            .route("/v4/livechat/realTime/RightNow", get(comm100::right_now))
             .layer(axum::middleware::from_fn_with_state(self.state.clone(), faults::layer));
         let admin = Router::new()
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))

@@ -165,7 +165,9 @@ fn the_demo_loads_every_shipped_job_into_readable_parquet() {
         assert!(out.contains(table), "summary lists {table}: {out}");
         let batches = chatetl::readback::read_parquet_dir(&out_dir.join(table)).unwrap();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        assert!(rows >= 3, "{table} has rows: {rows}");
+        // Windowed jobs have a row per day at least; a snapshot (today, right now) may be one row.
+        let snapshot = batches.iter().any(|b| b.schema().column_with_name("captured_at").is_some());
+        assert!(rows >= if snapshot { 1 } else { 3 }, "{table} has rows: {rows}");
     }
     assert!(out.contains("last days, organization scope"), "{out}");
     assert!(out_dir.join("_chatetl/real_chats.json").exists());

@@ -10,4 +10,5 @@ mod simulator_api;
 mod simulator_cli;
 mod simulator_faults;
 mod thulium;
+mod snapshots;
 mod util;

@@ -94,13 +94,11 @@ pub fn read_dump(path: &Path) -> (Vec<Value>, Vec<Row>) {
     (orgs, rows)
 }
 
-/// The records of `kind` in a dump (e.g. `event`), read as plain JSON, in file order; `time` is
-/// the record's `time` (or the Unix epoch when it has none).
+/// The records of `kind` in a dump (e.g. `event`) with their `time` (the Unix epoch when they
+/// have none), read as plain JSON, in file order.
 pub fn read_kind(path: &Path, kind: &str) -> Vec<Row> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|v| v["kind"] == kind)
+    records(path, kind)
+        .into_iter()
         .map(|v| {
             let time = v["time"]
                 .as_str()
@@ -302,5 +300,15 @@ pub fn shipped_jobs_of(endpoint: &str, start: Option<&str>) -> Vec<(&'static str
             };
             (*name, text)
         })
+        .collect()
+}
+
+/// Every record of `kind` in a dump, as plain JSON (`realtime_room`, `comm100_agent`, …).
+pub fn records(path: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["kind"] == kind)
         .collect()
 }
