@@ -8,8 +8,8 @@
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::SimState;
-use super::dataset::Organization;
 use super::chat_sessions::ApiError;
+use super::dataset::Organization;
 
 /// Why a request's API key was refused.
 pub enum KeyProblem {

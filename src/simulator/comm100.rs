@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SimState;
-use super::dataset::{ChatSessionRow, Dataset, DatasetSpec, Organization};
 use super::auth::KeyProblem;
+use super::dataset::{ChatSessionRow, Dataset, DatasetSpec, Organization};
 
 /// Agent status ids.
 pub const ONLINE: &str = "00000000-0000-0000-0000-000000000000";

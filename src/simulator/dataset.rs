@@ -22,9 +22,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::thulium::{ThuliumAccount, ThuliumChat};
 use super::comm100::{Comm100Agent, Comm100Department, Comm100QueueEntry, Comm100Records, Comm100Site};
 use super::realtime::{OrgPeople, RealtimeRoom, RealtimeUser};
+use super::thulium::{ThuliumAccount, ThuliumChat};
 use crate::time::serde_ms_utc;
 
 /// An organization of the dataset and the API token that may read it.

@@ -21,8 +21,8 @@ pub mod dataset;
 pub mod druid;
 pub mod events;
 pub mod faults;
-pub mod thulium;
 pub mod realtime;
+pub mod thulium;
 
 use std::future::Future;
 use std::net::SocketAddr;

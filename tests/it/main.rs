@@ -9,6 +9,6 @@ mod scheduler;
 mod simulator_api;
 mod simulator_cli;
 mod simulator_faults;
-mod thulium;
 mod snapshots;
+mod thulium;
 mod util;
