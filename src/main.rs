@@ -373,9 +373,14 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.dump_dataset {
         dataset.write(path).map_err(anyhow::Error::msg)?;
         eprintln!(
-            "wrote {} organizations and {} chat session rows to {}",
+            "wrote {} organizations, {} chat session rows, {} events, {} Thulium chats, {} realtime rooms and \
+             users, {} Comm100 agents to {}",
             dataset.organizations.len(),
             dataset.chat_session_rows.len(),
+            dataset.events.len(),
+            dataset.thulium_chats.len(),
+            dataset.realtime_rooms.len() + dataset.realtime_users.len(),
+            dataset.comm100.agents.len(),
             path.display()
         );
         return Ok(ExitCode::SUCCESS);
