@@ -584,20 +584,7 @@ fn job_scopes(ctx: &mut Ctx, value: Option<&Spanned<Vec<Spanned<String>>>>) -> O
 }
 
 fn job_rooms(ctx: &mut Ctx, value: Option<&Spanned<Vec<Spanned<String>>>>) -> Option<Vec<String>> {
-    let Some(list) = value else { return Some(Vec::new()) };
-    let mut rooms = Some(Vec::<String>::new());
-    for (i, item) in list.value.iter().enumerate() {
-        let path = format!("rooms[{i}]");
-        let room = ctx.non_empty(&path, item, "a room id").map(|room| room.trim().to_string());
-        match (room, &mut rooms) {
-            (Some(room), Some(rooms)) if rooms.contains(&room) => {
-                ctx.error(item.referenced, &path, format!("room `{room}` is listed twice"));
-            }
-            (Some(room), Some(rooms)) => rooms.push(room),
-            _ => rooms = None,
-        }
-    }
-    rooms
+    string_list(ctx, "rooms", value, "a room id")
 }
 
 fn job_aggregations(

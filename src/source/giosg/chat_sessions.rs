@@ -69,11 +69,21 @@ pub async fn fetch_scopes(
     Ok(out)
 }
 
-/// The query for `scope` over consecutive `windows` (at least one).
-pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
+/// The `interval` of consecutive `windows` (at least one) in the job's zone: the first start to
+/// the last end minus 1 ms, as 001 ends days at `…T23:59:59.999` (events send the same).
+pub fn interval(job: &Job, windows: &[Window]) -> Interval {
     let first = windows.first().expect("at least one window");
     let last = windows.last().expect("at least one window");
     let at = |t: DateTime<Utc>| t.with_timezone(&job.time_zone).fixed_offset();
+    Interval {
+        start: at(first.start),
+        end: at(last.end - Duration::milliseconds(1)),
+        time_zone: job.time_zone.name().to_string(),
+    }
+}
+
+/// The query for `scope` over consecutive `windows` (at least one).
+pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
     let mut parts: Vec<Filter> = match &job.filters {
         Some(Filter::And { fields }) => fields.clone(),
         Some(other) => vec![other.clone()],
@@ -87,11 +97,7 @@ pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
     }
     parts.push(Filter::Selector { dimension: "scope".into(), value: json!(scope.as_str()) });
     ChatSessionsQuery {
-        interval: Interval {
-            start: at(first.start),
-            end: at(last.end - Duration::milliseconds(1)),
-            time_zone: job.time_zone.name().to_string(),
-        },
+        interval: interval(job, windows),
         granularity: job.granularity,
         group_by: scope.group_by().into_iter().map(String::from).collect(),
         aggregations: job

@@ -17,7 +17,6 @@
 //! the requested windows or a non-numeric metric fails the request. The simulator serves exactly
 //! this shape (`docs/simulator.md`).
 
-use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Row;
@@ -91,20 +90,13 @@ pub fn url(base_url: &str, organization_id: &str) -> String {
 
 /// The query for `scope` over consecutive `windows` (at least one).
 pub fn query(source: &SourceConfig, job: &Job, scope: Scope, windows: &[Window]) -> EventsQuery {
-    let first = windows.first().expect("at least one window");
-    let last = windows.last().expect("at least one window");
-    let at = |t: DateTime<Utc>| t.with_timezone(&job.time_zone).fixed_offset();
     let (vendor, sources) = match &job.params {
         EndpointParams::Events { vendor, sources } => (vendor.clone(), sources.clone()),
         other => unreachable!("an events job has events params, not {other:?}"),
     };
     EventsQuery {
         sources,
-        interval: Interval {
-            start: at(first.start),
-            end: at(last.end - Duration::milliseconds(1)),
-            time_zone: job.time_zone.name().to_string(),
-        },
+        interval: super::chat_sessions::interval(job, windows),
         granularity: job.granularity,
         group_by: scope.group_by().into_iter().map(String::from).collect(),
         organization_id: source.organization_id.clone(),
