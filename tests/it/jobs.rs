@@ -172,3 +172,31 @@ fn the_demo_loads_every_shipped_job_into_readable_parquet() {
     assert!(out.contains("last days, organization scope"), "{out}");
     assert!(out_dir.join("_chatetl/real_chats.json").exists());
 }
+
+#[test]
+fn plan_prints_the_requests_of_every_shipped_job() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    for (file, text) in chatetl::demo::shipped::JOBS {
+        let name = file.trim_end_matches(".yaml");
+        let snapshot = text.lines().any(|l| l.trim() == "kind: snapshot");
+        let mut args = vec!["--config".to_string(), format!("{root}/chatetl.yaml"), "plan".into(), "--job".into()];
+        args.push(name.to_string());
+        if !snapshot {
+            args.extend(["--from", "2024-03-30", "--to", "2024-03-31"].map(String::from));
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+            .args(&args)
+            .envs(CREDENTIALS)
+            .env("CHATETL_WAREHOUSE_PATH", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let windows = if snapshot { "1 snapshot windows" } else { "2 day windows" };
+        // 2024-03-31 is Helsinki's 23-hour day.
+        let hourly = name.ends_with("_hourly");
+        assert!(stdout.contains(if hourly { "47 hour windows" } else { windows }), "{name}: {stdout}");
+        assert!(stdout.contains("GET http") || stdout.contains("POST http"), "{name}: {stdout}");
+    }
+}
