@@ -417,3 +417,42 @@ async fn settle_delays_a_window_and_a_partial_window_is_replaced_without_moving_
     assert_eq!((files("00"), files("01")), (1, 1), "replaced in place, never duplicated");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_snapshot_is_captured_at_its_fire_time_even_when_the_tick_runs_late() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let rooms_job = (
+        "rooms_now.yaml",
+        "description: Rooms now\nsource: giosg\nendpoint: realtime_rooms\nkind: snapshot\nschedule: \"0 */5 * * * *\"\n"
+            .to_string(),
+    );
+    let e = env(&["--seed", "5", "--days", "1"], TestWarehouse::Parquet(&wh), &[rooms_job]).await;
+    let org = e.sim.handle.dataset().organizations[0].id.clone();
+    let rooms = e.sim.handle.dataset().realtime_rooms.iter().filter(|r| r.organization_id == org).count();
+    assert!(rooms > 0, "the dataset has rooms");
+    let d = start_daemon(&e.path, ManualClock::new(local(2024, 5, 2, 10, 2, 17))).await;
+    // The clock passes each fire time by a few seconds, as a busy machine's would.
+    d.tick_to(local(2024, 5, 2, 10, 5, 3), "rooms_now", 1).await;
+    d.tick_to(local(2024, 5, 2, 10, 10, 4), "rooms_now", 2).await;
+    d.stop().await;
+    let mut captured: Vec<(DateTime<Utc>, usize)> = Vec::new();
+    for batch in chatetl::readback::read_parquet_dir(&wh.join("rooms_now")).unwrap() {
+        let col = batch.column_by_name("captured_at").unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+        for i in 0..batch.num_rows() {
+            let t = DateTime::<Utc>::from_timestamp_micros(col.value(i)).unwrap();
+            match captured.iter_mut().find(|(c, _)| *c == t) {
+                Some((_, n)) => *n += 1,
+                None => captured.push((t, 1)),
+            }
+        }
+    }
+    captured.sort();
+    assert_eq!(
+        captured,
+        [(local(2024, 5, 2, 10, 5, 0), rooms), (local(2024, 5, 2, 10, 10, 0), rooms)],
+        "one snapshot per tick, stamped with the fire time"
+    );
+}
