@@ -11,9 +11,11 @@
 //! - [`config`]: `chatetl.yaml` and job files: types, `${ENV}` interpolation, validation.
 //! - [`plan`]: windows in a job's time zone (local days, wall-clock hours), incremental catch-up
 //!   with lookback, `--from`/`--to` ranges, and chunks of windows per request (pure).
-//! - [`source`]: one module per upstream API behind [`source::Source`]; `source::http` is the shared
-//!   client (auth, timeouts, retries honouring `Retry-After`, rate and concurrency limits).
-//! - [`batch`]: a job's output schema and the Arrow `RecordBatch` of one window.
+//! - [`source`]: one module per upstream API (giosg chat_sessions, events, workflow, realtime;
+//!   Thulium; Comm100) behind [`source::Source`]; `source::http` is the shared client (Token,
+//!   Bearer or basic auth, timeouts, retries honouring `Retry-After`, rate and concurrency limits).
+//! - [`batch`]: a job's output schema (time column, key dimensions, typed values) and the Arrow
+//!   `RecordBatch` of one window or snapshot.
 //! - [`sink`]: PostgreSQL (delete-then-`COPY` in one transaction with the state) and Parquet (one
 //!   file per window, atomically renamed into place).
 //! - [`state`]: watermarks, window loads and run history, and how a watermark moves.
@@ -25,10 +27,10 @@
 //! - [`schedule_time`]: when a job's cron schedule fires, on its zone's wall clock across DST.
 //! - [`demo`]: `chatetl demo`: the simulator and every shipped job into a local warehouse.
 //! - [`readback`]: reading results back from a warehouse (the demo's summary).
-//! - [`simulator`]: `chatetl simulate`: the vendor APIs on loopback from a synthetic dataset, with
-//!   faults and a request log.
+//! - [`simulator`]: `chatetl simulate`: every vendor API on loopback from a synthetic dataset, with
+//!   paging, faults and a request log.
 //! - [`telemetry`]: tracing set-up shared by every subcommand (`--log-format`, `-v`/`-q`).
-//! - [`time`]: DST-safe local days and giosg's millisecond timestamps.
+//! - [`time`]: DST-safe local days, giosg's millisecond timestamps, vendor durations as seconds.
 
 pub mod batch;
 pub mod config;

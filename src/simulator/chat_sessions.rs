@@ -35,6 +35,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 400 `invalid query: …` answer.
+pub fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, format!("invalid query: {e}"))
+}
+
+/// Checks that the giosg token may read `org`, then reads the body as a `T` (400 when it is not
+/// one): the first step of every giosg reporting handler.
+pub fn read_query<T: serde::de::DeserializeOwned>(
+    state: &SimState,
+    headers: &HeaderMap,
+    org: &str,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    super::auth::giosg_org_access(state, headers, org)?;
+    serde_json::from_slice(body).map_err(bad_request)
+}
+
 /// The axum handler.
 pub async fn handler(
     State(state): State<SimState>,
@@ -42,9 +59,7 @@ pub async fn handler(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ChatSessionsResponse>, ApiError> {
-    super::auth::giosg_org_access(&state, &headers, &org)?;
-    let query: ChatSessionsQuery =
-        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))?;
+    let query: ChatSessionsQuery = read_query(&state, &headers, &org, &body)?;
     let dataset = state.dataset();
     evaluate(&query, &org, &dataset.chat_session_rows).map(Json)
 }

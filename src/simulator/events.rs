@@ -20,7 +20,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use chrono::{DateTime, Datelike, Duration, NaiveTime, Utc};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::SimState;
-use super::chat_sessions::ApiError;
+use super::chat_sessions::{ApiError, bad_request, read_query};
 use super::dataset::{DatasetSpec, HOUR_WEIGHTS, Org, pick, weekday_factor, weighted};
 use super::druid::{Query, Record, render_number};
 use crate::source::giosg::events::EventsQuery;
@@ -112,10 +112,6 @@ fn events_between<'a>(
     state[lo..hi.max(lo)].iter().filter(move |e| e.organization_id == org)
 }
 
-fn bad_request(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, format!("invalid query: {e}"))
-}
-
 /// `POST /api/events/v2/orgs/{org}/fetch`.
 pub async fn events_handler(
     State(state): State<SimState>,
@@ -123,8 +119,7 @@ pub async fn events_handler(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ChatSessionsResponse>, ApiError> {
-    super::auth::giosg_org_access(&state, &headers, &org)?;
-    let query: EventsQuery = serde_json::from_slice(&body).map_err(bad_request)?;
+    let query: EventsQuery = read_query(&state, &headers, &org, &body)?;
     query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
     if query.organization_id != org {
         return Err(bad_request(format!("organization_id {} is not the path's {org}", query.organization_id)));
@@ -154,8 +149,7 @@ pub async fn workflow_handler(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ChatSessionsResponse>, ApiError> {
-    super::auth::giosg_org_access(&state, &headers, &org)?;
-    let query: WorkflowQuery = serde_json::from_slice(&body).map_err(bad_request)?;
+    let query: WorkflowQuery = read_query(&state, &headers, &org, &body)?;
     if query.avg.is_empty() {
         return Err(bad_request("avg: at least one field is required"));
     }

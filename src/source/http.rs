@@ -30,6 +30,17 @@ pub struct HttpRequest {
     pub body: Option<serde_json::Value>,
 }
 
+impl HttpRequest {
+    /// A `POST` of `body` as JSON.
+    pub fn post_json(url: &str, body: &impl serde::Serialize) -> HttpRequest {
+        HttpRequest {
+            method: reqwest::Method::POST,
+            url: url.to_string(),
+            body: Some(serde_json::to_value(body).expect("request bodies serialize")),
+        }
+    }
+}
+
 /// A request that failed for good (after retries where retrying could help).
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {

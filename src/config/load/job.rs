@@ -34,50 +34,23 @@ pub(super) struct JobOutcome {
     pub job: Option<Job>,
 }
 
-/// Which keys each endpoint reads, besides the ones every job has (`name`, `description`,
-/// `source`, `endpoint`, `kind`, `schedule`, `table`, `time_zone`). A key of another endpoint is
-/// an error, so a typo or a misplaced key never goes unnoticed.
-fn keys_of(endpoint: Endpoint) -> &'static [&'static str] {
-    const WINDOWED: [&str; 6] =
-        ["window", "start", "lookback_windows", "settle_secs", "include_partial", "max_windows_per_request"];
+/// The keys of every windowed job (history, loaded window by window).
+const WINDOWED_KEYS: [&str; 5] = ["window", "start", "lookback_windows", "settle_secs", "include_partial"];
+
+/// The keys an endpoint reads besides the windowed ones (for windowed endpoints) and those every
+/// job has (`name`, `description`, `source`, `endpoint`, `kind`, `schedule`, `table`,
+/// `time_zone`).
+fn own_keys(endpoint: Endpoint) -> &'static [&'static str] {
     match endpoint {
-        Endpoint::ChatSessions => &[
-            WINDOWED[0],
-            WINDOWED[1],
-            WINDOWED[2],
-            WINDOWED[3],
-            WINDOWED[4],
-            WINDOWED[5],
-            "granularity",
-            "scopes",
-            "rooms",
-            "aggregations",
-            "filters",
-        ],
-        Endpoint::Events => &[
-            WINDOWED[0],
-            WINDOWED[1],
-            WINDOWED[2],
-            WINDOWED[3],
-            WINDOWED[4],
-            WINDOWED[5],
-            "granularity",
-            "scopes",
-            "aggregations",
-            "filters",
-            "vendor",
-            "event_sources",
-        ],
-        Endpoint::Workflow => {
-            &[WINDOWED[0], WINDOWED[1], WINDOWED[2], WINDOWED[3], WINDOWED[4], "aggregations", "where"]
+        Endpoint::ChatSessions => {
+            &["max_windows_per_request", "granularity", "scopes", "rooms", "aggregations", "filters"]
         }
+        Endpoint::Events => {
+            &["max_windows_per_request", "granularity", "scopes", "aggregations", "filters", "vendor", "event_sources"]
+        }
+        Endpoint::Workflow => &["aggregations", "where"],
         Endpoint::ChatSummary => &[
-            WINDOWED[0],
-            WINDOWED[1],
-            WINDOWED[2],
-            WINDOWED[3],
-            WINDOWED[4],
-            WINDOWED[5],
+            "max_windows_per_request",
             "aggregate_by",
             "user_logins",
             "chat_queue_ids",
@@ -91,6 +64,12 @@ fn keys_of(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Agents => &["department_id", "include_status_distribution", "page_size"],
         Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => &[],
     }
+}
+
+/// Whether `endpoint` reads `key`. A key of another endpoint is an error, so a typo or a
+/// misplaced key never goes unnoticed.
+fn takes(endpoint: Endpoint, key: &str) -> bool {
+    (endpoint.kind() == JobKind::Windowed && WINDOWED_KEYS.contains(&key)) || own_keys(endpoint).contains(&key)
 }
 
 /// The endpoint-specific keys present in `r`, with their location.
@@ -167,18 +146,15 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     // Without a valid endpoint the file is still checked, as a chat_sessions job whose
     // endpoint-specific keys are optional, so every other problem is reported now too.
     let known = endpoint.is_some();
-    let endpoint_or_default = endpoint.unwrap_or(Endpoint::ChatSessions);
-    let endpoint = endpoint_or_default;
-    let keys = keys_of(endpoint);
+    let endpoint = endpoint.unwrap_or(Endpoint::ChatSessions);
     for (key, location) in present_keys(r) {
-        if known && !keys.contains(&key) {
-            let used_by: Vec<&str> =
-                ALL_ENDPOINTS.iter().filter(|e| keys_of(**e).contains(&key)).map(|e| e.name()).collect();
+        if known && !takes(endpoint, key) {
+            let used_by: Vec<&str> = ALL_ENDPOINTS.iter().filter(|e| takes(**e, key)).map(|e| e.name()).collect();
             let message = format!("not used by endpoint `{}` (only by {})", endpoint.name(), one_of(&used_by));
             ctx.error(location, key, message);
         }
     }
-    let uses = |key: &str| keys.contains(&key);
+    let uses = |key: &str| takes(endpoint, key);
     let job_kind = job_kind(ctx, at, r.kind.as_ref(), endpoint);
     let windowed = endpoint.kind() == JobKind::Windowed;
 

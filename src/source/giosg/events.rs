@@ -109,14 +109,7 @@ pub fn query(source: &SourceConfig, job: &Job, scope: Scope, windows: &[Window])
 /// One request per scope of the job, over consecutive `windows`.
 pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
     let url = url(&source.base_url, &source.organization_id);
-    job.scopes
-        .iter()
-        .map(|scope| HttpRequest {
-            method: reqwest::Method::POST,
-            url: url.clone(),
-            body: Some(serde_json::to_value(query(source, job, *scope, windows)).expect("serializable")),
-        })
-        .collect()
+    job.scopes.iter().map(|scope| HttpRequest::post_json(&url, &query(source, job, *scope, windows))).collect()
 }
 
 /// Sends every scope's request at once and merges their rows per window.

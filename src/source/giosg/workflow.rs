@@ -68,14 +68,7 @@ pub fn query(job: &Job, window: &Window) -> WorkflowQuery {
 /// One request per window.
 pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
     let url = url(&source.base_url, &source.organization_id);
-    windows
-        .iter()
-        .map(|w| HttpRequest {
-            method: reqwest::Method::POST,
-            url: url.clone(),
-            body: Some(serde_json::to_value(query(job, w)).expect("serializable")),
-        })
-        .collect()
+    windows.iter().map(|w| HttpRequest::post_json(&url, &query(job, w))).collect()
 }
 
 /// Sends each window's request and returns its one org-scope row.
