@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use chatetl::batch::{self, TableSchema, WindowBatch};
+use chatetl::batch::{self, WindowBatch};
 use chatetl::config::{self, Config, Secret, Warehouse};
 use chatetl::plan;
 use chatetl::runner::{Progress, RunKind, RunOptions, Runner};
@@ -78,11 +78,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Baseline: fetch + parse + build, no sink.
     let source = Source::new(&config.sources["giosg"]).map_err(anyhow::Error::msg)?;
-    let schema = TableSchema::for_job(&job);
+    let schema = chatetl::runner::table_schema(&job);
     let t = Instant::now();
     let mut batches: Vec<WindowBatch> = Vec::new();
     for chunk in plan::chunk(&windows, job.max_windows_per_request) {
-        let rows = source.fetch(&job, &chunk).await?;
+        let rows = source.fetch(&job, &chunk).await.0?;
         for (w, rows) in chunk.iter().zip(rows) {
             let b = batch::build(&schema, *w, rows, chrono::Utc::now(), "bench").map_err(anyhow::Error::msg)?;
             batches.push(WindowBatch { window: *w, batch: b });

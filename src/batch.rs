@@ -1,9 +1,9 @@
 //! Typed rows: a job's output schema and the Arrow `RecordBatch` of one window.
 //!
-//! Owns: [`TableSchema`] (derived from the job: the time columns, the key dimensions and the value
-//! columns its source module declares, and the load metadata `_window_start`, `_loaded_at`,
-//! `_run_id`), [`Row`] and [`Value`] (what a source returns for one bucket and group, or one
-//! snapshot line) and [`build`] (rows of a window → a `RecordBatch` both sinks consume).
+//! Owns: [`TableSchema`] (the time columns, the key dimensions and value columns its caller passes
+//! from the job's source module, and the load metadata `_window_start`, `_loaded_at`, `_run_id`)
+//! and [`build`] (the [`Row`]s of a window → a `RecordBatch` both sinks consume). It does not
+//! know the vendors: rows and columns are `crate::row`'s.
 //!
 //! - A windowed job's table starts with `bucket_start` (timestamptz) and `bucket_date` (its local
 //!   date in the job's zone); a snapshot job's with `captured_at` and `captured_date`.
@@ -26,36 +26,7 @@ use chrono_tz::Tz;
 
 use crate::config::{Job, JobKind};
 use crate::plan::Window;
-
-/// The SQL type of a column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    /// `bigint` / Int64 (counts).
-    Int,
-    /// `double precision` / Float64.
-    Float,
-    /// `text` / Utf8.
-    Text,
-    /// `boolean` / Boolean.
-    Bool,
-    /// `jsonb` / Utf8 holding JSON (Arrow field metadata `chatetl.type = json`).
-    Json,
-}
-
-/// One column: a dimension or a value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Column {
-    pub name: String,
-    pub ty: ColumnType,
-    /// What it holds, for the column comment.
-    pub comment: String,
-}
-
-impl Column {
-    pub fn new(name: &str, ty: ColumnType, comment: &str) -> Column {
-        Column { name: name.to_string(), ty, comment: comment.to_string() }
-    }
-}
+use crate::row::{Column, ColumnType, Row, Value};
 
 /// The output table of a job.
 #[derive(Debug, Clone)]
@@ -75,38 +46,6 @@ pub struct TableSchema {
     pub metrics: Vec<Column>,
 }
 
-/// One value of a row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Null,
-    Number(f64),
-    Text(String),
-    Bool(bool),
-}
-
-impl From<Option<f64>> for Value {
-    fn from(v: Option<f64>) -> Value {
-        v.map_or(Value::Null, Value::Number)
-    }
-}
-
-impl From<Option<String>> for Value {
-    fn from(v: Option<String>) -> Value {
-        v.map_or(Value::Null, Value::Text)
-    }
-}
-
-/// One bucket of one group, or one line of a snapshot: what a source returns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// The bucket start, or the snapshot's `captured_at`.
-    pub bucket_start: DateTime<Utc>,
-    /// Values of [`TableSchema::dims`], in order.
-    pub dims: Vec<Option<String>>,
-    /// Values of [`TableSchema::metrics`], in order; [`Value::Null`] is SQL null.
-    pub metrics: Vec<Value>,
-}
-
 /// A window and its rows as Arrow, ready for a sink.
 #[derive(Debug, Clone)]
 pub struct WindowBatch {
@@ -115,15 +54,14 @@ pub struct WindowBatch {
 }
 
 impl TableSchema {
-    /// The schema of `job`'s table: its columns come from its source module.
-    pub fn for_job(job: &Job) -> TableSchema {
-        let (dims, metrics) = crate::source::columns(job);
+    /// The schema of `job`'s table with the key dimensions and value columns its source declares
+    /// (`source::columns`); `bucket` says what one bucket is (`day granularity`), for the time
+    /// column's comment.
+    pub fn new(job: &Job, dims: Vec<Column>, metrics: Vec<Column>, bucket: &str) -> TableSchema {
         let (time_column, date_column, time_comment) = match job.kind {
-            JobKind::Windowed => (
-                "bucket_start",
-                "bucket_date",
-                format!("start of the bucket ({}), UTC instant", crate::source::bucket_name(job)),
-            ),
+            JobKind::Windowed => {
+                ("bucket_start", "bucket_date", format!("start of the bucket ({bucket}), UTC instant"))
+            }
             JobKind::Snapshot => {
                 ("captured_at", "captured_date", "the scheduled tick that captured this state, UTC instant".to_string())
             }

@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chatetl::config::{Config, Job, JobKind, Secret};
+use chatetl::error::ErrorKind;
 use chatetl::plan::{self, Window};
 use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
 use chatetl::source::Source;
 use chrono::{DateTime, Utc};
 
-use crate::{BackfillArgs, DemoArgs, PlanArgs, RangeArgs, RunArgs, ScheduleArgs, StatusArgs, UsageError};
+#[cfg(feature = "simulator")]
+use crate::DemoArgs;
+use crate::{BackfillArgs, PlanArgs, RangeArgs, RunArgs, ScheduleArgs, StatusArgs, UsageError};
 
 /// The job named `name`, or a usage error listing the known ones.
 fn job<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Job> {
@@ -123,7 +126,7 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         match result {
             Ok(r) => reports.push(r),
-            Err(e) => fatal.push(format!("job {}: {e:#}", job.name)),
+            Err(e) => fatal.push((e.kind(), format!("job {}: {e:#}", job.name))),
         }
     }
     finish(&reports, &fatal)
@@ -141,12 +144,16 @@ pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<Exit
         force: args.force,
         ..RunOptions::default()
     };
-    let report = runner.run(&job, windows, &opts).await?;
-    finish(&[report], &[])
+    match runner.run(&job, windows, &opts).await {
+        Ok(report) => finish(&[report], &[]),
+        Err(e) => finish(&[], &[(e.kind(), format!("job {}: {e:#}", job.name))]),
+    }
 }
 
-/// Prints the run summary and failures; exit 1 when anything failed.
-fn finish(reports: &[RunReport], fatal: &[String]) -> anyhow::Result<ExitCode> {
+/// Prints the run summary and failures. The exit code is the most urgent failure's
+/// (`ErrorKind::exit_code`: 3 refused credentials, 4 a refused request or unreadable answer, 2 the
+/// configuration, 1 an outage or the warehouse), 1 for a run cut short, 0 when all went well.
+fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)]) -> anyhow::Result<ExitCode> {
     println!("{}", summary_table(reports));
     for r in reports {
         for f in &r.failures {
@@ -156,11 +163,15 @@ fn finish(reports: &[RunReport], fatal: &[String]) -> anyhow::Result<ExitCode> {
             eprintln!("warning: job {}: its definition changed since its history was loaded", r.job);
         }
     }
-    for f in fatal {
+    for (_, f) in fatal {
         eprintln!("error: {f}");
     }
-    let failed = !fatal.is_empty() || reports.iter().any(|r| !r.ok());
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    let kinds = fatal.iter().map(|(k, _)| *k).chain(reports.iter().filter_map(RunReport::error_kind));
+    Ok(match ErrorKind::most_urgent(kinds) {
+        Some(kind) => ExitCode::from(kind.exit_code()),
+        None if reports.iter().any(|r| !r.ok()) => ExitCode::FAILURE,
+        None => ExitCode::SUCCESS,
+    })
 }
 
 /// Per job: windows, loaded, skipped, failed, rows, requests, retries, seconds.
@@ -261,7 +272,13 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
                 .unwrap_or("-".into()),
                 s.windows_loaded.to_string(),
                 s.rows_loaded.to_string(),
-                s.last_error.clone().map(|e| e.chars().take(80).collect()).unwrap_or("-".into()),
+                s.last_error
+                    .as_ref()
+                    .map(|e| {
+                        let kind = s.last_error_kind.map_or(String::new(), |k| format!("[{k}] "));
+                        format!("{kind}{}", e.chars().take(80).collect::<String>())
+                    })
+                    .unwrap_or("-".into()),
             ]
         })
         .collect();
@@ -295,6 +312,7 @@ fn human_duration(d: chrono::Duration) -> String {
     }
 }
 
+#[cfg(feature = "simulator")]
 pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let opts = chatetl::demo::DemoOptions {
         days: args.days,

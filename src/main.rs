@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+#[cfg(feature = "simulator")]
 use chatetl::simulator::{Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
 use chatetl::telemetry::{self, LogFormat};
 
@@ -54,9 +55,11 @@ enum Command {
     #[command(after_help = "Examples:\n  chatetl status\n  chatetl status --json | jq '.[].watermark'")]
     Status(StatusArgs),
     /// Serve the vendor APIs on loopback from a deterministic synthetic dataset.
+    #[cfg(feature = "simulator")]
     #[command(after_help = SIMULATE_EXAMPLES)]
     Simulate(SimulateArgs),
     /// Built-in simulator + every shipped job -> a local warehouse, then a summary.
+    #[cfg(feature = "simulator")]
     #[command(after_help = DEMO_EXAMPLES)]
     Demo(DemoArgs),
 }
@@ -93,6 +96,7 @@ Each tick of a job is an incremental run: every complete window from the waterma
 job's lookback), so a daemon that was down catches up on its first tick. Schedules are cron
 expressions with six fields (seconds first), evaluated on the wall clock of the job's zone.";
 
+#[cfg(feature = "simulator")]
 const DEMO_EXAMPLES: &str = "\
 Examples:
   chatetl demo                          # last 30 days into ./warehouse (Parquet)
@@ -176,6 +180,7 @@ struct StatusArgs {
     json: bool,
 }
 
+#[cfg(feature = "simulator")]
 #[derive(Debug, Args)]
 struct DemoArgs {
     /// Complete days to load, ending yesterday.
@@ -192,6 +197,7 @@ struct DemoArgs {
     sessions_per_day: u32,
 }
 
+#[cfg(feature = "simulator")]
 const SIMULATE_EXAMPLES: &str = "\
 Examples:
   chatetl simulate --listen 127.0.0.1:8089 --start 2024-03-25 --days 14
@@ -202,6 +208,7 @@ Examples:
 Faults for one request: header `x-sim-fault: error_rate=1,error_statuses=503`.
 The dataset format and every API assumption: docs/simulator.md.";
 
+#[cfg(feature = "simulator")]
 #[derive(Debug, Args)]
 struct SimulateArgs {
     /// Address to listen on.
@@ -333,7 +340,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backfill(args) => commands::backfill(load_config(&cli.config)?, args).await,
         Command::Status(args) => commands::status(load_config(&cli.config)?, args).await,
         Command::Schedule(args) => commands::schedule(cli.config.clone(), load_config(&cli.config)?, args).await,
+        #[cfg(feature = "simulator")]
         Command::Simulate(args) => simulate(args).await,
+        #[cfg(feature = "simulator")]
         Command::Demo(args) => commands::demo(args).await,
     }
 }
@@ -343,6 +352,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<chatetl::config::Config
     chatetl::config::load(path).map_err(|e| UsageError(e.to_string()).into())
 }
 
+#[cfg(feature = "simulator")]
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let tz = chatetl::time::parse_tz(&args.time_zone).map_err(UsageError)?;
     let dataset = match &args.dataset {

@@ -498,6 +498,7 @@ mod tests {
                     first: window,
                     last: window,
                     windows: windows_failed,
+                    kind: crate::error::ErrorKind::UpstreamUnavailable,
                     message: "boom".into(),
                 }
             })

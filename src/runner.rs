@@ -21,9 +21,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::batch::{self, TableSchema, WindowBatch};
 use crate::config::{Config, Job, JobKind, WindowUnit};
+use crate::error::ErrorKind;
 use crate::plan::{self, Window};
 use crate::sink::{Commit, Sink, SinkError};
-use crate::source::Source;
+use crate::source::http::CallCounts;
+use crate::source::{ClientError, FetchError, Source};
 use crate::state::{RunRecord, definition_hash};
 use crate::time::local_day_start;
 
@@ -34,11 +36,45 @@ pub enum RunError {
     UnknownSource { job: String, name: String },
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("{0}")]
-    Source(String),
+    #[error(transparent)]
+    Source(#[from] ClientError),
     /// Another process (a second daemon, a manual run) is loading this job right now.
     #[error("job {0} is being loaded by another chatetl process; try again when it finishes")]
     Locked(String),
+}
+
+impl RunError {
+    /// Whose fault it is (a job locked by another process is a passing condition: retry).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RunError::UnknownSource { .. } | RunError::Source(_) => ErrorKind::Configuration,
+            RunError::Sink(e) => e.kind,
+            RunError::Locked(_) => ErrorKind::Warehouse,
+        }
+    }
+}
+
+/// Loading one chunk of windows failed: fetching, reading the rows, or committing them.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The rows of a window do not fit its table (outside the window, a wrong type, a repeat).
+    #[error("window {window}: {message}")]
+    Rows { window: String, message: String },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl LoadError {
+    /// Whose fault it is, and so whether retrying can help ([`ErrorKind::retryable`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LoadError::Fetch(e) => e.kind(),
+            LoadError::Rows { .. } => ErrorKind::BadResponse,
+            LoadError::Sink(e) => e.kind,
+        }
+    }
 }
 
 /// Why this run happens; recorded in the run history.
@@ -109,12 +145,14 @@ impl Default for RunOptions {
     }
 }
 
-/// A chunk that failed: its windows and the cause.
+/// A chunk that failed: its windows, the kind of failure and the whole message (`job …, window
+/// …: cause`).
 #[derive(Debug, Clone)]
 pub struct ChunkFailure {
     pub first: Window,
     pub last: Window,
     pub windows: usize,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
@@ -143,6 +181,11 @@ impl RunReport {
     pub fn ok(&self) -> bool {
         self.failures.is_empty() && self.windows_cancelled == 0
     }
+
+    /// The kind that decides this run's exit code, when a chunk failed.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        ErrorKind::most_urgent(self.failures.iter().map(|f| f.kind))
+    }
 }
 
 /// Sources, warehouse and configuration, ready to run jobs.
@@ -153,10 +196,28 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Opens the warehouse and builds a client per source.
+    /// Opens the warehouse, builds a client per source, and brings every job's stored
+    /// definition hash up to the current scheme ([`Runner::adopt_definition_hashes`]).
     pub async fn open(config: Config) -> Result<Runner, RunError> {
         let sink = Sink::open(&config.warehouse).await?;
-        Runner::with_sink(config, sink)
+        let runner = Runner::with_sink(config, sink)?;
+        runner.adopt_definition_hashes().await?;
+        Ok(runner)
+    }
+
+    /// Where a job's history was stored with the hash of an older scheme of the same definition
+    /// (`state::legacy_definition_hash`), stores the current one instead, so an upgrade never
+    /// marks an unchanged job CHANGED.
+    pub async fn adopt_definition_hashes(&self) -> Result<(), RunError> {
+        for job in self.config.jobs.values() {
+            let stored = self.sink.job_state(&job.name).await?.definition_hash;
+            let (legacy, current) = (crate::state::legacy_definition_hash(job), definition_hash(job));
+            if stored.as_deref() == Some(legacy.as_str()) && legacy != current {
+                info!(job = %job.name, "stored definition hash adopted by the current hashing scheme");
+                self.sink.adopt_definition_hash(&job.name, &legacy, &current).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A runner over an already open warehouse.
@@ -169,7 +230,7 @@ impl Runner {
         let sources = config
             .sources
             .iter()
-            .map(|(name, s)| Ok((name.clone(), Arc::new(Source::new(s).map_err(RunError::Source)?))))
+            .map(|(name, s)| Ok((name.clone(), Arc::new(Source::new(s)?))))
             .collect::<Result<_, RunError>>()?;
         Ok(Runner { config, sink, sources })
     }
@@ -239,7 +300,7 @@ impl Runner {
     async fn run_locked(&self, job: &Job, mut windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let source = self.source_of(job)?;
-        let schema = TableSchema::for_job(job);
+        let schema = table_schema(job);
         let hash = definition_hash(job);
         // A snapshot job's watermark is its latest snapshot; a windowed job's walks from `start`.
         let history_start = match job.kind {
@@ -278,11 +339,11 @@ impl Runner {
             requests: 0,
             retries: 0,
             error: None,
+            error_kind: None,
         };
         self.sink.record_run(&record).await?;
         info!(job = %job.name, run_id = %run_id, windows = windows.len(), skipped, chunks = chunks.len(), kind = record.kind, "run started");
 
-        let (requests_before, retries_before) = source.stats();
         let bar = progress_bar(opts.progress, windows.len() as u64, &job.name);
         let ctx = ChunkContext {
             job,
@@ -320,8 +381,10 @@ impl Runner {
             definition_changed,
         };
         let (mut done, total) = (0usize, windows.len());
-        while let Some((chunk, result)) = outcomes.next().await {
+        let mut calls = CallCounts::default();
+        while let Some((chunk, counts, result)) = outcomes.next().await {
             done += chunk.len();
+            calls += counts;
             let span = format!(
                 "{} .. {}",
                 chunk[0].label(job.window, job.time_zone),
@@ -335,13 +398,16 @@ impl Runner {
                         info!(job = %job.name, windows = %span, rows, progress = format!("{done}/{total}"), "windows loaded");
                     }
                 }
-                Err(message) => {
+                Err(error) => {
                     report.windows_failed += chunk.len();
-                    warn!(job = %job.name, windows = %span, error = %message, "windows failed");
+                    let kind = error.kind();
+                    let message = format!("job {}, window {}: {error}", job.name, chunk_label(job, &chunk));
+                    warn!(job = %job.name, windows = %span, %kind, retryable = kind.retryable(), error = %error, "windows failed");
                     report.failures.push(ChunkFailure {
                         first: chunk[0],
                         last: chunk[chunk.len() - 1],
                         windows: chunk.len(),
+                        kind,
                         message,
                     });
                 }
@@ -359,9 +425,8 @@ impl Runner {
             b.finish_and_clear();
         }
         report.failures.sort_by_key(|f| f.first);
-        let (requests_after, retries_after) = source.stats();
-        report.requests = requests_after - requests_before;
-        report.retries = retries_after - retries_before;
+        report.requests = u64::from(calls.requests);
+        report.retries = u64::from(calls.retries);
         report.elapsed = started.elapsed();
 
         record.finished_at = Some(Utc::now());
@@ -378,6 +443,7 @@ impl Runner {
         }
         .into();
         record.error = report.failures.first().map(|f| f.message.clone());
+        record.error_kind = report.error_kind();
         self.sink.record_run(&record).await?;
         info!(job = %job.name, run_id = %run_id, loaded = report.windows_loaded, failed = report.windows_failed,
               rows = report.rows, requests = report.requests, retries = report.retries,
@@ -398,18 +464,15 @@ struct ChunkContext<'a> {
 }
 
 impl ChunkContext<'_> {
-    /// Fetches, builds and commits one chunk. The error names the job, the windows and the cause.
-    async fn load(&self, chunk: Vec<Window>) -> (Vec<Window>, Result<u64, String>) {
+    /// Fetches, builds and commits one chunk: the chunk, the requests it made (also when it
+    /// failed), and its rows or the typed cause.
+    async fn load(&self, chunk: Vec<Window>) -> (Vec<Window>, CallCounts, Result<u64, LoadError>) {
         let job = self.job;
         let label = |w: &Window| w.label(job.window, job.time_zone);
-        let span_label = if chunk.len() == 1 {
-            label(&chunk[0])
-        } else {
-            format!("{}..{}", label(&chunk[0]), label(&chunk[chunk.len() - 1]))
-        };
-        let span = info_span!("window", job = %job.name, window = %span_label);
+        let span = info_span!("window", job = %job.name, window = %chunk_label(job, &chunk));
+        let (fetched, counts) = self.source.fetch(job, &chunk).instrument(span.clone()).await;
         let result = async {
-            let rows = self.source.fetch(job, &chunk).await.map_err(|e| e.to_string())?;
+            let rows = fetched?;
             let loaded_at = Utc::now();
             let windows = chunk
                 .iter()
@@ -417,28 +480,43 @@ impl ChunkContext<'_> {
                 .map(|(w, rows)| {
                     batch::build(self.schema, *w, rows, loaded_at, self.run_id)
                         .map(|batch| WindowBatch { window: *w, batch })
-                        .map_err(|e| format!("window {}: {e}", label(w)))
+                        .map_err(|message| LoadError::Rows { window: label(w), message })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            self.sink
+            let committed = self
+                .sink
                 .commit(Commit {
                     job,
                     schema: self.schema,
                     history_start: self.history_start,
                     definition_hash: self.hash,
                     run_id: self.run_id,
-                    requests: self.source.requests(job, &chunk).len() as u32,
+                    requests: counts.requests,
                     windows,
                     partial_after: self.partial_after,
                 })
-                .await
-                .map_err(|e| e.to_string())
+                .await?;
+            Ok(committed)
         }
         .instrument(span)
         .await;
-        let result = result.map_err(|cause| format!("job {}, window {span_label}: {cause}", job.name));
-        (chunk, result)
+        (chunk, counts, result)
     }
+}
+
+/// `2024-03-31` for one window, `2024-03-01..2024-03-31` for several.
+fn chunk_label(job: &Job, chunk: &[Window]) -> String {
+    let label = |w: &Window| w.label(job.window, job.time_zone);
+    match chunk {
+        [one] => label(one),
+        _ => format!("{}..{}", label(&chunk[0]), label(&chunk[chunk.len() - 1])),
+    }
+}
+
+/// The schema of `job`'s table, with the columns its endpoint module declares.
+pub fn table_schema(job: &Job) -> TableSchema {
+    let (dims, metrics) = crate::source::columns(job);
+    TableSchema::new(job, dims, metrics, &crate::source::bucket_name(job))
 }
 
 fn progress_bar(progress: Progress, len: u64, job: &str) -> Option<indicatif::ProgressBar> {

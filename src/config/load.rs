@@ -14,6 +14,7 @@ mod ctx;
 mod filters;
 mod interpolate;
 mod job;
+mod params;
 mod raw;
 mod settings;
 

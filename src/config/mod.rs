@@ -7,9 +7,9 @@
 //! this module sees them.
 //!
 //! To add a source kind: a variant of [`SourceKind`] (and its credentials in [`SourceConfig`]) and
-//! its rows in `load/settings.rs`;
-//! to add an endpoint: a variant of [`Endpoint`] and its row in `load/settings.rs` (`endpoints`).
+//! its rows in `load/settings.rs`; to add an endpoint: see `endpoint.rs`, the registry.
 
+mod endpoint;
 mod load;
 
 use std::collections::BTreeMap;
@@ -19,9 +19,10 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
+pub use endpoint::{AggregateBy, Endpoint, EndpointInfo, EndpointParams, WINDOWED_KEYS, WorkflowCondition};
 pub use load::{ConfigError, Diagnostic, RESERVED_COLUMNS, load, load_with_env};
 
-use crate::source::giosg::query::{AggregationKind, Filter, Granularity};
+use crate::query::{AggregationKind, Filter, Granularity};
 
 /// A credential: printed and logged as `***`, never written anywhere.
 #[derive(Clone, PartialEq, Eq)]
@@ -137,123 +138,6 @@ pub enum JobKind {
     Windowed,
     /// The endpoint's current state, appended per tick with `captured_at` (`kind: snapshot`).
     Snapshot,
-}
-
-/// The API endpoint a job reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// giosg `POST /api/reporting/v1/orgs/{org}/chat_sessions`.
-    ChatSessions,
-    /// giosg `POST /api/events/v2/orgs/{org}/fetch`.
-    Events,
-    /// giosg `POST /api/reporting/workflow/v1/orgs/{org}/query/`.
-    Workflow,
-    /// giosg `GET /api/v4/reporting/realtime/rooms` (snapshot).
-    RealtimeRooms,
-    /// giosg `GET /api/v4/reporting/realtime/users` (snapshot).
-    RealtimeUsers,
-    /// Thulium `GET /api/chats/reports/summary`.
-    ChatSummary,
-    /// Comm100 `GET livechat/realTime/Agents` (snapshot).
-    Agents,
-    /// Comm100 `GET livechat/realTime/Queue` (snapshot).
-    Queue,
-    /// Comm100 `GET livechat/realTime/Today` (snapshot).
-    Today,
-    /// Comm100 `GET livechat/realTime/RightNow` (snapshot).
-    RightNow,
-}
-
-impl Endpoint {
-    /// Its name in job files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::ChatSessions => "chat_sessions",
-            Endpoint::Events => "events",
-            Endpoint::Workflow => "workflow",
-            Endpoint::RealtimeRooms => "realtime_rooms",
-            Endpoint::RealtimeUsers => "realtime_users",
-            Endpoint::ChatSummary => "chat_summary",
-            Endpoint::Agents => "agents",
-            Endpoint::Queue => "queue",
-            Endpoint::Today => "today",
-            Endpoint::RightNow => "right_now",
-        }
-    }
-
-    /// Whether it has history (windowed jobs) or only a current state (snapshot jobs).
-    pub fn kind(self) -> JobKind {
-        match self {
-            Endpoint::ChatSessions | Endpoint::Events | Endpoint::Workflow | Endpoint::ChatSummary => JobKind::Windowed,
-            _ => JobKind::Snapshot,
-        }
-    }
-}
-
-/// Thulium's `aggregate_by`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AggregateBy {
-    Minute,
-    Hour,
-    Day,
-    HourOfDay,
-    Week,
-    Month,
-    Year,
-}
-
-impl AggregateBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AggregateBy::Minute => "minute",
-            AggregateBy::Hour => "hour",
-            AggregateBy::Day => "day",
-            AggregateBy::HourOfDay => "hour_of_day",
-            AggregateBy::Week => "week",
-            AggregateBy::Month => "month",
-            AggregateBy::Year => "year",
-        }
-    }
-}
-
-/// One `where` condition of a workflow query.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkflowCondition {
-    pub field: String,
-    pub search: String,
-}
-
-/// What a job sends beyond the common keys; one variant per endpoint family.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EndpointParams {
-    /// chat_sessions: everything is in the common keys (scopes, rooms, aggregations, filters).
-    ChatSessions,
-    /// events: the body's `vendor` and `sources` (scopes, aggregations and filters are common).
-    Events { vendor: String, sources: Vec<String> },
-    /// workflow: the `where` conditions (the `avg` field is the one aggregation's).
-    Workflow { conditions: Vec<WorkflowCondition> },
-    /// realtime rooms: `room_id` is the job's `rooms`; `include_shared`; `timezone` is the job's.
-    RealtimeRooms { include_shared: bool },
-    /// realtime users: `user_id` filter.
-    RealtimeUsers { user_ids: Vec<String> },
-    /// Thulium chat summary.
-    ChatSummary {
-        aggregate_by: AggregateBy,
-        user_logins: Vec<String>,
-        chat_queue_ids: Vec<String>,
-        sum_users: bool,
-        response_threshold: Option<u32>,
-        /// One request per login, so each row carries `user_login`.
-        split_by_login: bool,
-        /// `limit` of each page (1..=100, default 100).
-        page_size: u32,
-    },
-    /// Comm100 Agents.
-    Agents { department_id: Option<String>, include_status_distribution: bool, page_size: u32 },
-    /// Comm100 Queue, Today, RightNow: no parameters of their own.
-    None,
 }
 
 /// A giosg row scope; chatetl adds the `scope` selector and groups team scope by `team_id` and

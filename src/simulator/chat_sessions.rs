@@ -23,7 +23,7 @@ use chrono_tz::Tz;
 use super::SimState;
 use super::dataset::ChatSessionRow;
 use super::druid::{Query, Record, render_number};
-use crate::source::giosg::query::{AggregationKind, ChatSessionsQuery, ChatSessionsResponse, DIMENSIONS};
+use crate::query::{AggregationKind, ChatSessionsQuery, ChatSessionsResponse, DIMENSIONS};
 
 /// An API error: status and the `detail` message of the JSON body.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::source::giosg::query::{
+use crate::query::{
     AggregationKind, ChatSessionsResponse, DimensionKind, Filter, Granularity, Ordering, ResponseField, bound_number,
 };
 use crate::time::{format_ms_in, local_date, local_day_start};

@@ -31,8 +31,8 @@ use super::SimState;
 use super::chat_sessions::{ApiError, bad_request, read_query};
 use super::dataset::{DatasetSpec, HOUR_WEIGHTS, Org, pick, weekday_factor, weighted};
 use super::druid::{Query, Record, render_number};
+use crate::query::{ChatSessionsResponse, EVENT_DIMENSIONS, ResponseField};
 use crate::source::giosg::events::EventsQuery;
-use crate::source::giosg::query::{ChatSessionsResponse, EVENT_DIMENSIONS, ResponseField};
 use crate::source::giosg::workflow::WorkflowQuery;
 use crate::time::serde_ms_utc;
 

@@ -16,12 +16,31 @@ use chrono::{DateTime, Utc};
 
 use crate::batch::{TableSchema, WindowBatch};
 use crate::config::{Job, Warehouse};
+use crate::error::ErrorKind;
 use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
 
-/// A warehouse operation that failed; the message names the table, file or statement.
+/// A warehouse operation that failed; the message names the table, file or statement, and the
+/// kind says whose fault it is: [`ErrorKind::Warehouse`] (the database or the disk failed; a
+/// retry may help) or [`ErrorKind::Configuration`] (the warehouse holds a table that does not
+/// fit the job's definition).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl SinkError {
+    /// The database, a file or the state store failed.
+    pub fn warehouse(message: impl Into<String>) -> SinkError {
+        SinkError { kind: ErrorKind::Warehouse, message: message.into() }
+    }
+
+    /// What the warehouse holds does not fit the job's definition.
+    pub fn definition(message: impl Into<String>) -> SinkError {
+        SinkError { kind: ErrorKind::Configuration, message: message.into() }
+    }
+}
 
 /// Windows to replace, with what the state needs to record about them.
 #[derive(Debug)]
@@ -44,6 +63,17 @@ impl Commit<'_> {
     /// Whether `w` is recorded as a complete load.
     pub fn complete(&self, w: &crate::plan::Window) -> bool {
         self.partial_after.is_none_or(|t| w.end <= t)
+    }
+
+    /// The watermark after this commit, from the `current` one and the job's contiguous `loads`
+    /// (the rule is `state::next_watermark`'s).
+    pub fn next_watermark(
+        &self,
+        current: Option<DateTime<Utc>>,
+        loads: &BTreeMap<DateTime<Utc>, DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let latest_complete = self.windows.iter().filter(|w| self.complete(&w.window)).map(|w| w.window.end).max();
+        crate::state::next_watermark(self.job.kind, self.history_start, current, loads, latest_complete)
     }
 }
 
@@ -99,6 +129,15 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.prepare(job, schema, history_start, definition_hash).await,
             Sink::Parquet(s) => s.prepare(job, history_start, definition_hash).await,
+        }
+    }
+
+    /// Replaces the stored definition hash `from` of `job` (and of its window loads) with `to`:
+    /// the same definition under a new hashing scheme (`state::legacy_definition_hash`).
+    pub async fn adopt_definition_hash(&self, job: &str, from: &str, to: &str) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.adopt_definition_hash(job, from, to).await,
+            Sink::Parquet(s) => s.adopt_definition_hash(job, from, to).await,
         }
     }
 

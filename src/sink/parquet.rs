@@ -19,7 +19,7 @@ use super::{Commit, SinkError};
 use crate::config::{Job, WindowUnit};
 use crate::plan::Window;
 use crate::state::file::{FileState, write_atomic};
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, next_watermark};
+use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
 
 /// A folder of Parquet partitions.
 pub struct ParquetSink {
@@ -41,7 +41,7 @@ impl ParquetSink {
     /// Opens (creating) the warehouse folder.
     pub fn open(root: &Path) -> Result<ParquetSink, SinkError> {
         std::fs::create_dir_all(root)
-            .map_err(|e| SinkError(format!("cannot create warehouse folder {}: {e}", root.display())))?;
+            .map_err(|e| SinkError::warehouse(format!("cannot create warehouse folder {}: {e}", root.display())))?;
         Ok(ParquetSink { root: root.to_path_buf(), state: FileState::new(root) })
     }
 
@@ -58,7 +58,7 @@ impl ParquetSink {
     ) -> Result<JobState, SinkError> {
         let dir = self.root.join(&job.table);
         std::fs::create_dir_all(&dir)
-            .map_err(|e| SinkError(format!("job {}: cannot create {}: {e}", job.name, dir.display())))?;
+            .map_err(|e| SinkError::warehouse(format!("job {}: cannot create {}: {e}", job.name, dir.display())))?;
         self.state
             .update(&job.name, |s| {
                 if s.definition_hash.is_none() {
@@ -68,11 +68,11 @@ impl ParquetSink {
                 JobState { definition_hash: s.definition_hash.clone(), watermark: s.watermark }
             })
             .await
-            .map_err(|e| SinkError(format!("job {}: {e}", job.name)))
+            .map_err(|e| SinkError::warehouse(format!("job {}: {e}", job.name)))
     }
 
     pub fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
-        let s = self.state.read(job).map_err(SinkError)?;
+        let s = self.state.read(job).map_err(SinkError::warehouse)?;
         Ok(JobState { definition_hash: s.definition_hash, watermark: s.watermark })
     }
 
@@ -99,8 +99,8 @@ impl ParquetSink {
                 })
             })
             .await
-            .map_err(|e| SinkError(format!("writer task failed: {e}")))?
-            .map_err(|e| SinkError(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| SinkError::warehouse(format!("writer task failed: {e}")))?
+            .map_err(|e| SinkError::warehouse(format!("cannot write {}: {e}", path.display())))?;
             rows += w.batch.num_rows() as u64;
             written.push((w.window, w.batch.num_rows() as u64));
         }
@@ -123,28 +123,31 @@ impl ParquetSink {
                 }
                 let spans: BTreeMap<DateTime<Utc>, DateTime<Utc>> =
                     s.windows.values().map(|l| (l.window_start, l.window_end)).collect();
-                s.watermark = next_watermark(&c, s.watermark, &spans);
+                s.watermark = c.next_watermark(s.watermark, &spans);
             })
             .await
-            .map_err(SinkError)?;
+            .map_err(SinkError::warehouse)?;
         Ok(rows)
     }
 
     /// An OS lock on `_chatetl/<job>.lock`, released when the file closes (or the process ends).
     pub fn try_lock_job(&self, job: &str) -> Result<Option<std::fs::File>, SinkError> {
         let dir = self.root.join("_chatetl");
-        std::fs::create_dir_all(&dir).map_err(|e| SinkError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SinkError::warehouse(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(format!("{job}.lock"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| SinkError(format!("cannot open lock file {}: {e}", path.display())))?;
+            .map_err(|e| SinkError::warehouse(format!("cannot open lock file {}: {e}", path.display())))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(SinkError(format!("cannot lock {}: {e}", path.display()))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(SinkError::warehouse(format!("cannot lock {}: {e}", path.display())))
+            }
         }
     }
 
@@ -154,7 +157,7 @@ impl ParquetSink {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SinkError(format!("cannot remove {}: {e}", dir.display()))),
+            Err(e) => return Err(SinkError::warehouse(format!("cannot remove {}: {e}", dir.display()))),
         }
         self.state
             .update(&job.name, |s| {
@@ -163,27 +166,42 @@ impl ParquetSink {
                 s.definition_hash = Some(definition_hash.to_string());
             })
             .await
-            .map_err(SinkError)
+            .map_err(SinkError::warehouse)
+    }
+
+    /// See `Sink::adopt_definition_hash`.
+    pub async fn adopt_definition_hash(&self, job: &str, from: &str, to: &str) -> Result<(), SinkError> {
+        self.state
+            .update(job, |s| {
+                if s.definition_hash.as_deref() == Some(from) {
+                    s.definition_hash = Some(to.to_string());
+                }
+                for w in s.windows.values_mut().filter(|w| w.definition_hash == from) {
+                    w.definition_hash = to.to_string();
+                }
+            })
+            .await
+            .map_err(SinkError::warehouse)
     }
 
     pub fn ping(&self) -> Result<(), SinkError> {
         std::fs::metadata(&self.root)
             .map(|_| ())
-            .map_err(|e| SinkError(format!("warehouse folder {}: {e}", self.root.display())))
+            .map_err(|e| SinkError::warehouse(format!("warehouse folder {}: {e}", self.root.display())))
     }
 
     pub fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
-        Ok(self.state.read(job).map_err(SinkError)?.windows)
+        Ok(self.state.read(job).map_err(SinkError::warehouse)?.windows)
     }
 
     pub async fn record_run(&self, run: &RunRecord) -> Result<(), SinkError> {
-        self.state.update(&run.job, |s| s.upsert_run(run)).await.map_err(SinkError)
+        self.state.update(&run.job, |s| s.upsert_run(run)).await.map_err(SinkError::warehouse)
     }
 
     pub fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
         jobs.iter()
             .map(|job| {
-                let s = self.state.read(job).map_err(SinkError)?;
+                let s = self.state.read(job).map_err(SinkError::warehouse)?;
                 Ok(JobStatus {
                     job: job.clone(),
                     watermark: s.watermark,
@@ -191,6 +209,7 @@ impl ParquetSink {
                     windows_loaded: s.windows.len() as u64,
                     rows_loaded: s.windows.values().map(|w| w.rows).sum(),
                     last_error: s.runs.iter().rev().find_map(|r| r.error.clone()),
+                    last_error_kind: s.runs.iter().rev().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                     last_run: s.runs.last().cloned(),
                 })
             })

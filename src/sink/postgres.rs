@@ -24,12 +24,17 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row as _, SqlSafeStr};
 
 use super::{Commit, SinkError};
-use crate::batch::{ColumnType, TableSchema};
+use crate::batch::TableSchema;
 use crate::config::{Job, Secret};
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad, next_watermark};
+use crate::error::ErrorKind;
+use crate::row::ColumnType;
+use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
 
 /// The state migrations, in order.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "state", include_str!("../../migrations/0001_state.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "state", include_str!("../../migrations/0001_state.sql")),
+    (2, "error kind", include_str!("../../migrations/0002_error_kind.sql")),
+];
 
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(name: &str) -> String {
@@ -42,7 +47,7 @@ fn quote_literal(text: &str) -> String {
 }
 
 fn db_err(what: &str) -> impl Fn(sqlx::Error) -> SinkError + '_ {
-    move |e| SinkError(format!("{what}: {e}"))
+    move |e| SinkError::warehouse(format!("{what}: {e}"))
 }
 
 /// A connection pool to the warehouse database.
@@ -59,7 +64,7 @@ impl PostgresSink {
             .acquire_timeout(Duration::from_secs(30))
             .connect(url.expose())
             .await
-            .map_err(|e| SinkError(format!("cannot connect to the postgres warehouse: {e}")))?;
+            .map_err(|e| SinkError::warehouse(format!("cannot connect to the postgres warehouse: {e}")))?;
         let mut migrator = Migrator::with_migrations(
             MIGRATIONS
                 .iter()
@@ -68,7 +73,10 @@ impl PostgresSink {
         );
         migrator.dangerous_set_table_name("chatetl._sqlx_migrations");
         migrator.create_schema("chatetl");
-        migrator.run(&pool).await.map_err(|e| SinkError(format!("cannot apply the chatetl state migrations: {e}")))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| SinkError::warehouse(format!("cannot apply the chatetl state migrations: {e}")))?;
         Ok(PostgresSink { pool, schema: schema.to_string() })
     }
 
@@ -162,7 +170,7 @@ impl PostgresSink {
         .map_err(db_err(&what))?;
         let missing: Vec<String> = schema.column_names().into_iter().filter(|c| !existing.contains(c)).collect();
         if !missing.is_empty() {
-            return Err(SinkError(format!(
+            return Err(SinkError::definition(format!(
                 "job {}: table {table} exists without columns {missing:?} (the job's aggregations changed?); rename or drop the table and reload",
                 job.name
             )));
@@ -219,7 +227,7 @@ impl PostgresSink {
         let mut rows = 0u64;
         for w in &c.windows {
             rows += w.batch.num_rows() as u64;
-            write_csv(&w.batch, &mut csv).map_err(|e| SinkError(format!("{what}: {e}")))?;
+            write_csv(&w.batch, &mut csv).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?;
         }
         if rows > 0 {
             let columns: Vec<String> = c.schema.column_names().iter().map(|n| quote_ident(n)).collect();
@@ -263,7 +271,7 @@ impl PostgresSink {
                 .into_iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-        let next = next_watermark(&c, current, &loads);
+        let next = c.next_watermark(current, &loads);
         if next != current {
             sqlx::query("UPDATE chatetl.jobs SET watermark = $2, updated_at = now() WHERE job = $1")
                 .bind(&c.job.name)
@@ -345,16 +353,28 @@ impl PostgresSink {
             .collect())
     }
 
+    /// See `Sink::adopt_definition_hash`; one transaction.
+    pub async fn adopt_definition_hash(&self, job: &str, from: &str, to: &str) -> Result<(), SinkError> {
+        let err = db_err("cannot update the stored definition hash");
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        for table in ["chatetl.jobs", "chatetl.window_loads"] {
+            let sql = format!("UPDATE {table} SET definition_hash = $3 WHERE job = $1 AND definition_hash = $2");
+            sqlx::query(AssertSqlSafe(sql)).bind(job).bind(from).bind(to).execute(&mut *tx).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)
+    }
+
     /// Inserts or updates a run record.
     pub async fn record_run(&self, run: &RunRecord) -> Result<(), SinkError> {
         sqlx::query(
             "INSERT INTO chatetl.runs (run_id, job, kind, started_at, finished_at, status, windows_planned, windows_loaded,
-               windows_skipped, windows_failed, rows, requests, retries, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+               windows_skipped, windows_failed, rows, requests, retries, error, error_kind)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (run_id) DO UPDATE SET finished_at = EXCLUDED.finished_at, status = EXCLUDED.status,
                windows_planned = EXCLUDED.windows_planned, windows_loaded = EXCLUDED.windows_loaded,
                windows_skipped = EXCLUDED.windows_skipped, windows_failed = EXCLUDED.windows_failed, rows = EXCLUDED.rows,
-               requests = EXCLUDED.requests, retries = EXCLUDED.retries, error = EXCLUDED.error",
+               requests = EXCLUDED.requests, retries = EXCLUDED.retries, error = EXCLUDED.error,
+               error_kind = EXCLUDED.error_kind",
         )
         .bind(&run.run_id)
         .bind(&run.job)
@@ -370,6 +390,7 @@ impl PostgresSink {
         .bind(run.requests as i32)
         .bind(run.retries as i32)
         .bind(&run.error)
+        .bind(run.error_kind.map(|k| k.as_str()))
         .execute(&self.pool)
         .await
         .map_err(db_err(&format!("job {}: cannot record run {}", run.job, run.run_id)))?;
@@ -390,7 +411,7 @@ impl PostgresSink {
                     .map_err(&err)?;
             let runs = sqlx::query(
                 "SELECT run_id, job, kind, started_at, finished_at, status, windows_planned, windows_loaded, windows_skipped,
-                   windows_failed, rows, requests, retries, error
+                   windows_failed, rows, requests, retries, error, error_kind
                  FROM chatetl.runs WHERE job = $1 ORDER BY started_at DESC LIMIT 50",
             )
             .bind(job)
@@ -414,6 +435,7 @@ impl PostgresSink {
                     requests: r.get::<i32, _>(11) as u32,
                     retries: r.get::<i32, _>(12) as u32,
                     error: r.get(13),
+                    error_kind: r.get::<Option<String>, _>(14).as_deref().and_then(ErrorKind::parse),
                 })
                 .collect();
             out.push(JobStatus {
@@ -423,6 +445,7 @@ impl PostgresSink {
                 windows_loaded: totals.get::<i64, _>(0) as u64,
                 rows_loaded: totals.get::<i64, _>(1) as u64,
                 last_error: runs.iter().find_map(|r| r.error.clone()),
+                last_error_kind: runs.iter().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                 last_run: runs.into_iter().next(),
             });
         }

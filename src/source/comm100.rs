@@ -39,16 +39,44 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::batch::{Column, ColumnType, Row, Value as Cell};
-use crate::config::{Endpoint, EndpointParams, Job, SourceConfig};
+use crate::config::{EndpointParams, Job, SourceConfig};
 use crate::plan::Window;
-use crate::source::FetchError;
+use crate::row::{Column, ColumnType, Row, Value as Cell};
 use crate::source::giosg::realtime::{Fields, url_with_query};
-use crate::source::http::{HttpClient, HttpRequest};
+use crate::source::http::{Calls, HttpRequest};
+use crate::source::{Api, FetchError, WindowRows};
 use crate::time::{local_date, local_day_start, utc_offset};
 
-/// Most Agents pages followed for one snapshot.
-const MAX_PAGES: u32 = 10_000;
+/// Which of the four real-time reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Agents,
+    Queue,
+    Today,
+    RightNow,
+}
+
+/// One real-time report of Comm100 (`source::api` gives one per endpoint).
+pub struct RealTime(pub Report);
+
+impl Api for RealTime {
+    fn columns(&self, _job: &Job) -> (Vec<Column>, Vec<Column>) {
+        columns(self.0)
+    }
+
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+        windows.iter().map(|w| request(self.0, source, job, w, 1)).collect()
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> futures::future::BoxFuture<'a, Result<WindowRows, FetchError>> {
+        Box::pin(fetch(self.0, calls, job, windows))
+    }
+}
 
 /// How a field of an answer becomes a cell.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,17 +181,17 @@ fn column(f: &Field) -> Column {
     Column::new(f.0, ty, f.3)
 }
 
-/// The key and value columns of each endpoint's snapshot.
-pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
+/// The key and value columns of each report's snapshot.
+fn columns(report: Report) -> (Vec<Column>, Vec<Column>) {
     let c = Column::new;
     let fields = |list: &[Field]| list.iter().map(column).collect::<Vec<_>>();
-    match job.endpoint {
-        Endpoint::Agents => {
+    match report {
+        Report::Agents => {
             let mut values = fields(AGENT_FIELDS);
             values.push(c("status_distribution", ColumnType::Json, "time per status id (JSON, as reported)"));
             (vec![c("agent_id", ColumnType::Text, "the agent (guid)")], values)
         }
-        Endpoint::Queue => {
+        Report::Queue => {
             let mut values = vec![
                 c("route_to_department_name", ColumnType::Text, "name of the department routed to"),
                 c("route_to_agent_display_name", ColumnType::Text, "display name of the agent routed to"),
@@ -188,49 +216,51 @@ pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
             ];
             (dims, values)
         }
-        Endpoint::Today => (Vec::new(), fields(TODAY_FIELDS)),
-        _ => (Vec::new(), fields(RIGHT_NOW_FIELDS)),
+        Report::Today => (Vec::new(), fields(TODAY_FIELDS)),
+        Report::RightNow => (Vec::new(), fields(RIGHT_NOW_FIELDS)),
     }
 }
 
-fn path(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::Agents => "/livechat/realTime/Agents",
-        Endpoint::Queue => "/livechat/realTime/Queue",
-        Endpoint::Today => "/livechat/realTime/Today",
-        _ => "/livechat/realTime/RightNow",
+fn path(report: Report) -> &'static str {
+    match report {
+        Report::Agents => "/livechat/realTime/Agents",
+        Report::Queue => "/livechat/realTime/Queue",
+        Report::Today => "/livechat/realTime/Today",
+        Report::RightNow => "/livechat/realTime/RightNow",
     }
-}
-
-/// The first request of each window's snapshot (for Agents, its first page).
-pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
-    windows.iter().map(|w| request(source, job, w, 1)).collect()
 }
 
 /// The request for `window`; `page` is Agents' `pageIndex`.
-fn request(source: &SourceConfig, job: &Job, window: &Window, page: u32) -> HttpRequest {
+fn request(report: Report, source: &SourceConfig, job: &Job, window: &Window, page: u32) -> HttpRequest {
     let mut params: Vec<(&str, String)> = Vec::new();
-    match (&job.params, job.endpoint) {
-        (EndpointParams::Agents { department_id, include_status_distribution, page_size }, _) => {
+    match report {
+        Report::Agents => {
+            let (department_id, include_status_distribution, page_size) = match &job.params {
+                EndpointParams::Agents { department_id, include_status_distribution, page_size } => {
+                    (department_id.as_deref(), *include_status_distribution, *page_size)
+                }
+                // A job always carries its endpoint's parameters; these are the defaults.
+                _ => (None, false, 100),
+            };
             params.push(("pageIndex", page.to_string()));
             params.push(("pageSize", page_size.to_string()));
             params.push(("includeStatusDistribution", include_status_distribution.to_string()));
             if let Some(d) = department_id {
-                params.push(("departmentId", d.clone()));
+                params.push(("departmentId", d.to_string()));
             }
         }
-        (_, Endpoint::Today) => {
+        Report::Today => {
             let (start, end, offset) = today_range(job, window.start);
             let local = |t: DateTime<Utc>| t.with_timezone(&offset).format("%Y-%m-%dT%H:%M:%S").to_string();
             params.push(("startTime", local(start)));
             params.push(("endTime", local(end)));
             params.push(("utcOffset", (offset.local_minus_utc() / 60).to_string()));
         }
-        _ => {}
+        Report::Queue | Report::RightNow => {}
     }
     HttpRequest {
         method: reqwest::Method::GET,
-        url: url_with_query(&source.base_url, path(job.endpoint), &params),
+        url: url_with_query(&source.base_url, path(report), &params),
         body: None,
     }
 }
@@ -242,20 +272,15 @@ pub fn today_range(job: &Job, captured_at: DateTime<Utc>) -> (DateTime<Utc>, Dat
 }
 
 /// Captures each window's snapshot (every Agents page).
-pub async fn fetch(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    windows: &[Window],
-) -> Result<Vec<Vec<Row>>, FetchError> {
+async fn fetch(report: Report, calls: &Calls<'_>, job: &Job, windows: &[Window]) -> Result<WindowRows, FetchError> {
     let mut out = Vec::with_capacity(windows.len());
     for window in windows {
-        let rows = match job.endpoint {
-            Endpoint::Agents => fetch_agents(client, source, job, window).await?,
-            endpoint => {
-                let req = request(source, job, window, 1);
-                let body = client.send(&req).await?;
-                parse(endpoint, window, &body).map_err(|m| FetchError::response(&req, m))?
+        let rows = match report {
+            Report::Agents => fetch_agents(calls, job, window).await?,
+            Report::Queue | Report::Today | Report::RightNow => {
+                let req = request(report, calls.source, job, window, 1);
+                let body = calls.send(&req).await?;
+                parse(report, window, &req, &body)?
             }
         };
         out.push(rows);
@@ -275,52 +300,50 @@ struct AgentsPage {
     list: Vec<Value>,
 }
 
-async fn fetch_agents(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    window: &Window,
-) -> Result<Vec<Row>, FetchError> {
+async fn fetch_agents(calls: &Calls<'_>, job: &Job, window: &Window) -> Result<Vec<Row>, FetchError> {
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
-    for page in 1..=MAX_PAGES {
-        let req = request(source, job, window, page);
-        let body = client.send(&req).await?;
-        let fail = |m: String| FetchError::response(&req, m);
-        let answer: AgentsPage =
-            crate::source::json_body(&body, "a Comm100 agents page {total, pageCount, pageIndex, pageSize, list}")
-                .map_err(fail)?;
-        if let Some(got) = answer.page_index
-            && got != page
-        {
-            return Err(fail(format!("asked for pageIndex {page}, got page {got}")));
-        }
-        for (i, item) in answer.list.iter().enumerate() {
-            let at = format!("page {page}, list[{i}]");
-            let row = agent_row(window, item, &at).map_err(fail)?;
-            let id = row.dims[0].clone().unwrap_or_default();
-            if !seen.insert(id.clone()) {
-                return Err(fail(format!(
-                    "{at}: agent {id} was already on an earlier page: the list changed while paging"
-                )));
-            }
-            rows.push(row);
-        }
-        if answer.list.is_empty() || answer.page_count == 0 || page >= answer.page_count {
-            if let Some(total) = answer.total
-                && total != rows.len() as u64
+    let first = request(Report::Agents, calls.source, job, window, 1);
+    calls
+        .pages(first, |page, req, body| {
+            let fail = |m: String| FetchError::response(req, m);
+            let answer: AgentsPage = crate::source::json_body(
+                req,
+                body,
+                "a Comm100 agents page {total, pageCount, pageIndex, pageSize, list}",
+            )?;
+            if let Some(got) = answer.page_index
+                && got != page
             {
-                return Err(fail(format!(
-                    "total is {total} agents but the pages held {}: the list changed while paging",
-                    rows.len()
-                )));
+                return Err(fail(format!("asked for pageIndex {page}, got page {got}")));
             }
-            tracing::debug!(job = %job.name, pages = page, rows = rows.len(), "comm100 agents fetched");
-            return Ok(rows);
-        }
-    }
-    let req = request(source, job, window, MAX_PAGES);
-    Err(FetchError::response(&req, format!("more than {MAX_PAGES} pages of agents")))
+            for (i, item) in answer.list.iter().enumerate() {
+                let at = format!("page {page}, list[{i}]");
+                let row = agent_row(window, item, &at).map_err(fail)?;
+                let id = row.dims[0].clone().unwrap_or_default();
+                if !seen.insert(id.clone()) {
+                    return Err(fail(format!(
+                        "{at}: agent {id} was already on an earlier page: the list changed while paging"
+                    )));
+                }
+                rows.push(row);
+            }
+            if answer.list.is_empty() || answer.page_count == 0 || page >= answer.page_count {
+                if let Some(total) = answer.total
+                    && total != rows.len() as u64
+                {
+                    return Err(fail(format!(
+                        "total is {total} agents but the pages held {}: the list changed while paging",
+                        rows.len()
+                    )));
+                }
+                tracing::debug!(job = %job.name, pages = page, rows = rows.len(), "comm100 agents fetched");
+                return Ok(None);
+            }
+            Ok(Some(request(Report::Agents, calls.source, job, window, page + 1)))
+        })
+        .await?;
+    Ok(rows)
 }
 
 /// `f`'s value in `fields` as a cell of its kind.
@@ -339,17 +362,18 @@ fn agent_row(window: &Window, item: &Value, at: &str) -> Result<Row, String> {
     Ok(Row { bucket_start: window.start, dims: vec![Some(f.id("agentId")?)], metrics })
 }
 
-/// A Queue, Today or RightNow answer → its rows.
-fn parse(endpoint: Endpoint, window: &Window, body: &[u8]) -> Result<Vec<Row>, String> {
+/// A Queue, Today or RightNow answer to `req` → its rows.
+fn parse(report: Report, window: &Window, req: &HttpRequest, body: &[u8]) -> Result<Vec<Row>, FetchError> {
     let row = |dims, metrics| Row { bucket_start: window.start, dims, metrics };
-    match endpoint {
-        Endpoint::Queue => {
-            let list: Vec<Value> = crate::source::json_body(body, "a Comm100 queue list")?;
-            list.iter().enumerate().map(|(i, item)| queue_row(window, item, &format!("[{i}]"))).collect()
+    let fail = |m: String| FetchError::response(req, m);
+    match report {
+        Report::Queue => {
+            let list: Vec<Value> = crate::source::json_body(req, body, "a Comm100 queue list")?;
+            list.iter().enumerate().map(|(i, item)| queue_row(window, item, &format!("[{i}]")).map_err(fail)).collect()
         }
-        Endpoint::Today => {
-            let v: Value = crate::source::json_body(body, "a Comm100 today object")?;
-            let f = Fields::of(&v, "the answer")?;
+        Report::Today => {
+            let v: Value = crate::source::json_body(req, body, "a Comm100 today object")?;
+            let f = Fields::of(&v, "the answer").map_err(fail)?;
             let metrics = TODAY_FIELDS
                 .iter()
                 .map(|x| {
@@ -359,13 +383,15 @@ fn parse(endpoint: Endpoint, window: &Window, body: &[u8]) -> Result<Vec<Row>, S
                         cell(&f, x)
                     }
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(fail)?;
             Ok(vec![row(Vec::new(), metrics)])
         }
-        _ => {
-            let v: Value = crate::source::json_body(body, "a Comm100 right-now object")?;
-            let f = Fields::of(&v, "the answer")?;
-            let metrics = RIGHT_NOW_FIELDS.iter().map(|x| cell(&f, x)).collect::<Result<Vec<_>, _>>()?;
+        Report::Agents => unreachable!("Agents answers are paged: fetch_agents reads them"),
+        Report::RightNow => {
+            let v: Value = crate::source::json_body(req, body, "a Comm100 right-now object")?;
+            let f = Fields::of(&v, "the answer").map_err(fail)?;
+            let metrics = RIGHT_NOW_FIELDS.iter().map(|x| cell(&f, x)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
             Ok(vec![row(Vec::new(), metrics)])
         }
     }
@@ -423,6 +449,21 @@ fn cell_json(c: Cell) -> Value {
 mod tests {
     use super::*;
 
+    fn req() -> HttpRequest {
+        HttpRequest {
+            method: reqwest::Method::GET,
+            url: "http://127.0.0.1/v4/livechat/realTime/Today".into(),
+            body: None,
+        }
+    }
+
+    fn message(e: FetchError) -> String {
+        match e {
+            FetchError::Response { message, .. } => message,
+            other => panic!("{other}"),
+        }
+    }
+
     fn window() -> Window {
         let start = DateTime::parse_from_rfc3339("2024-03-31T10:00:00Z").unwrap().to_utc();
         Window { start, end: start + chrono::Duration::seconds(1) }
@@ -436,14 +477,15 @@ mod tests {
             "agentAvgResponseTime": 0.0, "acceptedInvitations": 0, "serviceAccessibilityRate": 0.0,
             "departmentTransferredChats": 0, "totalTransferredChats": 0, "uniqueChatRate": 0.0,
             "agentUtilization": 1.0, "avgScore": 0.0}"#;
-        let rows = parse(Endpoint::Today, &window(), body).unwrap();
+        let rows = parse(Report::Today, &window(), &req(), body).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].metrics.len(), TODAY_FIELDS.len());
         assert_eq!(rows[0].metrics[15], Cell::Number(1.0));
         let fixed = String::from_utf8_lossy(body).replace("abandondedChats\": 0", "abandonedChats\": 4");
-        assert_eq!(parse(Endpoint::Today, &window(), fixed.as_bytes()).unwrap()[0].metrics[4], Cell::Number(4.0));
+        assert_eq!(parse(Report::Today, &window(), &req(), fixed.as_bytes()).unwrap()[0].metrics[4], Cell::Number(4.0));
         let broken = String::from_utf8_lossy(body).replace("\"avgScore\": 0.0", "\"avgScores\": 0.0");
-        let err = parse(Endpoint::Today, &window(), broken.as_bytes()).unwrap_err();
+        let err = parse(Report::Today, &window(), &req(), broken.as_bytes()).unwrap_err();
+        let err = message(err);
         assert_eq!(err, "the answer lacks field `avgScore`");
     }
 
@@ -457,7 +499,7 @@ mod tests {
             "avgWaitTimeinLast30Mins": "00:01:30", "avgWaitTimeinLast60Mins": "00:00:00.5000000",
             "abandonedChatsinLast30Mins": 0, "switchedtoMessagesinLast30Mins": 0,
             "visitors": [{"visitorId": "v", "contactIdentityId": "c", "waitTime": "00:00:42"}]}]"#;
-        let rows = parse(Endpoint::Queue, &window(), body).unwrap();
+        let rows = parse(Report::Queue, &window(), &req(), body).unwrap();
         let r = &rows[0];
         assert_eq!(r.dims[1].as_deref(), Some("3fa85f64-5717-4562-b3fc-2c963f66afa7"));
         assert_eq!(r.metrics[0], Cell::Text("string".into()));
@@ -470,7 +512,7 @@ mod tests {
             Cell::Text(r#"[{"contact_identity_id":"c","visitor_id":"v","wait_seconds":42.0}]"#.into())
         );
         let bad = String::from_utf8_lossy(body).replace("\"00:01:30\"", "\"90 seconds\"");
-        let err = parse(Endpoint::Queue, &window(), bad.as_bytes()).unwrap_err();
+        let err = message(parse(Report::Queue, &window(), &req(), bad.as_bytes()).unwrap_err());
         assert!(err.starts_with("[0].avgWaitTimeinLast30Mins: `90 seconds` is not a duration"), "{err}");
     }
 

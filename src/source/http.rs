@@ -4,15 +4,22 @@
 //! requests-per-second limit (governor's GCRA), retries with exponential backoff and full jitter
 //! on 429, 5xx, connection errors and broken bodies (backon), honouring `Retry-After` up to
 //! `max_retry_delay_secs` and never retrying sooner than the backoff (so `Retry-After: 0` cannot
-//! spin), and counting requests and retries. 400/401/403/404 fail at once with the upstream's
-//! message. A source module builds its requests and parses bodies; it never retries by itself.
+//! spin). 400/401/403/404 fail at once with the upstream's message. A source module builds its
+//! requests and parses bodies; it never retries or pages by itself.
+//!
+//! Every request goes through a [`Calls`]: one chunk's view of its source's client that counts
+//! that chunk's own requests and retries (so jobs running at once never mix their counts) and
+//! pages through a collection with [`Calls::pages`], the one paging loop: it stops with an error
+//! when a page asks for a page already fetched, when a page's body repeats the previous one (an
+//! upstream that ignores its paging parameter), or after [`MAX_PAGES`] pages.
 //!
 //! To use from a new source: build an [`HttpClient`] from its [`SourceConfig`] with the vendor's
-//! credentials, then call [`HttpClient::send`] with a [`HttpRequest`]; the body comes back whole.
+//! credentials; the runner hands each chunk a [`Calls`] over it: [`Calls::send`] one
+//! [`HttpRequest`] (the body comes back whole) or [`Calls::pages`].
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -21,6 +28,11 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
 
 use crate::config::{Credentials, SourceConfig};
+use crate::source::FetchError;
+
+/// Most pages one paged request may take before it fails (far more than any organization's
+/// rooms, operators or users; a server that never ends its collection would page forever).
+pub const MAX_PAGES: u32 = 10_000;
 
 /// One request, ready to send (and to print in `chatetl plan`).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,11 +81,20 @@ impl HttpError {
     }
 }
 
-/// Requests and retries made by one client, for run reports and metrics.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
+/// Requests and retries, counted per chunk of one job (see [`Calls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Attempts sent, every page and every retry included.
+    pub requests: u32,
+    /// Attempts that were retries.
+    pub retries: u32,
+}
+
+impl std::ops::AddAssign for CallCounts {
+    fn add_assign(&mut self, other: CallCounts) {
+        self.requests += other.requests;
+        self.retries += other.retries;
+    }
 }
 
 /// Backoff between attempts.
@@ -95,7 +116,6 @@ pub struct HttpClient {
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
     policy: RetryPolicy,
-    pub stats: Arc<HttpStats>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -129,34 +149,34 @@ impl HttpClient {
                 min_delay: Duration::from_millis(200),
                 max_delay: Duration::from_secs(source.max_retry_delay_secs.max(1)),
             },
-            stats: Arc::new(HttpStats::default()),
         })
     }
 
-    /// Sends `req`, retrying what can be retried, and returns the whole response body.
-    pub async fn send(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
+    /// Sends `req`, retrying what can be retried, and returns the whole response body; each
+    /// attempt and retry is counted in `tally`.
+    async fn send(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
         let p = self.policy;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(p.min_delay)
             .with_max_delay(p.max_delay)
             .with_max_times(p.max_retries as usize)
             .with_jitter();
-        (|| self.attempt(req))
+        (|| self.attempt(req, tally))
             .retry(backoff)
             .when(HttpError::retryable)
             // Wait at least what the upstream asked (capped), never less than the backoff.
             .adjust(|e: &HttpError, next: Option<Duration>| next.map(|d| d.max(e.retry_after().unwrap_or_default().min(p.max_delay))))
             .notify(|e: &HttpError, wait: Duration| {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tally.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(source = %self.source, error = %e, wait_ms = wait.as_millis() as u64, "retrying request");
             })
             .await
     }
 
-    async fn attempt(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
+    async fn attempt(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
         self.limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
         let _permit = self.permits.acquire().await.expect("semaphore never closed");
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        tally.requests.fetch_add(1, Ordering::Relaxed);
         let method = req.method.to_string();
         let mut builder = self.client.request(req.method.clone(), &req.url);
         builder = match &self.auth {
@@ -197,6 +217,78 @@ impl HttpClient {
             detail = status.canonical_reason().unwrap_or("no body").to_string();
         }
         Err(HttpError::Status { status: status.as_u16(), method, url: req.url.clone(), detail, retry_after })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    requests: AtomicU32,
+    retries: AtomicU32,
+}
+
+/// One chunk's calls to its source: the source's client and configuration, and the requests and
+/// retries of this chunk alone.
+#[derive(Debug)]
+pub struct Calls<'a> {
+    client: &'a HttpClient,
+    /// The source the requests go to.
+    pub source: &'a SourceConfig,
+    tally: Tally,
+}
+
+/// What a page reader says after a page: the request of the following page, or the end.
+pub type NextPage = Option<HttpRequest>;
+
+impl<'a> Calls<'a> {
+    /// A fresh tally over `client`, which must be `source`'s.
+    pub fn new(client: &'a HttpClient, source: &'a SourceConfig) -> Calls<'a> {
+        Calls { client, source, tally: Tally::default() }
+    }
+
+    /// Sends `req` (retried where that can help) and returns the whole body.
+    pub async fn send(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
+        self.client.send(req, &self.tally).await
+    }
+
+    /// Every page of a paged request, from `first`: `read(page_no, request, body)` takes each
+    /// page (numbered from 1) and returns the next page's request or `None` at the end. Fails
+    /// when a page's request was sent before (the pages loop), when a body repeats the previous
+    /// page's (the upstream ignores its paging parameter), or after [`MAX_PAGES`] pages.
+    pub async fn pages(
+        &self,
+        first: HttpRequest,
+        mut read: impl FnMut(u32, &HttpRequest, &[u8]) -> Result<NextPage, FetchError>,
+    ) -> Result<(), FetchError> {
+        let key = |r: &HttpRequest| (r.url.clone(), r.body.as_ref().map(|b| b.to_string()));
+        let mut seen = HashSet::from([key(&first)]);
+        let mut previous: Option<bytes::Bytes> = None;
+        let mut req = first;
+        for page_no in 1..=MAX_PAGES {
+            let body = self.send(&req).await?;
+            if previous.as_ref().is_some_and(|p| *p == body) && !body.is_empty() {
+                let message = format!(
+                    "page {page_no} is the same as page {} byte for byte: the upstream ignores the paging parameter",
+                    page_no - 1
+                );
+                return Err(FetchError::response(&req, message));
+            }
+            let Some(next) = read(page_no, &req, &body)? else { return Ok(()) };
+            if !seen.insert(key(&next)) {
+                let message = format!("page {page_no} leads back to {}, an earlier page: the pages loop", next.url);
+                return Err(FetchError::response(&req, message));
+            }
+            previous = Some(body);
+            req = next;
+        }
+        Err(FetchError::response(&req, format!("still more pages after {MAX_PAGES} pages; giving up")))
+    }
+
+    /// The requests and retries made through these calls so far.
+    pub fn counts(&self) -> CallCounts {
+        CallCounts {
+            requests: self.tally.requests.load(Ordering::Relaxed),
+            retries: self.tally.retries.load(Ordering::Relaxed),
+        }
     }
 }
 

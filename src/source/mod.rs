@@ -1,34 +1,44 @@
-//! Upstream APIs: one module per vendor endpoint behind one [`Source`], plus the shared HTTP
+//! Upstream APIs: one module per vendor endpoint behind one [`Api`] trait, plus the shared HTTP
 //! plumbing.
 //!
-//! Owns: [`Source`] (a configured account: its [`http::HttpClient`] and the dispatch from a job's
-//! endpoint to the module that builds its requests, pages through the answers and parses them),
-//! [`columns`] (the table each endpoint's rows fill) and [`FetchError`]. Vendor modules never
-//! retry or throttle by themselves; `http` does that once for all.
+//! Owns: [`Api`] (what every endpoint module implements: the columns of its rows, what a bucket
+//! is, the requests that load some windows, and fetching them), [`api`] (the one place that maps
+//! an [`Endpoint`] of the registry to its module, with no wildcard arm), [`Source`] (a configured
+//! account: its [`http::HttpClient`]) and [`FetchError`]. Vendor modules never retry, throttle or
+//! page by themselves: `http` does that once for all, and counts each chunk's requests
+//! ([`http::Calls`]).
 //!
-//! Every endpoint module has the same three functions:
-//! - `columns(job)`: the key dimensions and value columns of its rows;
-//! - `requests(source, job, windows)`: the requests that load `windows` (for paged APIs, the
-//!   first page of each), which `chatetl plan` prints;
-//! - `fetch(client, source, job, windows)`: sends them (every page) and returns the rows of each
-//!   window, in window order.
+//! # Adding an endpoint
 //!
-//! To add an API: a module with those functions, an [`Endpoint`] variant (and a
-//! [`crate::config::SourceKind`] for a new vendor), and one arm in each function of this file.
+//! 1. `src/config/endpoint.rs`: a variant in `endpoints!`, its arm in `Endpoint::info` (name,
+//!    vendor, kind, keys, dimensions, aggregations), its `EndpointParams` variant if it has
+//!    parameters of its own.
+//! 2. `src/config/load/params.rs`: its arm reading those parameters; a new job-file key also
+//!    gets a field in `src/config/load/raw.rs` and a line in `ENDPOINT_KEYS`
+//!    (`src/config/load/job.rs`).
+//! 3. A module here (`src/source/<vendor>/<endpoint>.rs` or `src/source/<vendor>.rs`) with a
+//!    unit struct implementing [`Api`], and its line in [`api`].
+//! 4. `src/simulator/<endpoint>.rs` with its own wire types, and its route in
+//!    `src/simulator/mod.rs`.
+//! 5. Job files under `jobs/`, and the endpoint's section in the README's job reference.
+//!
+//! The compiler then points at anything forgotten: every `match` on [`Endpoint`] is exhaustive
+//! (a test in `tests/it/architecture.rs` refuses wildcard arms), and a unit test checks that
+//! `ENDPOINT_KEYS` reads exactly the keys the registry names.
 
 pub mod comm100;
 pub mod giosg;
 pub mod http;
 pub mod thulium;
 
-use std::sync::atomic::Ordering;
-
+use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use crate::batch::{Column, Row};
 use crate::config::{Endpoint, Job, SourceConfig};
+use crate::error::ErrorKind;
 use crate::plan::Window;
-use http::{HttpClient, HttpError, HttpRequest};
+use crate::row::{Column, Row};
+use http::{CallCounts, Calls, HttpClient, HttpError, HttpRequest};
 
 /// Fetching a chunk of windows failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,39 +55,86 @@ impl FetchError {
     pub fn response(req: &HttpRequest, message: impl Into<String>) -> FetchError {
         FetchError::Response { url: format!("{} {}", req.method, req.url), message: message.into() }
     }
+
+    /// Whose fault it is: refused credentials (401, 403), a refused request (another 4xx), an
+    /// upstream that could not answer (429, 5xx, transport), or an answer chatetl cannot read.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FetchError::Http(HttpError::Status { status: 401 | 403, .. }) => ErrorKind::Credentials,
+            FetchError::Http(e) if e.retryable() => ErrorKind::UpstreamUnavailable,
+            FetchError::Http(HttpError::Status { .. }) => ErrorKind::BadRequest,
+            FetchError::Http(HttpError::Transport { .. }) => ErrorKind::UpstreamUnavailable,
+            FetchError::Response { .. } => ErrorKind::BadResponse,
+        }
+    }
+}
+
+/// The rows of each window of a chunk, in window order.
+pub type WindowRows = Vec<Vec<Row>>;
+
+/// What every endpoint module implements (see the module doc for adding one).
+pub trait Api: Sync {
+    /// The key dimensions and value columns of `job`'s rows.
+    fn columns(&self, job: &Job) -> (Vec<Column>, Vec<Column>);
+
+    /// What one bucket of `job` is, for the time column's comment (`day granularity`).
+    fn bucket(&self, job: &Job) -> String {
+        let g = serde_json::to_value(job.granularity).ok().and_then(|v| v.as_str().map(String::from));
+        format!("{} granularity", g.unwrap_or_default())
+    }
+
+    /// The requests that load `windows` (consecutive) of `job`, in the order they are sent; for
+    /// paged endpoints, the first page of each. `chatetl plan` prints them.
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest>;
+
+    /// Sends them through `calls` (every page) and returns the rows of each window.
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> BoxFuture<'a, Result<WindowRows, FetchError>>;
+}
+
+/// The module of `endpoint`: the one dispatch from the registry to the clients.
+pub fn api(endpoint: Endpoint) -> &'static dyn Api {
+    match endpoint {
+        Endpoint::ChatSessions => &giosg::chat_sessions::ChatSessions,
+        Endpoint::Events => &giosg::events::Events,
+        Endpoint::Workflow => &giosg::workflow::Workflow,
+        Endpoint::RealtimeRooms => &giosg::realtime::Realtime(giosg::realtime::Collection::Rooms),
+        Endpoint::RealtimeUsers => &giosg::realtime::Realtime(giosg::realtime::Collection::Users),
+        Endpoint::ChatSummary => &thulium::ChatSummary,
+        Endpoint::Agents => &comm100::RealTime(comm100::Report::Agents),
+        Endpoint::Queue => &comm100::RealTime(comm100::Report::Queue),
+        Endpoint::Today => &comm100::RealTime(comm100::Report::Today),
+        Endpoint::RightNow => &comm100::RealTime(comm100::Report::RightNow),
+    }
 }
 
 /// The key dimensions and value columns of `job`'s rows.
 pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
-    match job.endpoint {
-        Endpoint::ChatSessions | Endpoint::Events | Endpoint::Workflow => giosg::columns(job),
-        Endpoint::RealtimeRooms | Endpoint::RealtimeUsers => giosg::realtime::columns(job),
-        Endpoint::ChatSummary => thulium::columns(job),
-        Endpoint::Agents | Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => comm100::columns(job),
-    }
+    api(job.endpoint).columns(job)
 }
 
-/// What a bucket of `job` is, for the time column's comment (`day granularity`).
+/// What a bucket of `job` is, for the time column's comment.
 pub fn bucket_name(job: &Job) -> String {
-    match &job.params {
-        crate::config::EndpointParams::ChatSummary { aggregate_by, .. } => {
-            format!("aggregate_by {}", aggregate_by.as_str())
-        }
-        _ => {
-            let g = serde_json::to_value(job.granularity).ok().and_then(|v| v.as_str().map(String::from));
-            format!("{} granularity", g.unwrap_or_default())
-        }
-    }
+    api(job.endpoint).bucket(job)
 }
 
-/// Parses a whole JSON body as `T`; the error says what was expected and how the body starts
+/// Parses a whole JSON body as `T`; the message says what was expected and how the body starts
 /// (an HTML error page, a truncated document), never more than 80 characters of it.
-pub fn json_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         let head: String = String::from_utf8_lossy(&body[..body.len().min(80)]).chars().collect();
         format!("response is not JSON ({e}); it starts with {head:?}")
     })?;
     serde_json::from_value(value).map_err(|e| format!("response is not {what}: {e}"))
+}
+
+/// [`parse_json`] of the answer to `req`, failing as a [`FetchError::Response`] about it.
+pub fn json_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8], what: &str) -> Result<T, FetchError> {
+    parse_json(body, what).map_err(|message| FetchError::response(req, message))
 }
 
 /// A configured upstream account.
@@ -87,44 +144,32 @@ pub struct Source {
     client: HttpClient,
 }
 
+/// A source's client could not be built (a TLS backend, an invalid rate).
+#[derive(Debug, thiserror::Error)]
+#[error("source {source_name}: {message}")]
+pub struct ClientError {
+    pub source_name: String,
+    pub message: String,
+}
+
 impl Source {
-    pub fn new(config: &SourceConfig) -> Result<Source, String> {
-        Ok(Source { config: config.clone(), client: HttpClient::new(config)? })
+    pub fn new(config: &SourceConfig) -> Result<Source, ClientError> {
+        let client =
+            HttpClient::new(config).map_err(|message| ClientError { source_name: config.name.clone(), message })?;
+        Ok(Source { config: config.clone(), client })
     }
 
     /// The requests that load `windows` (consecutive) of `job`, in the order they are sent; for
     /// paged endpoints, the first page of each.
     pub fn requests(&self, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
-        let s = &self.config;
-        match job.endpoint {
-            Endpoint::ChatSessions => giosg::chat_sessions::requests(s, job, windows),
-            Endpoint::Events => giosg::events::requests(s, job, windows),
-            Endpoint::Workflow => giosg::workflow::requests(s, job, windows),
-            Endpoint::RealtimeRooms | Endpoint::RealtimeUsers => giosg::realtime::requests(s, job, windows),
-            Endpoint::ChatSummary => thulium::requests(s, job, windows),
-            Endpoint::Agents | Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => {
-                comm100::requests(s, job, windows)
-            }
-        }
+        api(job.endpoint).requests(&self.config, job, windows)
     }
 
-    /// Fetches `windows` (consecutive) of `job`, every page: rows per window, in window order.
-    pub async fn fetch(&self, job: &Job, windows: &[Window]) -> Result<Vec<Vec<Row>>, FetchError> {
-        let (c, s) = (&self.client, &self.config);
-        match job.endpoint {
-            Endpoint::ChatSessions => giosg::chat_sessions::fetch(c, s, job, windows).await,
-            Endpoint::Events => giosg::events::fetch(c, s, job, windows).await,
-            Endpoint::Workflow => giosg::workflow::fetch(c, s, job, windows).await,
-            Endpoint::RealtimeRooms | Endpoint::RealtimeUsers => giosg::realtime::fetch(c, s, job, windows).await,
-            Endpoint::ChatSummary => thulium::fetch(c, s, job, windows).await,
-            Endpoint::Agents | Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => {
-                comm100::fetch(c, s, job, windows).await
-            }
-        }
-    }
-
-    /// (requests sent, retries) so far.
-    pub fn stats(&self) -> (u64, u64) {
-        (self.client.stats.requests.load(Ordering::Relaxed), self.client.stats.retries.load(Ordering::Relaxed))
+    /// Fetches `windows` (consecutive) of `job`, every page: rows per window, in window order,
+    /// and the requests and retries this fetch made (also when it failed).
+    pub async fn fetch(&self, job: &Job, windows: &[Window]) -> (Result<WindowRows, FetchError>, CallCounts) {
+        let calls = Calls::new(&self.client, &self.config);
+        let result = api(job.endpoint).fetch(&calls, job, windows).await;
+        (result, calls.counts())
     }
 }

@@ -43,11 +43,11 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::batch::{Column, ColumnType, Row, Value as Cell};
 use crate::config::{AggregateBy, EndpointParams, Job, SourceConfig};
 use crate::plan::Window;
-use crate::source::FetchError;
-use crate::source::http::{HttpClient, HttpRequest};
+use crate::row::{Column, ColumnType, Row, Value as Cell};
+use crate::source::http::{Calls, HttpRequest};
+use crate::source::{Api, FetchError, WindowRows};
 use crate::time::{duration_secs, local_to_utc};
 
 /// The report's path under the account's `base_url`.
@@ -55,10 +55,6 @@ pub const PATH: &str = "/api/chats/reports/summary";
 
 /// 004: "Maksymalna wartość: 100".
 pub const MAX_LIMIT: u32 = 100;
-
-/// A request that still returns full pages after this many is given up (a server ignoring
-/// `offset` would otherwise be paged forever).
-const MAX_PAGES: u32 = 10_000;
 
 /// The value columns: (name, type, comment), in the order [`flatten`] fills them.
 const METRICS: [(&str, ColumnType, &str); 23] = [
@@ -236,12 +232,8 @@ pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<Htt
 
 /// Sends every request (each login's at once), each page after the other, and returns the rows
 /// of each window.
-pub async fn fetch(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    windows: &[Window],
-) -> Result<Vec<Vec<Row>>, FetchError> {
+pub async fn fetch(calls: &Calls<'_>, job: &Job, windows: &[Window]) -> Result<Vec<Vec<Row>>, FetchError> {
+    let source = calls.source;
     let p = params(job).ok_or_else(|| FetchError::Response {
         url: source.base_url.clone(),
         message: format!("job {} has no chat summary parameters", job.name),
@@ -251,7 +243,7 @@ pub async fn fetch(
     let Some(range) = local_range(tz, windows) else { return Ok(out) };
     let logins = p.logins();
     let answers =
-        futures::future::try_join_all(logins.iter().map(|login| pages(client, source, job, &p, *login, range))).await?;
+        futures::future::try_join_all(logins.iter().map(|login| pages(calls, job, &p, *login, range))).await?;
     let ctx = Bucketing { aggregate_by: p.aggregate_by, tz, job_tz: job.time_zone, range };
     // A row's identity: (bucket, login, user_name); mapped to the series of the row already there.
     type RowKey = (DateTime<Utc>, Option<String>, Option<String>);
@@ -283,10 +275,10 @@ pub async fn fetch(
     Ok(out)
 }
 
-/// Every page of one request: (the page's request, the index of its first row, its rows).
+/// Every page of one request: (the page's request, the index of its first row, its rows). Pages
+/// follow each other by `offset` until one is short.
 async fn pages(
-    client: &HttpClient,
-    source: &SourceConfig,
+    calls: &Calls<'_>,
     job: &Job,
     p: &Params<'_>,
     login: Option<&str>,
@@ -294,23 +286,21 @@ async fn pages(
 ) -> Result<Vec<(HttpRequest, u64, Vec<Value>)>, FetchError> {
     let limit = u64::from(p.limit);
     let mut out = Vec::new();
-    for n in 0..u64::from(MAX_PAGES) {
-        let req = page(source, p, login, range, n * limit);
-        let body = client.send(&req).await?;
-        let rows: Vec<Value> = crate::source::json_body(&body, "a chat summary page (a JSON array of rows)")
-            .map_err(|message| FetchError::response(&req, message))?;
-        let len = rows.len() as u64;
-        tracing::debug!(job = %job.name, offset = n * limit, rows = len, "chat summary page");
-        if len > limit {
-            return Err(FetchError::response(&req, format!("a page of {len} rows for limit {limit}")));
-        }
-        out.push((req, n * limit, rows));
-        if len < limit {
-            return Ok(out);
-        }
-    }
-    let last = page(source, p, login, range, u64::from(MAX_PAGES) * limit);
-    Err(FetchError::response(&last, format!("still full pages after {MAX_PAGES} pages of {limit} rows; giving up")))
+    let first = page(calls.source, p, login, range, 0);
+    calls
+        .pages(first, |n, req, body| {
+            let offset = u64::from(n - 1) * limit;
+            let rows: Vec<Value> = crate::source::json_body(req, body, "a chat summary page (a JSON array of rows)")?;
+            let len = rows.len() as u64;
+            tracing::debug!(job = %job.name, offset, rows = len, "chat summary page");
+            if len > limit {
+                return Err(FetchError::response(req, format!("a page of {len} rows for limit {limit}")));
+            }
+            out.push((req.clone(), offset, rows));
+            Ok((len == limit).then(|| page(calls.source, p, login, range, offset + limit)))
+        })
+        .await?;
+    Ok(out)
 }
 
 /// Why two rows fell on one bucket and name, and what to do about it.
@@ -541,6 +531,32 @@ fn flatten(row: &SummaryRow) -> Result<Vec<Cell>, String> {
     out.push(Cell::from(row.rating.rated_percent));
     debug_assert_eq!(out.len(), METRICS.len());
     Ok(out)
+}
+
+/// The chat summary report (api-docs 004).
+pub struct ChatSummary;
+
+impl Api for ChatSummary {
+    fn columns(&self, job: &Job) -> (Vec<Column>, Vec<Column>) {
+        columns(job)
+    }
+
+    fn bucket(&self, job: &Job) -> String {
+        params(job).map_or_else(String::new, |p| format!("aggregate_by {}", p.aggregate_by.as_str()))
+    }
+
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+        requests(source, job, windows)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> futures::future::BoxFuture<'a, Result<WindowRows, FetchError>> {
+        Box::pin(fetch(calls, job, windows))
+    }
 }
 
 #[cfg(test)]

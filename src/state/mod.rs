@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{JobKind, WindowUnit};
+use crate::error::ErrorKind;
+
 /// What a warehouse remembers of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
@@ -53,7 +56,11 @@ pub struct RunRecord {
     pub rows: u64,
     pub requests: u32,
     pub retries: u32,
+    /// The message of the first failure, if any.
     pub error: Option<String>,
+    /// Its kind (credentials, upstream_unavailable, …), when the run failed.
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
 }
 
 /// What `chatetl status` shows for a job.
@@ -67,13 +74,47 @@ pub struct JobStatus {
     pub last_run: Option<RunRecord>,
     /// The error of the last run that had one.
     pub last_error: Option<String>,
+    /// Its kind.
+    #[serde(default)]
+    pub last_error_kind: Option<ErrorKind>,
 }
 
 /// A fingerprint of what a job's rows mean: endpoint, window, granularity, scopes, rooms,
-/// aggregations, filters, endpoint parameters and zone (not its schedule, history start or lookback). Stored with the
-/// history so a changed definition is detected.
+/// aggregations, filters, endpoint parameters and zone (not its schedule, history start or
+/// lookback). Stored with the history so a changed definition is detected.
+///
+/// It hashes a canonical JSON document written out key by key with the names job files use
+/// (`chat_sessions`, `day`, `aggregate_by`), never Rust's `Debug` output, so renaming a type or a
+/// variant in the code never marks a job as changed. serde_json writes object keys sorted.
 pub fn definition_hash(job: &crate::config::Job) -> String {
-    use sha2::{Digest, Sha256};
+    let aggregations: Vec<_> =
+        job.aggregations.iter().map(|a| serde_json::json!([a.kind.api_name(), a.field, a.column])).collect();
+    let window = match job.window {
+        WindowUnit::Hour => "hour",
+        WindowUnit::Day => "day",
+        WindowUnit::Snapshot => "snapshot",
+    };
+    let mut canonical = serde_json::json!({
+        "version": 2,
+        "endpoint": job.endpoint.name(),
+        "window": window,
+        "granularity": job.granularity,
+        "scopes": job.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "rooms": job.rooms,
+        "aggregations": aggregations,
+        "filters": job.filters,
+        "time_zone": job.time_zone.name(),
+    });
+    if let Some(params) = job.params.canonical() {
+        canonical["params"] = params;
+    }
+    sha256_hex(&canonical.to_string())
+}
+
+/// The hash chatetl stored before [`definition_hash`] became canonical (it hashed `Debug`
+/// output). Frozen: used only to recognise such stored hashes and replace them with the current
+/// one (`Sink::adopt_definition_hash`), so no job turns CHANGED by the upgrade.
+pub fn legacy_definition_hash(job: &crate::config::Job) -> String {
     let aggregations: Vec<_> =
         job.aggregations.iter().map(|a| serde_json::json!([a.kind.api_name(), a.field, a.column])).collect();
     let mut canonical = serde_json::json!({
@@ -86,12 +127,15 @@ pub fn definition_hash(job: &crate::config::Job) -> String {
         "filters": job.filters,
         "time_zone": job.time_zone.name(),
     });
-    // chat_sessions jobs hashed without params before other endpoints existed; keep their hash.
     if job.params != crate::config::EndpointParams::ChatSessions {
         canonical["params"] = serde_json::Value::String(format!("{:?}", job.params));
     }
-    let digest = Sha256::digest(canonical.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(&canonical.to_string())
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The new watermark after loads: from `current` (or `history_start`), step over each loaded
@@ -112,19 +156,19 @@ pub fn advance_watermark(
     if moved { Some(at) } else { current }
 }
 
-/// The new watermark after a commit of `c`: a windowed job's walks over contiguous loads
-/// ([`advance_watermark`]); a snapshot job's is the end of its latest complete snapshot.
+/// The new watermark after a commit: a windowed job's walks from `current` (or `history_start`)
+/// over the contiguous `loads` ([`advance_watermark`]); a snapshot job's is the end of its latest
+/// complete snapshot, `latest_complete` (the end of the last complete window committed).
 pub fn next_watermark(
-    c: &crate::sink::Commit<'_>,
+    kind: JobKind,
+    history_start: DateTime<Utc>,
     current: Option<DateTime<Utc>>,
     loads: &BTreeMap<DateTime<Utc>, DateTime<Utc>>,
+    latest_complete: Option<DateTime<Utc>>,
 ) -> Option<DateTime<Utc>> {
-    match c.job.kind {
-        crate::config::JobKind::Windowed => advance_watermark(current, c.history_start, loads),
-        crate::config::JobKind::Snapshot => {
-            let latest = c.windows.iter().filter(|w| c.complete(&w.window)).map(|w| w.window.end).max();
-            current.max(latest)
-        }
+    match kind {
+        JobKind::Windowed => advance_watermark(current, history_start, loads),
+        JobKind::Snapshot => current.max(latest_complete),
     }
 }
 

@@ -404,7 +404,7 @@ async fn an_interrupted_backfill_resumes_without_redoing_finished_windows() {
         path,
         &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "3"],
     );
-    assert_eq!(code, 1, "a failed chunk makes exit code 1: {out}\n{err}");
+    assert_eq!(code, 1, "an upstream outage (502 after retries) makes exit code 1: {out}\n{err}");
     assert!(err.contains("job real_chats, window 2024-01-21..2024-01-30") && err.contains("502"), "{err}");
     sim.handle.clear_rules();
     sim.handle.clear_requests();
@@ -496,7 +496,7 @@ async fn retries_on_429_and_503_succeed_and_401_fails_at_once() {
         &[job_with("real_chats", "2024-01-01", 31)],
     );
     let (code, _, err) = run_cli(&bad, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "refused credentials exit 3 (an outage exits 1): {err}");
     // The first 401 cancels the chunk's other scope requests, so 1 to 3 are sent; none twice.
     let sent = sim.handle.requests();
     let bodies: HashSet<&str> = sent.iter().map(|r| r.body.as_str()).collect();

@@ -2,6 +2,7 @@
 //!
 //! Everything runs against real parts: the simulator over HTTP on loopback, the `chatetl` binary.
 
+mod architecture;
 mod exporter;
 mod giosg_events;
 mod jobs;

@@ -261,8 +261,8 @@ async fn a_changed_job_is_detected_and_an_invalid_reload_keeps_the_old_definitio
     d.tick_to(local(2024, 5, 4, 6, 30, 0), "daily_chats", 3).await;
     assert!(d.metrics.snapshot()["daily_chats"].definition_changed);
     d.stop().await;
-    let (_, out, _) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "status"]);
-    assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains("CHANGED")), "{out}");
+    let (_, out, err) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "status"]);
+    assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains("CHANGED")), "{out}\n{err}");
 
     // --rebuild reloads the whole history with the new definition.
     let (code, out, err) =

@@ -783,7 +783,7 @@ async fn a_wrong_token_fails_with_job_window_status_and_url_and_never_prints_the
     ] {
         f.sim.handle.clear_requests();
         let (code, out, err) = chatetl(&["--config", c, "-v", "run", "--job", job]);
-        assert_eq!(code, 1, "{out}\n{err}");
+        assert_eq!(code, 3, "refused credentials exit 3: {out}\n{err}");
         let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{err}"));
         assert!(line.starts_with(&format!("error: job {job}, window 20")), "{line}");
         assert!(line.contains(&format!(": upstream returned 401 for GET {}{path}: ", f.sim.base_url())), "{line}");

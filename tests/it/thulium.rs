@@ -644,7 +644,7 @@ async fn a_wrong_password_or_zone_fails_the_window_clearly_and_keeps_the_secret(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert_eq!(code, Some(3), "refused credentials exit 3: {out}\n{err}");
     assert!(err.lines().count() > 10, "trace logging is on");
     let basic = base64(format!("api_user:{secret}").as_bytes());
     assert!(!err.contains(&basic) && !out.contains(&basic), "the basic-auth header leaked");
@@ -660,7 +660,7 @@ async fn a_wrong_password_or_zone_fails_the_window_clearly_and_keeps_the_secret(
 
     // Day buckets in another zone than the account's would be split: the window fails, saying why.
     let run = DailyRun::new(&f.sim.base_url(), &f.token, &["time_zone: America/New_York"]);
-    assert_eq!(run.code, 1, "{}\n{}", run.out, run.err);
+    assert_eq!(run.code, 4, "buckets that do not fit the windows are a bad response: {}\n{}", run.out, run.err);
     assert!(run.err.contains("give the job `time_zone: Europe/Helsinki`") && run.err.contains(PATH), "{}", run.err);
     assert!(!run.wrote());
 }
@@ -726,7 +726,7 @@ async fn bad_responses_fail_the_window_and_extra_fields_are_tolerated() {
         let (code, out, err) = (run.code, &run.out, &run.err);
         match failure {
             Some(message) => {
-                assert_eq!(code, 1, "{name}: {out}\n{err}");
+                assert_eq!(code, 4, "{name}: an unreadable answer exits 4: {out}\n{err}");
                 assert!(
                     err.contains(&format!("job {DAILY}, window 2024-02-01"))
                         && err.contains("unexpected response from GET http://")
@@ -793,7 +793,7 @@ async fn two_users_of_one_name_fail_with_a_hint_and_split_by_login_tells_them_ap
         [shipped(DAILY, "2024-02-01", &[]), renamed(DAILY, "split", "2024-02-01", &[&split, "split_by_login: true"])];
     let config = thulium_config(dir.path(), &sim.base_url(), &token, TestWarehouse::Parquet(&wh), &jobs);
     let (code, out, err) = run_cli(&config, &["run", "--job", DAILY, "--from", "2024-02-01", "--to", "2024-02-02"]);
-    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(code, 4, "rows the report cannot tell apart are a bad response, exit 4: {out}\n{err}");
     assert!(err.contains(&format!("user_name {name_a:?}")) && err.contains("split_by_login: true"), "{err}");
 
     let (code, out, err) = run_cli(&config, &["run", "--job", "split", "--from", "2024-02-01", "--to", "2024-02-02"]);

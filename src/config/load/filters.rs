@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::ctx::Ctx;
 use super::raw::Node;
-use crate::source::giosg::query::Filter;
+use crate::query::Filter;
 
 const ROOT: &str = "filters";
 
@@ -19,7 +19,7 @@ const ROOT: &str = "filters";
 pub(super) fn filter(
     ctx: &mut Ctx,
     root: &Spanned<Node>,
-    dimensions: &[(&str, crate::source::giosg::query::DimensionKind)],
+    dimensions: &[(&str, crate::query::DimensionKind)],
 ) -> Option<Filter> {
     let json = to_json(ctx, root, ROOT)?;
     let filter = deserialize(ctx, root, &json, ROOT)?;

@@ -9,13 +9,13 @@ use serde_saphyr::{Location, Spanned};
 
 use super::ctx::{Ctx, identifier_problem, one_of};
 use super::filters;
+use super::params;
 use super::raw::{RawAggregation, RawJob};
-use super::settings::{JobDefaults, SOURCE_KINDS, endpoints};
+use super::settings::{JobDefaults, SOURCE_KINDS};
 use crate::config::{
     AggregateBy, Endpoint, EndpointParams, Job, JobAggregation, JobKind, Scope, SourceKind, WindowUnit,
-    WorkflowCondition,
 };
-use crate::source::giosg::query::{AggregationKind, DIMENSIONS, DimensionKind, EVENT_DIMENSIONS, Granularity};
+use crate::query::{AggregationKind, DIMENSIONS, Granularity};
 
 /// Columns chatetl writes itself; no aggregation may use them.
 pub const RESERVED_COLUMNS: &[&str] =
@@ -34,79 +34,46 @@ pub(super) struct JobOutcome {
     pub job: Option<Job>,
 }
 
-/// The keys of every windowed job (history, loaded window by window).
-const WINDOWED_KEYS: [&str; 5] = ["window", "start", "lookback_windows", "settle_secs", "include_partial"];
+/// Where an endpoint-specific key of a job file was given, if it was.
+type KeyAt = fn(&RawJob) -> Option<Location>;
 
-/// The keys an endpoint reads besides the windowed ones (for windowed endpoints) and those every
-/// job has (`name`, `description`, `source`, `endpoint`, `kind`, `schedule`, `table`,
-/// `time_zone`).
-fn own_keys(endpoint: Endpoint) -> &'static [&'static str] {
-    match endpoint {
-        Endpoint::ChatSessions => {
-            &["max_windows_per_request", "granularity", "scopes", "rooms", "aggregations", "filters"]
-        }
-        Endpoint::Events => {
-            &["max_windows_per_request", "granularity", "scopes", "aggregations", "filters", "vendor", "event_sources"]
-        }
-        Endpoint::Workflow => &["aggregations", "where"],
-        Endpoint::ChatSummary => &[
-            "max_windows_per_request",
-            "aggregate_by",
-            "user_logins",
-            "chat_queue_ids",
-            "sum_users",
-            "response_threshold",
-            "split_by_login",
-            "page_size",
-        ],
-        Endpoint::RealtimeRooms => &["rooms", "include_shared"],
-        Endpoint::RealtimeUsers => &["user_ids"],
-        Endpoint::Agents => &["department_id", "include_status_distribution", "page_size"],
-        Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => &[],
-    }
+fn at<T>(v: &Option<Spanned<T>>) -> Option<Location> {
+    v.as_ref().map(|v| v.referenced)
 }
 
-/// Whether `endpoint` reads `key`. A key of another endpoint is an error, so a typo or a
-/// misplaced key never goes unnoticed.
-fn takes(endpoint: Endpoint, key: &str) -> bool {
-    (endpoint.kind() == JobKind::Windowed && WINDOWED_KEYS.contains(&key)) || own_keys(endpoint).contains(&key)
-}
+/// Every endpoint-specific key of [`RawJob`]: exactly the keys the registry's endpoints list
+/// (a unit test checks both ways).
+const ENDPOINT_KEYS: &[(&str, KeyAt)] = &[
+    ("window", |r| at(&r.window)),
+    ("start", |r| at(&r.start)),
+    ("lookback_windows", |r| at(&r.lookback_windows)),
+    ("settle_secs", |r| at(&r.settle_secs)),
+    ("include_partial", |r| at(&r.include_partial)),
+    ("max_windows_per_request", |r| at(&r.max_windows_per_request)),
+    ("granularity", |r| at(&r.granularity)),
+    ("scopes", |r| at(&r.scopes)),
+    ("rooms", |r| at(&r.rooms)),
+    ("aggregations", |r| at(&r.aggregations)),
+    ("filters", |r| at(&r.filters)),
+    ("vendor", |r| at(&r.vendor)),
+    ("event_sources", |r| at(&r.event_sources)),
+    ("where", |r| at(&r.conditions)),
+    ("aggregate_by", |r| at(&r.aggregate_by)),
+    ("user_logins", |r| at(&r.user_logins)),
+    ("chat_queue_ids", |r| at(&r.chat_queue_ids)),
+    ("sum_users", |r| at(&r.sum_users)),
+    ("response_threshold", |r| at(&r.response_threshold)),
+    ("split_by_login", |r| at(&r.split_by_login)),
+    ("page_size", |r| at(&r.page_size)),
+    ("include_shared", |r| at(&r.include_shared)),
+    ("user_ids", |r| at(&r.user_ids)),
+    ("department_id", |r| at(&r.department_id)),
+    ("include_status_distribution", |r| at(&r.include_status_distribution)),
+];
 
 /// The endpoint-specific keys present in `r`, with their location.
 fn present_keys(r: &RawJob) -> Vec<(&'static str, Location)> {
-    fn at<T>(v: &Option<Spanned<T>>) -> Option<Location> {
-        v.as_ref().map(|v| v.referenced)
-    }
-    [
-        ("window", at(&r.window)),
-        ("start", at(&r.start)),
-        ("lookback_windows", at(&r.lookback_windows)),
-        ("settle_secs", at(&r.settle_secs)),
-        ("include_partial", at(&r.include_partial)),
-        ("max_windows_per_request", at(&r.max_windows_per_request)),
-        ("granularity", at(&r.granularity)),
-        ("scopes", at(&r.scopes)),
-        ("rooms", at(&r.rooms)),
-        ("aggregations", at(&r.aggregations)),
-        ("filters", at(&r.filters)),
-        ("vendor", at(&r.vendor)),
-        ("event_sources", at(&r.event_sources)),
-        ("where", at(&r.conditions)),
-        ("aggregate_by", at(&r.aggregate_by)),
-        ("user_logins", at(&r.user_logins)),
-        ("chat_queue_ids", at(&r.chat_queue_ids)),
-        ("sum_users", at(&r.sum_users)),
-        ("response_threshold", at(&r.response_threshold)),
-        ("split_by_login", at(&r.split_by_login)),
-        ("page_size", at(&r.page_size)),
-        ("include_shared", at(&r.include_shared)),
-        ("user_ids", at(&r.user_ids)),
-        ("department_id", at(&r.department_id)),
-        ("include_status_distribution", at(&r.include_status_distribution)),
-    ]
-    .into_iter()
-    .filter_map(|(key, at)| at.map(|at| (key, at)))
-    .collect()
+    ENDPOINT_KEYS.iter().filter_map(|(key, at)| at(r).map(|at| (*key, at))).collect()
 }
 
 /// Validates the job file `file`.
@@ -148,13 +115,13 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let known = endpoint.is_some();
     let endpoint = endpoint.unwrap_or(Endpoint::ChatSessions);
     for (key, location) in present_keys(r) {
-        if known && !takes(endpoint, key) {
-            let used_by: Vec<&str> = ALL_ENDPOINTS.iter().filter(|e| takes(**e, key)).map(|e| e.name()).collect();
+        if known && !endpoint.takes(key) {
+            let used_by: Vec<&str> = Endpoint::ALL.iter().filter(|e| e.takes(key)).map(|e| e.name()).collect();
             let message = format!("not used by endpoint `{}` (only by {})", endpoint.name(), one_of(&used_by));
             ctx.error(location, key, message);
         }
     }
-    let uses = |key: &str| takes(endpoint, key);
+    let uses = |key: &str| endpoint.takes(key);
     let job_kind = job_kind(ctx, at, r.kind.as_ref(), endpoint);
     let windowed = endpoint.kind() == JobKind::Windowed;
 
@@ -164,9 +131,11 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     } else {
         Some(WindowUnit::Snapshot)
     };
-    let granularity = match endpoint {
-        Endpoint::ChatSessions | Endpoint::Events => job_granularity(ctx, r.granularity.as_ref(), window),
-        _ => Some(Granularity::All),
+    // Endpoints that bucket by granularity take the key; the others get one bucket per request.
+    let granularity = if endpoint.takes("granularity") {
+        job_granularity(ctx, r.granularity.as_ref(), window)
+    } else {
+        Some(Granularity::All)
     };
     let scopes = if uses("scopes") { job_scopes(ctx, r.scopes.as_ref()) } else { Some(vec![Scope::Org]) };
     let rooms = if uses("rooms") { job_rooms(ctx, r.rooms.as_ref()) } else { Some(Vec::new()) };
@@ -177,7 +146,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         Some(Vec::new())
     };
     let filters = match (&r.filters, uses("filters")) {
-        (Some(node), true) => filters::filter(ctx, node, dimensions_of(endpoint)).map(Some),
+        (Some(node), true) => filters::filter(ctx, node, endpoint.info().dimensions).map(Some),
         _ => Some(None),
     };
     let start = if windowed {
@@ -199,7 +168,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         _ => u64::from(u32::MAX),
     };
     let lookback_windows = ctx.integer("lookback_windows", r.lookback_windows.as_ref(), 0, max_windows, 1);
-    let params = endpoint_params(ctx, at, r, endpoint, window);
+    let params = params::endpoint_params(ctx, at, r, endpoint, window);
     // One request covers one window when the API returns one bucket per request: granularity
     // `all`, or a chat summary bucket longer than a window (a chat summary's granularity is
     // `all` only as a placeholder: its buckets are `aggregate_by`'s).
@@ -276,19 +245,6 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     JobOutcome { name, table, job }
 }
 
-const ALL_ENDPOINTS: [Endpoint; 10] = [
-    Endpoint::ChatSessions,
-    Endpoint::Events,
-    Endpoint::Workflow,
-    Endpoint::RealtimeRooms,
-    Endpoint::RealtimeUsers,
-    Endpoint::ChatSummary,
-    Endpoint::Agents,
-    Endpoint::Queue,
-    Endpoint::Today,
-    Endpoint::RightNow,
-];
-
 /// `kind`: optional for windowed endpoints, required (`snapshot`) for snapshot ones, so a reader
 /// of the file sees that the job has no history.
 fn job_kind(ctx: &mut Ctx, at: Location, value: Option<&Spanned<String>>, endpoint: Endpoint) -> Option<JobKind> {
@@ -320,16 +276,8 @@ pub fn one_bucket_per_request(aggregate_by: AggregateBy) -> bool {
     matches!(aggregate_by, AggregateBy::HourOfDay | AggregateBy::Week | AggregateBy::Month | AggregateBy::Year)
 }
 
-/// The dimensions `filters` and `aggregations[].field` may name for `endpoint`.
-fn dimensions_of(endpoint: Endpoint) -> &'static [(&'static str, DimensionKind)] {
-    match endpoint {
-        Endpoint::Events => EVENT_DIMENSIONS,
-        _ => DIMENSIONS,
-    }
-}
-
 /// A list of non-empty strings without repeats.
-fn string_list(
+pub(super) fn string_list(
     ctx: &mut Ctx,
     key: &str,
     value: Option<&Spanned<Vec<Spanned<String>>>>,
@@ -351,145 +299,6 @@ fn string_list(
     out
 }
 
-/// The endpoint's own keys.
-fn endpoint_params(
-    ctx: &mut Ctx,
-    at: Location,
-    r: &RawJob,
-    endpoint: Endpoint,
-    window: Option<WindowUnit>,
-) -> Option<EndpointParams> {
-    let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_some_and(|v| v.value);
-    match endpoint {
-        Endpoint::ChatSessions => Some(EndpointParams::ChatSessions),
-        Endpoint::Events => {
-            let vendor = match &r.vendor {
-                None => Some("com.giosg.chat".to_string()),
-                Some(v) => {
-                    ctx.non_empty("vendor", v, "an event vendor, e.g. com.giosg.chat").map(|v| v.trim().to_string())
-                }
-            };
-            let sources = match &r.event_sources {
-                None => Some(vec!["trusted".to_string()]),
-                Some(list) if list.value.is_empty() => {
-                    ctx.error(list.referenced, "event_sources", "expected at least one event source, e.g. trusted");
-                    None
-                }
-                Some(_) => string_list(ctx, "event_sources", r.event_sources.as_ref(), "an event source"),
-            };
-            Some(EndpointParams::Events { vendor: vendor?, sources: sources? })
-        }
-        Endpoint::Workflow => {
-            let list = ctx.required(at, "where", &r.conditions, "a list of `field` and `search`")?;
-            if list.value.is_empty() {
-                ctx.error(list.referenced, "where", "expected at least one condition");
-                return None;
-            }
-            let mut conditions = Some(Vec::new());
-            for (i, c) in list.value.iter().enumerate() {
-                let path = |k: &str| format!("where[{i}].{k}");
-                let field = ctx
-                    .required(c.referenced, &path("field"), &c.value.field, "the field matched, e.g. category")
-                    .and_then(|v| ctx.non_empty(&path("field"), v, "a field name"));
-                let search = ctx
-                    .required(c.referenced, &path("search"), &c.value.search, "the value matched (\"\" for empty)")
-                    .and_then(|v| ctx.text(&path("search"), v));
-                match (field, search, &mut conditions) {
-                    (Some(field), Some(search), Some(out)) => {
-                        out.push(WorkflowCondition { field: field.trim().to_string(), search })
-                    }
-                    _ => conditions = None,
-                }
-            }
-            Some(EndpointParams::Workflow { conditions: conditions? })
-        }
-        Endpoint::ChatSummary => {
-            let options = [
-                ("minute", AggregateBy::Minute),
-                ("hour", AggregateBy::Hour),
-                ("day", AggregateBy::Day),
-                ("hour_of_day", AggregateBy::HourOfDay),
-                ("week", AggregateBy::Week),
-                ("month", AggregateBy::Month),
-                ("year", AggregateBy::Year),
-            ];
-            let aggregate_by = match &r.aggregate_by {
-                None => window.map(|w| if w == WindowUnit::Hour { AggregateBy::Hour } else { AggregateBy::Day }),
-                Some(v) => ctx.choice("aggregate_by", v, "aggregate_by", &options).and_then(|a| {
-                    if window == Some(WindowUnit::Hour) && matches!(a, AggregateBy::Day | AggregateBy::HourOfDay) {
-                        let message = format!("`{}` buckets do not fit in an hour window", a.as_str());
-                        ctx.error(v.referenced, "aggregate_by", message);
-                        return None;
-                    }
-                    Some(a)
-                }),
-            };
-            let user_logins = string_list(ctx, "user_logins", r.user_logins.as_ref(), "a user login");
-            let chat_queue_ids = match &r.chat_queue_ids {
-                None => Some(Vec::new()),
-                Some(list) => {
-                    let mut out = Some(Vec::new());
-                    for (i, item) in list.value.iter().enumerate() {
-                        let id = ctx.integer(&format!("chat_queue_ids[{i}]"), Some(item), 0, u64::from(u32::MAX), 0);
-                        match (id, &mut out) {
-                            (Some(id), Some(out)) => out.push(id.to_string()),
-                            _ => out = None,
-                        }
-                    }
-                    out
-                }
-            };
-            let response_threshold = match &r.response_threshold {
-                None => Some(None),
-                Some(v) => ctx.integer("response_threshold", Some(v), 1, 86_400, 20).map(|n| Some(n as u32)),
-            };
-            let page_size = ctx.integer("page_size", r.page_size.as_ref(), 1, 100, 100).map(|n| n as u32);
-            let split_by_login = flag(&r.split_by_login);
-            if split_by_login && user_logins.as_ref().is_some_and(Vec::is_empty) {
-                let at = r.split_by_login.as_ref().map_or(at, |v| v.referenced);
-                ctx.error(at, "split_by_login", "needs `user_logins`: one request is sent per login");
-                return None;
-            }
-            if split_by_login && flag(&r.sum_users) {
-                let at = r.split_by_login.as_ref().map_or(at, |v| v.referenced);
-                ctx.error(
-                    at,
-                    "split_by_login",
-                    "cannot be combined with `sum_users: true` (one row per request either way; use one of them)",
-                );
-                return None;
-            }
-            Some(EndpointParams::ChatSummary {
-                aggregate_by: aggregate_by?,
-                user_logins: user_logins?,
-                chat_queue_ids: chat_queue_ids?,
-                sum_users: flag(&r.sum_users),
-                response_threshold: response_threshold?,
-                split_by_login,
-                page_size: page_size?,
-            })
-        }
-        Endpoint::RealtimeRooms => Some(EndpointParams::RealtimeRooms { include_shared: flag(&r.include_shared) }),
-        Endpoint::RealtimeUsers => {
-            let user_ids = string_list(ctx, "user_ids", r.user_ids.as_ref(), "a user id")?;
-            Some(EndpointParams::RealtimeUsers { user_ids })
-        }
-        Endpoint::Agents => {
-            let department_id = match &r.department_id {
-                None => Some(None),
-                Some(v) => ctx.non_empty("department_id", v, "a department id").map(|v| Some(v.trim().to_string())),
-            };
-            let page_size = ctx.integer("page_size", r.page_size.as_ref(), 1, 1000, 100).map(|n| n as u32);
-            Some(EndpointParams::Agents {
-                department_id: department_id?,
-                include_status_distribution: flag(&r.include_status_distribution),
-                page_size: page_size?,
-            })
-        }
-        Endpoint::Queue | Endpoint::Today | Endpoint::RightNow => Some(EndpointParams::None),
-    }
-}
-
 /// The job's source name and, when known, its kind.
 fn job_source(ctx: &mut Ctx, value: &Spanned<String>, defaults: &JobDefaults) -> (Option<String>, Option<SourceKind>) {
     let Some(name) = ctx.text("source", value) else { return (None, None) };
@@ -507,16 +316,16 @@ fn job_source(ctx: &mut Ctx, value: &Spanned<String>, defaults: &JobDefaults) ->
 
 /// The endpoint, among those of the source's kind (of every kind when that is unknown).
 fn job_endpoint(ctx: &mut Ctx, value: &Spanned<String>, kind: Option<SourceKind>) -> Option<Endpoint> {
+    let choices = |endpoints: &mut dyn Iterator<Item = Endpoint>| -> Vec<(&'static str, Endpoint)> {
+        endpoints.map(|e| (e.name(), e)).collect()
+    };
     match kind {
         Some(kind) => {
             let kind_name = SOURCE_KINDS.iter().find(|(_, k)| *k == kind).map_or("this", |(n, _)| *n);
-            ctx.choice("endpoint", value, &format!("endpoint for a {kind_name} source"), endpoints(kind))
+            let options = choices(&mut Endpoint::of(kind));
+            ctx.choice("endpoint", value, &format!("endpoint for a {kind_name} source"), &options)
         }
-        None => {
-            let all: Vec<(&str, Endpoint)> =
-                SOURCE_KINDS.iter().flat_map(|(_, k)| endpoints(*k).iter().copied()).collect();
-            ctx.choice("endpoint", value, "endpoint", &all)
-        }
+        None => ctx.choice("endpoint", value, "endpoint", &choices(&mut Endpoint::ALL.iter().copied())),
     }
 }
 
@@ -614,12 +423,7 @@ fn job_aggregation(
     let at = raw.referenced;
     let r = &raw.value;
     let path = |key: &str| format!("aggregations[{i}].{key}");
-    let all = [AggregationKind::Count, AggregationKind::Sum, AggregationKind::Avg, AggregationKind::HyperUnique];
-    let allowed: &[AggregationKind] = match endpoint {
-        Endpoint::Events => &all[..3],
-        Endpoint::Workflow => &all[2..3],
-        _ => &all,
-    };
+    let allowed = endpoint.info().aggregations;
     let kinds: Vec<(&str, AggregationKind)> = allowed.iter().map(|k| (k.api_name(), *k)).collect();
     let kind_names: Vec<&str> = kinds.iter().map(|(name, _)| *name).collect();
 
@@ -667,7 +471,7 @@ fn aggregation_field(
         None => DIMENSIONS.iter().map(|(name, _)| *name).collect(),
     };
     let problem = match restricted {
-        _ if crate::source::giosg::query::dimension_kind(&field).is_none() => {
+        _ if crate::query::dimension_kind(&field).is_none() => {
             format!("unknown dimension `{field}` (expected {})", one_of(&allowed))
         }
         Some(k) if !allowed.contains(&field.as_str()) => {
@@ -700,4 +504,23 @@ fn aggregation_column(
     };
     ctx.error(value.referenced, path, problem);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ENDPOINT_KEYS;
+    use crate::config::{Endpoint, WINDOWED_KEYS};
+
+    #[test]
+    fn the_raw_job_reads_exactly_the_keys_the_registry_names() {
+        let read: Vec<&str> = ENDPOINT_KEYS.iter().map(|(k, _)| *k).collect();
+        let mut named: Vec<&str> = WINDOWED_KEYS.to_vec();
+        named.extend(Endpoint::ALL.iter().flat_map(|e| e.info().keys.iter().copied()));
+        for key in &named {
+            assert!(read.contains(key), "registry key `{key}` has no field in RawJob (add it to ENDPOINT_KEYS)");
+        }
+        for key in &read {
+            assert!(named.contains(key), "`{key}` is read but no endpoint of the registry takes it");
+        }
+    }
 }

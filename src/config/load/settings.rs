@@ -1,7 +1,7 @@
 //! The rules of `chatetl.yaml`: sources, warehouse, default zone and jobs folder.
 //!
-//! To add a source kind: a row of [`SOURCE_KINDS`], its endpoints in [`endpoints`], and its keys
-//! in `raw.rs` and [`source`]; to add an endpoint: a row in [`endpoints`].
+//! To add a source kind: a row of [`SOURCE_KINDS`], its keys in `raw.rs` and [`source`]; its
+//! endpoints name it as their vendor in the registry (`config/endpoint.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,31 +11,11 @@ use serde_saphyr::{Location, Spanned};
 
 use super::ctx::{Ctx, one_of};
 use super::raw::{RawConfig, RawSource, RawWarehouse};
-use crate::config::{Credentials, Endpoint, Secret, SourceConfig, SourceKind, Warehouse};
+use crate::config::{Credentials, Secret, SourceConfig, SourceKind, Warehouse};
 
 /// Source kinds by their name in `chatetl.yaml`.
 pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] =
     &[("giosg", SourceKind::Giosg), ("thulium", SourceKind::Thulium), ("comm100", SourceKind::Comm100)];
-
-/// The endpoints a source of `kind` serves, by their name in job files.
-pub(super) fn endpoints(kind: SourceKind) -> &'static [(&'static str, Endpoint)] {
-    match kind {
-        SourceKind::Giosg => &[
-            ("chat_sessions", Endpoint::ChatSessions),
-            ("events", Endpoint::Events),
-            ("workflow", Endpoint::Workflow),
-            ("realtime_rooms", Endpoint::RealtimeRooms),
-            ("realtime_users", Endpoint::RealtimeUsers),
-        ],
-        SourceKind::Thulium => &[("chat_summary", Endpoint::ChatSummary)],
-        SourceKind::Comm100 => &[
-            ("agents", Endpoint::Agents),
-            ("queue", Endpoint::Queue),
-            ("today", Endpoint::Today),
-            ("right_now", Endpoint::RightNow),
-        ],
-    }
-}
 
 /// Longest `timeout_secs` and `max_retry_delay_secs` (a day), far from any overflow.
 const MAX_DELAY_SECS: u64 = 86_400;

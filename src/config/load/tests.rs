@@ -9,7 +9,7 @@ use tempfile::TempDir;
 
 use super::{ConfigError, load, load_with_env};
 use crate::config::{Config, Endpoint, JobAggregation, Scope, SourceKind, Warehouse, WindowUnit};
-use crate::source::giosg::query::{AggregationKind, Filter, Granularity, Ordering};
+use crate::query::{AggregationKind, Filter, Granularity, Ordering};
 
 /// The `chatetl.yaml` of the documentation.
 const CONFIG: &str = r#"time_zone: Europe/Helsinki        # optional, default "UTC"

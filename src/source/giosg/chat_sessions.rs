@@ -14,12 +14,13 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::batch::{Row, Value as Cell};
 use crate::config::{Job, Scope, SourceConfig};
 use crate::plan::Window;
-use crate::source::FetchError;
-use crate::source::giosg::query::{Aggregation, ChatSessionsQuery, ChatSessionsResponse, Filter, Interval};
-use crate::source::http::{HttpClient, HttpRequest};
+use crate::query::{Aggregation, ChatSessionsQuery, ChatSessionsResponse, Filter, Interval};
+use crate::row::{Column, Row, Value as Cell};
+use crate::source::http::{Calls, HttpRequest};
+use crate::source::{Api, FetchError, WindowRows};
+use futures::future::BoxFuture;
 
 /// `…/api/reporting/v1/orgs/{org}/chat_sessions`.
 pub fn url(base_url: &str, organization_id: &str) -> String {
@@ -32,26 +33,39 @@ pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<Htt
     job.scopes.iter().map(|scope| HttpRequest::post_json(&url, &query(job, *scope, windows))).collect()
 }
 
-/// Sends every scope's request at once and merges their rows per window.
-pub async fn fetch(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    windows: &[Window],
-) -> Result<Vec<Vec<Row>>, FetchError> {
-    fetch_scopes(client, job, windows, requests(source, job, windows), "a chat_sessions result").await
+/// The chat_sessions reporting API (api-docs 001, 002).
+pub struct ChatSessions;
+
+impl Api for ChatSessions {
+    fn columns(&self, job: &Job) -> (Vec<Column>, Vec<Column>) {
+        super::columns(job, "chat session rows")
+    }
+
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+        requests(source, job, windows)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> BoxFuture<'a, Result<WindowRows, FetchError>> {
+        let requests = requests(calls.source, job, windows);
+        Box::pin(fetch_scopes(calls, job, windows, requests, "a chat_sessions result"))
+    }
 }
 
 /// Sends `requests` (one per scope of `job`, in order) at once, parses each `{fields, data}`
 /// answer and merges their rows per window; `what` names the expected result in errors.
 pub async fn fetch_scopes(
-    client: &HttpClient,
+    calls: &Calls<'_>,
     job: &Job,
     windows: &[Window],
     requests: Vec<HttpRequest>,
     what: &str,
-) -> Result<Vec<Vec<Row>>, FetchError> {
-    let answers = futures::future::try_join_all(requests.iter().map(|r| client.send(r))).await?;
+) -> Result<WindowRows, FetchError> {
+    let answers = futures::future::try_join_all(requests.iter().map(|r| calls.send(r))).await?;
     let mut out = vec![Vec::new(); windows.len()];
     for ((scope, body), req) in job.scopes.iter().zip(answers).zip(&requests) {
         let rows = parse(job, *scope, windows, &body, what).map_err(|message| FetchError::response(req, message))?;
@@ -106,7 +120,7 @@ pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
 /// for `scope` into rows per window (same order as `windows`); `what` names the expected result
 /// in errors.
 pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8], what: &str) -> Result<Vec<Vec<Row>>, String> {
-    let resp: ChatSessionsResponse = crate::source::json_body(body, what)?;
+    let resp: ChatSessionsResponse = crate::source::parse_json(body, what)?;
     let names: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
     let index_of = |name: &str| {
         names.iter().position(|n| *n == name).ok_or_else(|| format!("response lacks field `{name}` (it has {names:?})"))

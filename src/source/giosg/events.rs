@@ -19,12 +19,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::Row;
 use crate::config::{EndpointParams, Job, Scope, SourceConfig};
 use crate::plan::Window;
-use crate::source::FetchError;
-use crate::source::giosg::query::{AggregationKind, EVENT_DIMENSIONS, Filter, Granularity, Interval};
-use crate::source::http::{HttpClient, HttpRequest};
+use crate::query::{AggregationKind, EVENT_DIMENSIONS, Filter, Granularity, Interval};
+use crate::row::Column;
+use crate::source::http::{Calls, HttpRequest};
+use crate::source::{Api, FetchError, WindowRows};
+use futures::future::BoxFuture;
 
 /// One query against `POST /api/events/v2/orgs/{org}/fetch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,12 +113,25 @@ pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<Htt
     job.scopes.iter().map(|scope| HttpRequest::post_json(&url, &query(source, job, *scope, windows))).collect()
 }
 
-/// Sends every scope's request at once and merges their rows per window.
-pub async fn fetch(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    windows: &[Window],
-) -> Result<Vec<Vec<Row>>, FetchError> {
-    super::chat_sessions::fetch_scopes(client, job, windows, requests(source, job, windows), "an events result").await
+/// The events API (api-docs 001): every scope's request at once, rows merged per window.
+pub struct Events;
+
+impl Api for Events {
+    fn columns(&self, job: &Job) -> (Vec<Column>, Vec<Column>) {
+        super::columns(job, "matching events' values")
+    }
+
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+        requests(source, job, windows)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> BoxFuture<'a, Result<WindowRows, FetchError>> {
+        let requests = requests(calls.source, job, windows);
+        Box::pin(super::chat_sessions::fetch_scopes(calls, job, windows, requests, "an events result"))
+    }
 }

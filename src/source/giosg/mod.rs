@@ -8,17 +8,17 @@
 
 pub mod chat_sessions;
 pub mod events;
-pub mod query;
 pub mod realtime;
 pub mod workflow;
 
-use crate::batch::{Column, ColumnType};
 use crate::config::Job;
-use crate::source::giosg::query::AggregationKind;
+use crate::query::AggregationKind;
+use crate::row::{Column, ColumnType};
 
 /// chat_sessions, events and workflow tables: `scope`, `team_id`, `user_id`, then one column per
-/// aggregation (`bigint` for count, `double precision` otherwise).
-pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
+/// aggregation (`bigint` for count, `double precision` otherwise); `counted` says what a count
+/// without a field counts, for its comment.
+pub fn columns(job: &Job, counted: &str) -> (Vec<Column>, Vec<Column>) {
     let dims = vec![
         Column::new("scope", ColumnType::Text, "row scope: org, team or user"),
         Column::new("team_id", ColumnType::Text, "team of a team-scope row"),
@@ -33,17 +33,10 @@ pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
             comment: match &a.field {
                 Some(f) => format!("{} of {f} (api metric {})", a.kind.api_name(), a.metric_name()),
                 None => {
-                    format!("{} of the {} (api metric {})", a.kind.api_name(), what_is_counted(job), a.metric_name())
+                    format!("{} of the {counted} (api metric {})", a.kind.api_name(), a.metric_name())
                 }
             },
         })
         .collect();
     (dims, metrics)
-}
-
-fn what_is_counted(job: &Job) -> &'static str {
-    match job.endpoint {
-        crate::config::Endpoint::Events => "matching events' values",
-        _ => "chat session rows",
-    }
 }

@@ -38,28 +38,60 @@ use std::collections::HashSet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::batch::{Column, ColumnType, Row, Value as Cell};
-use crate::config::{Endpoint, EndpointParams, Job, SourceConfig};
+use crate::config::{EndpointParams, Job, SourceConfig};
 use crate::plan::Window;
-use crate::source::FetchError;
-use crate::source::http::{HttpClient, HttpRequest};
+use crate::row::{Column, ColumnType, Row, Value as Cell};
+use crate::source::http::{Calls, HttpRequest};
+use crate::source::{Api, FetchError, WindowRows};
 
-/// Most pages followed for one snapshot: far more than any organization's rooms or operators.
-const MAX_PAGES: usize = 10_000;
+/// Which real-time collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Rooms,
+    Users,
+}
+
+/// A giosg real-time collection (`source::api` gives one per endpoint).
+pub struct Realtime(pub Collection);
+
+impl Api for Realtime {
+    fn columns(&self, _job: &Job) -> (Vec<Column>, Vec<Column>) {
+        columns(self.0)
+    }
+
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+        windows.iter().map(|_| first_request(self.0, source, job)).collect()
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> futures::future::BoxFuture<'a, Result<WindowRows, FetchError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(windows.len());
+            for window in windows {
+                out.push(fetch_one(self.0, calls, job, window).await?);
+            }
+            Ok(out)
+        })
+    }
+}
 
 /// `…/api/v4/reporting/realtime/rooms` or `…/users`.
-pub fn path(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::RealtimeUsers => "/api/v4/reporting/realtime/users",
-        _ => "/api/v4/reporting/realtime/rooms",
+pub fn path(collection: Collection) -> &'static str {
+    match collection {
+        Collection::Users => "/api/v4/reporting/realtime/users",
+        Collection::Rooms => "/api/v4/reporting/realtime/rooms",
     }
 }
 
 /// The key and value columns of a rooms or users snapshot.
-pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
+fn columns(collection: Collection) -> (Vec<Column>, Vec<Column>) {
     let c = Column::new;
-    match job.endpoint {
-        Endpoint::RealtimeUsers => (
+    match collection {
+        Collection::Users => (
             vec![c("user_id", ColumnType::Text, "the operator (giosg user id)")],
             vec![
                 c("email", ColumnType::Text, "the operator's email address"),
@@ -81,7 +113,7 @@ pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
                 c("teams", ColumnType::Json, "the operator's teams as the API returns them: [{team_id}]"),
             ],
         ),
-        _ => (
+        Collection::Rooms => (
             vec![c("room_id", ColumnType::Text, "the room (UUID)")],
             vec![
                 c("room_name", ColumnType::Text, "the room's name"),
@@ -116,12 +148,8 @@ pub fn columns(job: &Job) -> (Vec<Column>, Vec<Column>) {
     }
 }
 
-/// The first page's request of each window's snapshot.
-pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
-    windows.iter().map(|_| first_request(source, job)).collect()
-}
-
-fn first_request(source: &SourceConfig, job: &Job) -> HttpRequest {
+/// The first page's request of a snapshot.
+fn first_request(collection: Collection, source: &SourceConfig, job: &Job) -> HttpRequest {
     let mut params: Vec<(&str, String)> = Vec::new();
     match &job.params {
         EndpointParams::RealtimeUsers { user_ids } if !user_ids.is_empty() => {
@@ -138,7 +166,7 @@ fn first_request(source: &SourceConfig, job: &Job) -> HttpRequest {
     }
     HttpRequest {
         method: reqwest::Method::GET,
-        url: url_with_query(&source.base_url, path(job.endpoint), &params),
+        url: url_with_query(&source.base_url, path(collection), &params),
         body: None,
     }
 }
@@ -159,20 +187,6 @@ pub fn url_with_query(base: &str, path: &str, params: &[(&str, String)]) -> Stri
     }
 }
 
-/// Captures each window's snapshot, every page.
-pub async fn fetch(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    windows: &[Window],
-) -> Result<Vec<Vec<Row>>, FetchError> {
-    let mut out = Vec::with_capacity(windows.len());
-    for window in windows {
-        out.push(fetch_one(client, source, job, window).await?);
-    }
-    Ok(out)
-}
-
 /// giosg's paginated collection (assumed envelope; see the module doc).
 #[derive(Debug, Deserialize)]
 struct Page {
@@ -183,59 +197,58 @@ struct Page {
     count: Option<u64>,
 }
 
+/// One snapshot, every page: each result once, adding up to `count` when the answer has one.
 async fn fetch_one(
-    client: &HttpClient,
-    source: &SourceConfig,
+    collection: Collection,
+    calls: &Calls<'_>,
     job: &Job,
     window: &Window,
 ) -> Result<Vec<Row>, FetchError> {
-    let mut req = first_request(source, job);
-    let mut seen_urls = HashSet::from([req.url.clone()]);
     let mut seen_ids = HashSet::new();
     let mut rows = Vec::new();
-    for page_no in 1.. {
-        let body = client.send(&req).await?;
-        let page: Page =
-            crate::source::json_body(&body, "a giosg paginated collection {count, next, previous, results}")
-                .map_err(|m| FetchError::response(&req, m))?;
-        for (i, item) in page.results.iter().enumerate() {
-            let at = format!("page {page_no}, results[{i}]");
-            let row = parse_result(job, window, item, &at).map_err(|m| FetchError::response(&req, m))?;
-            let id = row.dims[0].clone().unwrap_or_default();
-            if !seen_ids.insert(id.clone()) {
-                let m = format!(
-                    "{at}: {} `{id}` was already on an earlier page: the collection changed while paging",
-                    key_name(job)
-                );
-                return Err(FetchError::response(&req, m));
+    let first = first_request(collection, calls.source, job);
+    calls
+        .pages(first, |page_no, req, body| {
+            let page: Page =
+                crate::source::json_body(req, body, "a giosg paginated collection {count, next, previous, results}")?;
+            for (i, item) in page.results.iter().enumerate() {
+                let at = format!("page {page_no}, results[{i}]");
+                let row = parse_result(collection, window, item, &at).map_err(|m| FetchError::response(req, m))?;
+                let id = row.dims[0].clone().unwrap_or_default();
+                if !seen_ids.insert(id.clone()) {
+                    let m = format!(
+                        "{at}: {} `{id}` was already on an earlier page: the collection changed while paging",
+                        key_name(collection)
+                    );
+                    return Err(FetchError::response(req, m));
+                }
+                rows.push(row);
             }
-            rows.push(row);
-        }
-        let Some(next) = page.next else {
-            if let Some(count) = page.count
-                && count != rows.len() as u64
-            {
-                let m = format!(
-                    "the collection has count {count} but its pages held {} results: it changed while paging",
-                    rows.len()
-                );
-                return Err(FetchError::response(&req, m));
-            }
-            tracing::debug!(job = %job.name, pages = page_no, rows = rows.len(), "realtime snapshot fetched");
-            return Ok(rows);
-        };
-        let next = next_url(&source.base_url, &req.url, &next).map_err(|m| FetchError::response(&req, m))?;
-        if !seen_urls.insert(next.clone()) || page_no >= MAX_PAGES {
-            let m = format!("`next` leads back to {next} after {page_no} pages: the pages loop");
-            return Err(FetchError::response(&req, m));
-        }
-        req = HttpRequest { method: reqwest::Method::GET, url: next, body: None };
-    }
-    unreachable!("the page loop returns")
+            let Some(next) = page.next else {
+                if let Some(count) = page.count
+                    && count != rows.len() as u64
+                {
+                    let m = format!(
+                        "the collection has count {count} but its pages held {} results: it changed while paging",
+                        rows.len()
+                    );
+                    return Err(FetchError::response(req, m));
+                }
+                tracing::debug!(job = %job.name, pages = page_no, rows = rows.len(), "realtime snapshot fetched");
+                return Ok(None);
+            };
+            let next = next_url(&calls.source.base_url, &req.url, &next).map_err(|m| FetchError::response(req, m))?;
+            Ok(Some(HttpRequest { method: reqwest::Method::GET, url: next, body: None }))
+        })
+        .await?;
+    Ok(rows)
 }
 
-fn key_name(job: &Job) -> &'static str {
-    if job.endpoint == Endpoint::RealtimeUsers { "user" } else { "room" }
+fn key_name(collection: Collection) -> &'static str {
+    match collection {
+        Collection::Users => "user",
+        Collection::Rooms => "room",
+    }
 }
 
 /// Resolves a `next` link against the page it came from; it must stay on `base_url`'s host so the
@@ -253,10 +266,10 @@ pub fn next_url(base_url: &str, current: &str, next: &str) -> Result<String, Str
 }
 
 /// One result object → one row at the window's `captured_at`.
-fn parse_result(job: &Job, window: &Window, item: &Value, at: &str) -> Result<Row, String> {
+fn parse_result(collection: Collection, window: &Window, item: &Value, at: &str) -> Result<Row, String> {
     let f = Fields::of(item, at)?;
-    let (dims, metrics) = match job.endpoint {
-        Endpoint::RealtimeUsers => {
+    let (dims, metrics) = match collection {
+        Collection::Users => {
             let rooms = f.array("rooms")?;
             let teams = f.array("teams")?;
             let room_ids = rooms
@@ -284,7 +297,7 @@ fn parse_result(job: &Job, window: &Window, item: &Value, at: &str) -> Result<Ro
                 ],
             )
         }
-        _ => (
+        Collection::Rooms => (
             vec![Some(f.id("room_id")?)],
             vec![
                 f.text("room_name")?,
@@ -436,10 +449,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn job(endpoint: Endpoint) -> Job {
-        let text = match endpoint {
-            Endpoint::RealtimeUsers => "description: d\nsource: giosg\nendpoint: realtime_users\nkind: snapshot\n",
-            _ => "description: d\nsource: giosg\nendpoint: realtime_rooms\nkind: snapshot\nrooms: [a, b]\n",
+    fn job(collection: Collection) -> Job {
+        let text = match collection {
+            Collection::Users => "description: d\nsource: giosg\nendpoint: realtime_users\nkind: snapshot\n",
+            Collection::Rooms => {
+                "description: d\nsource: giosg\nendpoint: realtime_rooms\nkind: snapshot\nrooms: [a, b]\n"
+            }
         };
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
@@ -466,7 +481,7 @@ mod tests {
             "rooms": [{"room_id": "e6a850ca-e1d3-11e4-9706-38b1dbe48b5b",
                 "room": {"currently_open_chats": 2, "id": "e6a850ca-e1d3-11e4-9706-38b1dbe48b5b", "name": "domain.com"}}],
             "teams": [{"team_id": 1}]});
-        let row = parse_result(&job(Endpoint::RealtimeUsers), &window(), &item, "results[0]").unwrap();
+        let row = parse_result(Collection::Users, &window(), &item, "results[0]").unwrap();
         assert_eq!(row.dims, vec![Some("1".to_string())]);
         assert_eq!(row.metrics[1], Cell::Bool(true));
         assert_eq!(row.metrics[5], Cell::Text(r#"["e6a850ca-e1d3-11e4-9706-38b1dbe48b5b"]"#.into()));
@@ -476,10 +491,10 @@ mod tests {
         let mut fixed = item.clone();
         fixed.as_object_mut().unwrap().remove("is_logged_id");
         fixed["is_logged_in"] = json!(false);
-        let row = parse_result(&job(Endpoint::RealtimeUsers), &window(), &fixed, "results[0]").unwrap();
+        let row = parse_result(Collection::Users, &window(), &fixed, "results[0]").unwrap();
         assert_eq!(row.metrics[1], Cell::Bool(false));
         fixed.as_object_mut().unwrap().remove("is_logged_in");
-        let err = parse_result(&job(Endpoint::RealtimeUsers), &window(), &fixed, "results[0]").unwrap_err();
+        let err = parse_result(Collection::Users, &window(), &fixed, "results[0]").unwrap_err();
         assert!(err.contains("lacks field `is_logged_in` (or `is_logged_id`)"), "{err}");
     }
 
@@ -488,18 +503,18 @@ mod tests {
         let item = json!({"room_id": "e6a850ca-e1d3-11e4-9706-38b1dbe48b5b", "room_name": "domain.com",
             "currently_open_chats": 8, "free_capacity": 4, "waiting_chats": 3, "average_wait_time": 14.6,
             "max_wait_time": 24.2, "missed_chats": 2, "real_chats": 76, "current_visitors": 123});
-        let row = parse_result(&job(Endpoint::RealtimeRooms), &window(), &item, "results[0]").unwrap();
+        let row = parse_result(Collection::Rooms, &window(), &item, "results[0]").unwrap();
         assert_eq!(row.metrics[4], Cell::Number(14.6));
         assert_eq!(row.metrics[9], Cell::Null);
         let mut broken = item.clone();
         broken["free_capacity"] = json!("4");
-        let err = parse_result(&job(Endpoint::RealtimeRooms), &window(), &broken, "page 1, results[0]").unwrap_err();
+        let err = parse_result(Collection::Rooms, &window(), &broken, "page 1, results[0]").unwrap_err();
         assert_eq!(err, "page 1, results[0].free_capacity is not a number: \"4\"");
     }
 
     #[test]
     fn rooms_query_follows_the_docs_parameters() {
-        let j = job(Endpoint::RealtimeRooms);
+        let j = job(Collection::Rooms);
         let source = crate::config::SourceConfig {
             name: "giosg".into(),
             kind: crate::config::SourceKind::Giosg,
@@ -513,7 +528,7 @@ mod tests {
             max_retries: 0,
             max_retry_delay_secs: 1,
         };
-        let reqs = requests(&source, &j, &[window()]);
+        let reqs = Realtime(Collection::Rooms).requests(&source, &j, &[window()]);
         assert_eq!(
             reqs[0].url,
             "https://service.giosg.com/api/v4/reporting/realtime/rooms?room_id=a%2Cb&include_shared=false&timezone=Europe%2FHelsinki"

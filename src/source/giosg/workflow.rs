@@ -17,12 +17,13 @@ use chrono::{DateTime, Duration, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::batch::{Row, Value as Cell};
 use crate::config::{EndpointParams, Job, SourceConfig, WorkflowCondition};
 use crate::plan::Window;
-use crate::source::FetchError;
-use crate::source::giosg::query::{ChatSessionsResponse, serde_ms_offset};
-use crate::source::http::{HttpClient, HttpRequest};
+use crate::query::{ChatSessionsResponse, serde_ms_offset};
+use crate::row::{Column, Row, Value as Cell};
+use crate::source::http::{Calls, HttpRequest};
+use crate::source::{Api, FetchError, WindowRows};
+use futures::future::BoxFuture;
 
 /// One query against the workflow endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,15 +72,32 @@ pub fn requests(source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<Htt
     windows.iter().map(|w| HttpRequest::post_json(&url, &query(job, w))).collect()
 }
 
+/// The workflow reporting API (api-docs 001): one request and one org-scope row per window.
+pub struct Workflow;
+
+impl Api for Workflow {
+    fn columns(&self, job: &Job) -> (Vec<Column>, Vec<Column>) {
+        super::columns(job, "workflow rows")
+    }
+
+    fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest> {
+        requests(source, job, windows)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        calls: &'a Calls<'a>,
+        job: &'a Job,
+        windows: &'a [Window],
+    ) -> BoxFuture<'a, Result<WindowRows, FetchError>> {
+        Box::pin(fetch(calls, job, windows))
+    }
+}
+
 /// Sends each window's request and returns its one org-scope row.
-pub async fn fetch(
-    client: &HttpClient,
-    source: &SourceConfig,
-    job: &Job,
-    windows: &[Window],
-) -> Result<Vec<Vec<Row>>, FetchError> {
-    let requests = requests(source, job, windows);
-    let answers = futures::future::try_join_all(requests.iter().map(|r| client.send(r))).await?;
+async fn fetch(calls: &Calls<'_>, job: &Job, windows: &[Window]) -> Result<WindowRows, FetchError> {
+    let requests = requests(calls.source, job, windows);
+    let answers = futures::future::try_join_all(requests.iter().map(|r| calls.send(r))).await?;
     windows
         .iter()
         .zip(answers)
@@ -90,7 +108,7 @@ pub async fn fetch(
 
 /// The org-scope row of `window` from a response to [`query`].
 pub fn parse(job: &Job, window: &Window, body: &[u8]) -> Result<Row, String> {
-    let resp: ChatSessionsResponse = crate::source::json_body(body, "a workflow result")?;
+    let resp: ChatSessionsResponse = crate::source::parse_json(body, "a workflow result")?;
     let line = match resp.data.as_slice() {
         [line] => line,
         lines => return Err(format!("expected one data line, found {}", lines.len())),

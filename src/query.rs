@@ -2,8 +2,9 @@
 //!
 //! Owns: the request body (`ChatSessionsQuery`: interval, granularity, group_by, aggregations,
 //! filters), the dimension catalogue with the aggregations each dimension allows, the metric
-//! names of the response, and structural validation (`validate`). The exporter builds these
-//! bodies and the simulator evaluates them, so both agree on one definition taken from the docs.
+//! names of the response, and structural validation (`validate`). Job files (`config`) are
+//! checked against it and the giosg clients (`source::giosg`) send it; it imports neither. The
+//! simulator has wire types of its own, so it cannot agree with the client by construction.
 //!
 //! Assumptions where 002 is silent (documented in `docs/simulator.md`):
 //! - `not` takes a single `field`, as in Druid's filter language.
