@@ -1,16 +1,18 @@
 //! The daemon's health and metrics endpoint (`chatetl schedule --listen 127.0.0.1:9464`).
 //!
-//! Owns: [`Metrics`] (per-job counters and gauges the scheduler updates after each run), their
-//! rendering in the Prometheus text exposition format (version 0.0.4), and the HTTP server:
-//! `GET /metrics` and `GET /healthz` (whose check, a [`HealthCheck`], the scheduler supplies),
-//! served on a bound listener until a shutdown future resolves.
+//! Owns: [`Metrics`] (per-job counters and gauges the scheduler updates after each run), which
+//! families `/metrics` shows and how each is read from a job's [`JobMetrics`], and the HTTP
+//! server: `GET /metrics` and `GET /healthz` (whose check, a [`HealthCheck`], the scheduler
+//! supplies), served on a bound listener until a shutdown future resolves. The text itself (the
+//! OpenMetrics 1.0 text format: HELP, TYPE, escaping, numbers, `# EOF`) is written by the
+//! `prometheus-client` crate, to which [`Metrics`] hands its snapshot as a collector per scrape.
 //!
 //! To add a metric: add a field to [`JobMetrics`], update it in the `record_*` method that learns
-//! it, and add one entry to `FAMILIES` (name, type, help, and how to read the sample). A job's
-//! sample is omitted when the entry returns `None` (a gauge with nothing to show yet).
+//! it, and add one entry to `FAMILIES` (name, help, and how to read the sample). A gauge's sample
+//! is omitted for a job when the entry returns `None` (nothing to show yet), and a family with no
+//! sample at all is omitted whole.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -20,12 +22,18 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::runner::RunReport;
 
-/// The content type of `GET /metrics`: the Prometheus text format, version 0.0.4.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of `GET /metrics`: the OpenMetrics text format, version 1.0.0.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Per-job counters and gauges, updated by the scheduler after each run and read by /metrics.
 #[derive(Default)]
@@ -112,15 +120,17 @@ impl Metrics {
         self.jobs().clone()
     }
 
-    /// The Prometheus text exposition format (version 0.0.4): each family's HELP and TYPE once,
-    /// then one sample per job labelled `job="<name>"` (jobs in name order), then `chatetl_up 1`.
-    /// Gauges a job has no value for yet (never succeeded, no watermark, never run) have no
-    /// sample for it. Timestamps and the watermark lag (`now` - watermark) are seconds with up to
-    /// 3 decimals; counters are integers.
-    pub fn render_prometheus(&self, now: DateTime<Utc>) -> String {
-        let jobs = self.snapshot();
+    /// The OpenMetrics text exposition, as of `now`: for each family, its HELP and TYPE once, then
+    /// one sample per job labelled `job="<name>"` (jobs in name order); then `chatetl_up 1` and
+    /// `# EOF`. A counter family is named without `_total` and its samples with it. Gauges a job
+    /// has no value for yet (never succeeded, no watermark, never run) have no sample for it, and
+    /// a family without samples (no jobs; a gauge no job has yet) is left out. Timestamps and the
+    /// watermark lag (`now` - watermark) are seconds to the millisecond.
+    pub fn render_openmetrics(&self, now: DateTime<Utc>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape { jobs: self.snapshot(), now }));
         let mut out = String::new();
-        render(&jobs, now, &mut out).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }
 
@@ -141,151 +151,159 @@ impl Metrics {
 
 /// One metric family with a sample per job.
 struct Family {
+    /// The family's name; the encoder appends `_total` to a counter's samples.
     name: &'static str,
-    kind: &'static str,
     help: &'static str,
-    /// The job's sample value, already formatted; `None` leaves the job out.
-    value: fn(&JobMetrics, DateTime<Utc>) -> Option<String>,
+    sample: Sample,
+}
+
+/// How a family reads a job's sample.
+enum Sample {
+    Counter(fn(&JobMetrics) -> u64),
+    /// `None` leaves the job out.
+    Gauge(fn(&JobMetrics, DateTime<Utc>) -> Option<f64>),
+}
+
+/// One job's sample of a family.
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+}
+
+impl Sample {
+    fn read(&self, m: &JobMetrics, now: DateTime<Utc>) -> Option<Value> {
+        match self {
+            Sample::Counter(value) => Some(Value::Counter(value(m))),
+            Sample::Gauge(value) => value(m, now).map(Value::Gauge),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self {
+            Sample::Counter(_) => MetricType::Counter,
+            Sample::Gauge(_) => MetricType::Gauge,
+        }
+    }
 }
 
 const FAMILIES: &[Family] = &[
     Family {
         name: "chatetl_job_last_success_timestamp_seconds",
-        kind: "gauge",
         help: "End of the job's last run that had no failed window, in seconds since the Unix epoch.",
-        value: |m, _| m.last_success.map(timestamp_seconds),
+        sample: Sample::Gauge(|m, _| m.last_success.map(timestamp_seconds)),
     },
     Family {
         name: "chatetl_job_watermark_timestamp_seconds",
-        kind: "gauge",
         help: "The job's watermark (every window ending at or before it is loaded), in seconds since the Unix epoch.",
-        value: |m, _| m.watermark.map(timestamp_seconds),
+        sample: Sample::Gauge(|m, _| m.watermark.map(timestamp_seconds)),
     },
     Family {
         name: "chatetl_job_watermark_lag_seconds",
-        kind: "gauge",
         help: "Seconds between now and the job's watermark.",
-        value: |m, now| m.watermark.map(|w| millis_as_seconds((now - w).num_milliseconds())),
+        sample: Sample::Gauge(|m, now| m.watermark.map(|w| millis_as_seconds((now - w).num_milliseconds()))),
     },
     Family {
-        name: "chatetl_job_windows_loaded_total",
-        kind: "counter",
+        name: "chatetl_job_windows_loaded",
         help: "Windows loaded since the process started.",
-        value: |m, _| Some(m.windows_loaded.to_string()),
+        sample: Sample::Counter(|m| m.windows_loaded),
     },
     Family {
-        name: "chatetl_job_rows_loaded_total",
-        kind: "counter",
+        name: "chatetl_job_rows_loaded",
         help: "Rows loaded since the process started.",
-        value: |m, _| Some(m.rows_loaded.to_string()),
+        sample: Sample::Counter(|m| m.rows_loaded),
     },
     Family {
-        name: "chatetl_job_windows_failed_total",
-        kind: "counter",
+        name: "chatetl_job_windows_failed",
         help: "Windows that failed to load since the process started.",
-        value: |m, _| Some(m.windows_failed.to_string()),
+        sample: Sample::Counter(|m| m.windows_failed),
     },
     Family {
-        name: "chatetl_job_runs_total",
-        kind: "counter",
+        name: "chatetl_job_runs",
         help: "Job runs since the process started, including those that failed.",
-        value: |m, _| Some(m.runs.to_string()),
+        sample: Sample::Counter(|m| m.runs),
     },
     Family {
-        name: "chatetl_job_run_failures_total",
-        kind: "counter",
+        name: "chatetl_job_run_failures",
         help: "Job runs with a failed window or a fatal error since the process started.",
-        value: |m, _| Some(m.run_failures.to_string()),
+        sample: Sample::Counter(|m| m.run_failures),
     },
     Family {
-        name: "chatetl_job_requests_total",
-        kind: "counter",
+        name: "chatetl_job_requests",
         help: "Upstream API requests since the process started.",
-        value: |m, _| Some(m.requests.to_string()),
+        sample: Sample::Counter(|m| m.requests),
     },
     Family {
-        name: "chatetl_job_retries_total",
-        kind: "counter",
+        name: "chatetl_job_retries",
         help: "Upstream API requests retried since the process started.",
-        value: |m, _| Some(m.retries.to_string()),
+        sample: Sample::Counter(|m| m.retries),
     },
     Family {
-        name: "chatetl_job_skipped_ticks_total",
-        kind: "counter",
+        name: "chatetl_job_skipped_ticks",
         help: "Scheduled ticks skipped because the job was still running or locked elsewhere.",
-        value: |m, _| Some(m.skipped_ticks.to_string()),
+        sample: Sample::Counter(|m| m.skipped_ticks),
     },
     Family {
         name: "chatetl_job_last_run_duration_seconds",
-        kind: "gauge",
         help: "Duration of the job's last finished run in seconds.",
-        value: |m, _| m.last_run_duration_secs.map(float),
+        sample: Sample::Gauge(|m, _| m.last_run_duration_secs),
     },
     Family {
         name: "chatetl_job_definition_changed",
-        kind: "gauge",
         help: "1 when the job's last run found its stored definition different from the job file's, else 0.",
-        value: |m, _| Some(u8::from(m.definition_changed).to_string()),
+        sample: Sample::Gauge(|m, _| Some(f64::from(u8::from(m.definition_changed)))),
     },
 ];
 
-fn render(jobs: &BTreeMap<String, JobMetrics>, now: DateTime<Utc>, out: &mut String) -> std::fmt::Result {
-    for family in FAMILIES {
-        writeln!(out, "# HELP {} {}", family.name, family.help)?;
-        writeln!(out, "# TYPE {} {}", family.name, family.kind)?;
-        for (job, m) in jobs {
-            if let Some(value) = (family.value)(m, now) {
-                writeln!(out, "{}{{job=\"{}\"}} {value}", family.name, escape_label_value(job))?;
+/// One scrape: the jobs' metrics as of `now`, encoded by `prometheus-client` as [`FAMILIES`]
+/// say, then `chatetl_up`.
+#[derive(Debug)]
+struct Scrape {
+    jobs: BTreeMap<String, JobMetrics>,
+    now: DateTime<Utc>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for family in FAMILIES {
+            let samples: Vec<(&str, Value)> = self
+                .jobs
+                .iter()
+                .filter_map(|(job, m)| Some((job.as_str(), family.sample.read(m, self.now)?)))
+                .collect();
+            // A family without samples is left out whole, as the registry leaves out an empty
+            // `Family`: its HELP and TYPE alone tell a scraper nothing.
+            if samples.is_empty() {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.sample.metric_type())?;
+            for (job, value) in samples {
+                let labels = [("job", job)];
+                let sample = metric.encode_family(&labels)?;
+                match value {
+                    Value::Counter(v) => ConstCounter::new(v).encode(sample)?,
+                    Value::Gauge(v) => ConstGauge::new(v).encode(sample)?,
+                }
             }
         }
+        let up = ConstGauge::new(1_i64);
+        up.encode(encoder.encode_descriptor(
+            "chatetl_up",
+            "1 while the chatetl daemon serves metrics.",
+            None,
+            up.metric_type(),
+        )?)
     }
-    writeln!(out, "# HELP chatetl_up 1 while the chatetl daemon serves metrics.")?;
-    writeln!(out, "# TYPE chatetl_up gauge")?;
-    writeln!(out, "chatetl_up 1")
 }
 
-/// A label value as the text format wants it: `\`, `"` and newlines escaped.
-fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Seconds since the Unix epoch, with up to 3 decimals.
-fn timestamp_seconds(t: DateTime<Utc>) -> String {
+/// Seconds since the Unix epoch, to the millisecond.
+fn timestamp_seconds(t: DateTime<Utc>) -> f64 {
     millis_as_seconds(t.timestamp_millis())
 }
 
-/// Milliseconds as seconds: an integer when whole, else up to 3 decimals without trailing zeros.
-fn millis_as_seconds(ms: i64) -> String {
-    let sign = if ms < 0 { "-" } else { "" };
-    let abs = ms.unsigned_abs();
-    let (secs, frac) = (abs / 1000, abs % 1000);
-    if frac == 0 {
-        format!("{sign}{secs}")
-    } else {
-        let frac = format!("{frac:03}");
-        format!("{sign}{secs}.{}", frac.trim_end_matches('0'))
-    }
-}
-
-/// A float as Prometheus (Go's ParseFloat) reads it: whole numbers without a fraction.
-fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        // Rust's shortest round-trip form: `3`, `0.25`, never an exponent.
-        format!("{v}")
-    }
+/// Milliseconds as seconds. The division is correctly rounded, so the shortest decimal the
+/// encoder prints is the milliseconds exactly (`1.005`, never `1.0050000000000001`).
+fn millis_as_seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
 }
 
 /// What /healthz checks: returns Ok while the scheduler runs and the warehouse answers, Err(reason) otherwise.
@@ -326,164 +344,45 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.render_prometheus(Utc::now()))
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.render_openmetrics(Utc::now()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use chrono::TimeZone;
     use futures::FutureExt;
+    use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 
     use super::*;
 
-    /// A sample's labels, sorted by name.
-    type Labels = Vec<(String, String)>;
+    type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 
-    /// What a strict parse of an exposition found.
-    #[derive(Debug, Default)]
-    struct Exposition {
-        /// Family name → TYPE.
-        types: BTreeMap<String, String>,
-        /// (name, labels) → value.
-        samples: BTreeMap<(String, Labels), f64>,
+    /// `text` read as a scraper reads it, by a strict OpenMetrics parser: HELP and TYPE before a
+    /// family's samples, one family's samples together, unique label sets, valid numbers and
+    /// escapes, counters' `_total`, and the final `# EOF`.
+    fn parse(text: &str) -> Exposition {
+        openmetrics_parser::openmetrics::parse_openmetrics(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
-    impl Exposition {
-        fn value(&self, name: &str, job: Option<&str>) -> Option<f64> {
-            let labels = job.map(|j| vec![("job".to_string(), j.to_string())]).unwrap_or_default();
-            self.samples.get(&(name.to_string(), labels)).copied()
+    /// The value of family `name`'s sample labelled `job="<job>"` (or with no labels).
+    fn value(exp: &Exposition, name: &str, job: Option<&str>) -> Option<f64> {
+        let family = exp.families.get(name).unwrap_or_else(|| panic!("no family {name}"));
+        let wanted: Vec<(String, String)> = job.map(|j| ("job".to_string(), j.to_string())).into_iter().collect();
+        let sample = family.iter_samples().find(|s| {
+            let labels = s.get_labelset().unwrap();
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>() == wanted
+        })?;
+        match &sample.value {
+            OpenMetricsValue::Counter(c) => Some(c.value.as_f64()),
+            OpenMetricsValue::Gauge(n) => Some(n.as_f64()),
+            other => panic!("{name}: unexpected {other:?}"),
         }
     }
 
-    fn is_metric_name(s: &str) -> bool {
-        let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }
-
-    fn is_label_name(s: &str) -> bool {
-        let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    }
-
-    /// A sample value as Go's ParseFloat (Prometheus) reads it; Rust-only spellings rejected.
-    fn parse_value(s: &str) -> Result<f64, String> {
-        match s {
-            "NaN" => Ok(f64::NAN),
-            "+Inf" => Ok(f64::INFINITY),
-            "-Inf" => Ok(f64::NEG_INFINITY),
-            _ if s.chars().all(|c| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E')) => {
-                s.parse().map_err(|e| format!("bad value {s:?}: {e}"))
-            }
-            _ => Err(format!("bad value {s:?}")),
-        }
-    }
-
-    /// `{name="value",…}` (the part after the metric name) → labels and what follows.
-    fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
-        let Some(mut rest) = s.strip_prefix('{') else { return Ok((Vec::new(), s)) };
-        let mut labels = Vec::new();
-        loop {
-            if let Some(after) = rest.strip_prefix('}') {
-                return Ok((labels, after));
-            }
-            if !labels.is_empty() {
-                rest = rest.strip_prefix(',').ok_or_else(|| format!("expected `,` at {rest:?}"))?;
-            }
-            let (name, after) = rest.split_once("=\"").ok_or_else(|| format!("expected `=\"` in {rest:?}"))?;
-            if !is_label_name(name) {
-                return Err(format!("bad label name {name:?}"));
-            }
-            let mut value = String::new();
-            let mut chars = after.char_indices();
-            let end = loop {
-                match chars.next() {
-                    None => return Err(format!("unterminated label value in {s:?}")),
-                    Some((i, '"')) => break i,
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, '\\')) => value.push('\\'),
-                        Some((_, '"')) => value.push('"'),
-                        Some((_, 'n')) => value.push('\n'),
-                        other => return Err(format!("bad escape {other:?} in {s:?}")),
-                    },
-                    Some((_, '\n')) => return Err(format!("raw newline in label value of {s:?}")),
-                    Some((_, c)) => value.push(c),
-                }
-            };
-            if labels.iter().any(|(n, _)| n == name) {
-                return Err(format!("label {name} twice in {s:?}"));
-            }
-            labels.push((name.to_string(), value));
-            rest = &after[end + 1..];
-        }
-    }
-
-    /// A strict parser of the text format as `render_prometheus` writes it: only HELP and TYPE
-    /// comments, each exactly once per family and before its samples; a family's samples
-    /// together; `name{labels} value` or `name value` with a valid float and no timestamp; no
-    /// sample twice; a final newline.
-    fn parse(text: &str) -> Result<Exposition, String> {
-        let body = text.strip_suffix('\n').ok_or("no final newline")?;
-        let mut exp = Exposition::default();
-        let mut helps = BTreeSet::new();
-        let mut finished = BTreeSet::new();
-        let mut current: Option<String> = None;
-        for (n, line) in body.split('\n').enumerate() {
-            let err = |e: String| format!("line {}: {e}: {line:?}", n + 1);
-            if let Some(comment) = line.strip_prefix("# ") {
-                let (keyword, rest) = comment.split_once(' ').ok_or_else(|| err("bad comment".into()))?;
-                let (name, text) = rest.split_once(' ').ok_or_else(|| err("missing text".into()))?;
-                if !is_metric_name(name) {
-                    return Err(err("bad metric name".into()));
-                }
-                if current.as_deref() != Some(name) {
-                    if let Some(previous) = current.take() {
-                        finished.insert(previous);
-                    }
-                    if finished.contains(name) {
-                        return Err(err("family resumed after another".into()));
-                    }
-                    current = Some(name.to_string());
-                }
-                if exp.samples.keys().any(|(n, _)| n == name) {
-                    return Err(err("HELP or TYPE after the family's samples".into()));
-                }
-                match keyword {
-                    "HELP" if !helps.insert(name.to_string()) => return Err(err("second HELP".into())),
-                    "HELP" if text.is_empty() => return Err(err("empty HELP".into())),
-                    "HELP" => {}
-                    "TYPE" if exp.types.contains_key(name) => return Err(err("second TYPE".into())),
-                    "TYPE" if matches!(text, "counter" | "gauge" | "histogram" | "summary" | "untyped") => {
-                        exp.types.insert(name.to_string(), text.to_string());
-                    }
-                    _ => return Err(err("unknown comment".into())),
-                }
-                continue;
-            }
-            let name_end = line.find(['{', ' ']).ok_or_else(|| err("no value".into()))?;
-            let name = &line[..name_end];
-            if !is_metric_name(name) {
-                return Err(err("bad metric name".into()));
-            }
-            if current.as_deref() != Some(name) {
-                return Err(err("sample outside its family".into()));
-            }
-            if !helps.contains(name) || !exp.types.contains_key(name) {
-                return Err(err("sample before its HELP and TYPE".into()));
-            }
-            let (mut labels, rest) = parse_labels(&line[name_end..]).map_err(err)?;
-            let value = rest.strip_prefix(' ').ok_or_else(|| err("expected one space before the value".into()))?;
-            let value = parse_value(value).map_err(err)?;
-            labels.sort();
-            if exp.samples.insert((name.to_string(), labels), value).is_some() {
-                return Err(err("duplicate sample".into()));
-            }
-        }
-        Ok(exp)
+    fn sample_count(exp: &Exposition) -> usize {
+        exp.families.values().map(|f| f.iter_samples().count()).sum()
     }
 
     fn at(h: u32, m: u32, s: u32, ms: u32) -> DateTime<Utc> {
@@ -520,20 +419,21 @@ mod tests {
         }
     }
 
-    const JOB_FAMILIES: &[&str] = &[
-        "chatetl_job_last_success_timestamp_seconds",
-        "chatetl_job_watermark_timestamp_seconds",
-        "chatetl_job_watermark_lag_seconds",
-        "chatetl_job_windows_loaded_total",
-        "chatetl_job_rows_loaded_total",
-        "chatetl_job_windows_failed_total",
-        "chatetl_job_runs_total",
-        "chatetl_job_run_failures_total",
-        "chatetl_job_requests_total",
-        "chatetl_job_retries_total",
-        "chatetl_job_skipped_ticks_total",
-        "chatetl_job_last_run_duration_seconds",
-        "chatetl_job_definition_changed",
+    /// Every per-job family and its type; a counter's samples are its name plus `_total`.
+    const JOB_FAMILIES: &[(&str, OpenMetricsType)] = &[
+        ("chatetl_job_last_success_timestamp_seconds", OpenMetricsType::Gauge),
+        ("chatetl_job_watermark_timestamp_seconds", OpenMetricsType::Gauge),
+        ("chatetl_job_watermark_lag_seconds", OpenMetricsType::Gauge),
+        ("chatetl_job_windows_loaded", OpenMetricsType::Counter),
+        ("chatetl_job_rows_loaded", OpenMetricsType::Counter),
+        ("chatetl_job_windows_failed", OpenMetricsType::Counter),
+        ("chatetl_job_runs", OpenMetricsType::Counter),
+        ("chatetl_job_run_failures", OpenMetricsType::Counter),
+        ("chatetl_job_requests", OpenMetricsType::Counter),
+        ("chatetl_job_retries", OpenMetricsType::Counter),
+        ("chatetl_job_skipped_ticks", OpenMetricsType::Counter),
+        ("chatetl_job_last_run_duration_seconds", OpenMetricsType::Gauge),
+        ("chatetl_job_definition_changed", OpenMetricsType::Gauge),
     ];
 
     #[test]
@@ -553,39 +453,40 @@ mod tests {
         metrics.record_skipped_tick("giosg_daily");
         let now = at(12, 30, 0, 500);
 
-        let text = metrics.render_prometheus(now);
-        let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let text = metrics.render_openmetrics(now);
+        let exp = parse(&text);
 
-        let mut expected_types: BTreeMap<String, String> = JOB_FAMILIES
-            .iter()
-            .map(|f| (f.to_string(), if f.ends_with("_total") { "counter" } else { "gauge" }.to_string()))
-            .collect();
-        expected_types.insert("chatetl_up".into(), "gauge".into());
-        assert_eq!(exp.types, expected_types);
+        let mut types: Vec<_> = exp.families.values().map(|f| (f.family_name.as_str(), f.family_type)).collect();
+        types.sort_by_key(|(name, _)| *name);
+        let mut expected_types: Vec<_> = JOB_FAMILIES.to_vec();
+        expected_types.push(("chatetl_up", OpenMetricsType::Gauge));
+        expected_types.sort_by_key(|(name, _)| *name);
+        assert_eq!(types, expected_types);
+        assert!(exp.families.values().all(|f| !f.help.is_empty()), "every family has a HELP");
 
-        let job = Some("giosg_daily");
-        let v = |name: &str| exp.value(name, job);
+        let v = |name: &str| value(&exp, name, Some("giosg_daily"));
         // The second run failed, so the last success is the first run's end, milliseconds kept.
         assert_eq!(v("chatetl_job_last_success_timestamp_seconds"), Some(1_709_287_205.25));
         assert!(text.contains("chatetl_job_last_success_timestamp_seconds{job=\"giosg_daily\"} 1709287205.25\n"));
         assert_eq!(v("chatetl_job_watermark_timestamp_seconds"), Some(watermark.timestamp() as f64));
         assert_eq!(v("chatetl_job_watermark_lag_seconds"), Some((12 * 3600 + 30 * 60) as f64 + 0.5));
-        assert_eq!(v("chatetl_job_windows_loaded_total"), Some(5.0));
-        assert_eq!(v("chatetl_job_rows_loaded_total"), Some((first.rows + second.rows) as f64));
-        assert_eq!(v("chatetl_job_windows_failed_total"), Some(2.0));
-        assert_eq!(v("chatetl_job_runs_total"), Some(3.0));
-        assert_eq!(v("chatetl_job_run_failures_total"), Some(2.0));
-        assert_eq!(v("chatetl_job_requests_total"), Some(6.0));
-        assert_eq!(v("chatetl_job_retries_total"), Some(2.0));
-        assert_eq!(v("chatetl_job_skipped_ticks_total"), Some(2.0));
+        assert!(text.contains("chatetl_job_watermark_lag_seconds{job=\"giosg_daily\"} 45000.5\n"), "{text}");
+        assert_eq!(v("chatetl_job_windows_loaded"), Some(5.0));
+        assert_eq!(v("chatetl_job_rows_loaded"), Some((first.rows + second.rows) as f64));
+        assert_eq!(v("chatetl_job_windows_failed"), Some(2.0));
+        assert_eq!(v("chatetl_job_runs"), Some(3.0));
+        assert_eq!(v("chatetl_job_run_failures"), Some(2.0));
+        assert_eq!(v("chatetl_job_requests"), Some(6.0));
+        assert_eq!(v("chatetl_job_retries"), Some(2.0));
+        assert_eq!(v("chatetl_job_skipped_ticks"), Some(2.0));
         assert_eq!(v("chatetl_job_last_run_duration_seconds"), Some(2.25));
         assert_eq!(v("chatetl_job_definition_changed"), Some(1.0));
-        // Counters are written as integers.
-        assert!(text.contains("chatetl_job_rows_loaded_total{job=\"giosg_daily\"} 150\n"));
+        // The sample names are unchanged (`_total` on counters), and counters are integers.
+        assert!(text.contains("\nchatetl_job_rows_loaded_total{job=\"giosg_daily\"} 150\n"), "{text}");
+        assert!(text.ends_with("\nchatetl_up 1\n# EOF\n"), "{text}");
 
         // The registered job that never ran: zero counters, no gauges without a value.
-        let never = |name: &str| exp.value(name, Some("never_run"));
-        for family in JOB_FAMILIES {
+        for (family, _) in JOB_FAMILIES {
             let expected = match *family {
                 "chatetl_job_last_success_timestamp_seconds"
                 | "chatetl_job_watermark_timestamp_seconds"
@@ -593,10 +494,10 @@ mod tests {
                 | "chatetl_job_last_run_duration_seconds" => None,
                 _ => Some(0.0),
             };
-            assert_eq!(never(family), expected, "{family}");
+            assert_eq!(value(&exp, family, Some("never_run")), expected, "{family}");
         }
-        assert_eq!(exp.value("chatetl_up", None), Some(1.0));
-        assert_eq!(exp.samples.len(), 13 + 9 + 1);
+        assert_eq!(value(&exp, "chatetl_up", None), Some(1.0));
+        assert_eq!(sample_count(&exp), 13 + 9 + 1);
 
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["never_run"], JobMetrics::default());
@@ -605,11 +506,23 @@ mod tests {
     }
 
     #[test]
-    fn no_jobs_still_renders_every_family_and_up() {
-        let text = Metrics::new().render_prometheus(at(0, 0, 0, 0));
-        let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(exp.types.len(), JOB_FAMILIES.len() + 1);
-        assert_eq!(exp.samples.len(), 1);
+    fn families_without_samples_are_left_out() {
+        let metrics = Metrics::new();
+        let exp = parse(&metrics.render_openmetrics(at(0, 0, 0, 0)));
+        assert_eq!(exp.families.keys().collect::<Vec<_>>(), ["chatetl_up"], "no jobs: only up");
+        assert_eq!(sample_count(&exp), 1);
+
+        // A job that never ran has its counters and flag, and no gauge without a value.
+        metrics.register("never_run");
+        let text = metrics.render_openmetrics(at(0, 0, 0, 0));
+        let exp = parse(&text);
+        for (family, _) in JOB_FAMILIES {
+            let shown = !family.ends_with("_timestamp_seconds")
+                && !family.ends_with("_lag_seconds")
+                && *family != "chatetl_job_last_run_duration_seconds";
+            assert_eq!(exp.families.contains_key(*family), shown, "{family}\n{text}");
+        }
+        assert_eq!(exp.families.len(), 9 + 1);
     }
 
     #[test]
@@ -617,48 +530,25 @@ mod tests {
         let job = "we\"ird\\job\nname";
         let metrics = Metrics::new();
         metrics.record_skipped_tick(job);
-        let text = metrics.render_prometheus(at(0, 0, 0, 0));
+        let text = metrics.render_openmetrics(at(0, 0, 0, 0));
         assert!(text.contains("chatetl_job_skipped_ticks_total{job=\"we\\\"ird\\\\job\\nname\"} 1\n"), "{text}");
-        let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(exp.value("chatetl_job_skipped_ticks_total", Some(job)), Some(1.0));
-        assert_eq!(escape_label_value("plain_name"), "plain_name");
+        assert_eq!(value(&parse(&text), "chatetl_job_skipped_ticks", Some(job)), Some(1.0));
     }
 
     #[test]
-    fn the_strict_parser_rejects_what_prometheus_would() {
-        let ok = "# HELP a x\n# TYPE a gauge\na{job=\"j\"} 1\n";
-        assert!(parse(ok).is_ok());
+    fn the_parser_rejects_what_a_scraper_would() {
+        let ok = "# HELP a x\n# TYPE a gauge\na{job=\"j\"} 1\n# EOF\n";
+        assert!(openmetrics_parser::openmetrics::parse_openmetrics(ok).is_ok());
         for bad in [
-            "# HELP a x\n# TYPE a gauge\na{job=\"j\"} 1",      // no final newline
-            "# TYPE a gauge\na 1\n",                           // no HELP
-            "# HELP a x\na 1\n",                               // no TYPE
-            "# HELP a x\n# HELP a x\n# TYPE a gauge\na 1\n",   // HELP twice
-            "# HELP a x\n# TYPE a gauge\na 1\na 2\n",          // duplicate sample
-            "# HELP a x\n# TYPE a gauge\na one\n",             // not a float
-            "# HELP a x\n# TYPE a gauge\na inf\n",             // Rust-only spelling
-            "# HELP a x\n# TYPE a gauge\na{job=\"j} 1\n",      // unterminated value
-            "# HELP a x\n# TYPE a gauge\na{job=\"j\\t\"} 1\n", // bad escape
-            "# HELP a x\n# TYPE a gauge\na 1 2 3\n",           // trailing fields
-            "# HELP a x\n# TYPE a gauge\n# HELP b x\n# TYPE b gauge\nb 1\na 1\n", // sample outside family
-            "# HELP a x\n# TYPE a gauge\na 1\n# HELP a y\n",   // HELP after samples
+            "# HELP a x\n# TYPE a gauge\na{job=\"j\"} 1\n",           // no EOF
+            "# HELP a x\n# TYPE a gauge\na 1\na 2\n# EOF\n",          // duplicate sample
+            "# HELP a x\n# TYPE a gauge\na one\n# EOF\n",             // not a number
+            "# HELP a x\n# TYPE a gauge\na{job=\"j\"k\"} 1\n# EOF\n", // unescaped quote
+            "# HELP a x\n# TYPE a counter\na 1\n# EOF\n",             // counter without _total
+            "# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\na 2\n# EOF\n", // a resumed
         ] {
-            assert!(parse(bad).is_err(), "accepted {bad:?}");
+            assert!(openmetrics_parser::openmetrics::parse_openmetrics(bad).is_err(), "accepted {bad:?}");
         }
-    }
-
-    #[test]
-    fn numbers_are_written_as_prometheus_reads_them() {
-        assert_eq!(millis_as_seconds(0), "0");
-        assert_eq!(millis_as_seconds(1_500), "1.5");
-        assert_eq!(millis_as_seconds(1_005), "1.005");
-        assert_eq!(millis_as_seconds(-250), "-0.25");
-        assert_eq!(millis_as_seconds(-3_000), "-3");
-        assert_eq!(float(3.0), "3");
-        assert_eq!(float(0.125), "0.125");
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(float(f64::NAN), "NaN");
-        assert_eq!(float(1e21), "1000000000000000000000");
     }
 
     /// A health check that fails with the reason set in `failing`, if any.
@@ -692,15 +582,14 @@ mod tests {
         let resp = client.get(format!("{base}/metrics")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()[header::CONTENT_TYPE.as_str()], CONTENT_TYPE);
-        let text = resp.text().await.unwrap();
-        let exp = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(exp.value("chatetl_job_runs_total", Some("giosg_daily")), Some(0.0));
-        assert_eq!(exp.value("chatetl_up", None), Some(1.0));
+        let exp = parse(&resp.text().await.unwrap());
+        assert_eq!(value(&exp, "chatetl_job_runs", Some("giosg_daily")), Some(0.0));
+        assert_eq!(value(&exp, "chatetl_up", None), Some(1.0));
 
         // Metrics recorded after the server started show on the next scrape.
         metrics.record_skipped_tick("giosg_daily");
         let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        assert!(text.contains("chatetl_job_skipped_ticks_total{job=\"giosg_daily\"} 1\n"), "{text}");
+        assert_eq!(value(&parse(&text), "chatetl_job_skipped_ticks", Some("giosg_daily")), Some(1.0), "{text}");
 
         let resp = client.get(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(resp.status(), 200);

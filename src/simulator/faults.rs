@@ -3,20 +3,22 @@
 //! Owns: [`FaultConfig`] (latency, jitter, error and throttle rates, connection resets, truncated
 //! bodies, a requests-per-second limit per API key), where a request's faults come from (a
 //! matching [`FaultRule`] set by a test, else the `x-sim-fault` header, else the server-wide
-//! flags), and recording every request served ([`RecordedRequest`]). Authorization headers are
-//! never recorded.
+//! flags), the per-key state of `rps_limit` (kept by governor's keyed rate limiters), and
+//! recording every request served ([`RecordedRequest`]). Authorization headers are never recorded.
 //!
 //! The header takes `key=value` pairs separated by commas, with the keys of [`FaultConfig`]:
 //! `x-sim-fault: error_rate=1,error_statuses=503` or `throttle_rate=1,retry_after_secs=2`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
@@ -119,26 +121,35 @@ enum Outcome {
     Html,
 }
 
-/// Per-key token buckets for `rps_limit`.
+/// `rps_limit` per API key: one governor keyed limiter (GCRA, a token bucket's equivalent) per
+/// distinct limit, since the limit comes with each request's faults. Each key starts with a burst
+/// of `max(1, rps)` requests (whole ones), then gets one more every `1 / rps` seconds.
 #[derive(Default)]
 pub(crate) struct RateLimiter {
-    buckets: HashMap<String, (f64, Instant)>,
+    by_rps: HashMap<u64, DefaultKeyedRateLimiter<String>>,
 }
 
 impl RateLimiter {
-    /// Takes a token for `key`; false when the key is over its limit.
+    /// The longest wait for the next request; governor counts in u64 nanoseconds, so an `rps`
+    /// of 0 (or less) gets this instead of never.
+    const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+    /// Takes a request for `key` under `rps`; false when the key is over its limit.
     fn admit(&mut self, key: &str, rps: f64) -> bool {
-        let now = Instant::now();
-        let burst = rps.max(1.0);
-        let (tokens, last) = self.buckets.entry(key.to_string()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rps).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.by_rps
+            .entry(rps.to_bits())
+            .or_insert_with(|| DefaultKeyedRateLimiter::keyed(Self::quota(rps)))
+            .check_key(&key.to_string())
+            .is_ok()
+    }
+
+    fn quota(rps: f64) -> Quota {
+        let period = Duration::try_from_secs_f64(1.0 / rps)
+            .unwrap_or(Self::MAX_PERIOD)
+            .clamp(Duration::from_nanos(1), Self::MAX_PERIOD);
+        // `max` turns NaN into 1; `as` saturates a huge rps at u32::MAX.
+        let burst = NonZeroU32::new(rps.max(1.0) as u32).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(period).expect("a period of at least 1 ns").allow_burst(burst)
     }
 }
 
@@ -363,10 +374,25 @@ mod tests {
     }
 
     #[test]
-    fn token_bucket_admits_the_rate() {
+    fn rps_limit_admits_a_burst_then_the_rate_per_key() {
         let mut l = RateLimiter::default();
         let admitted = (0..10).filter(|_| l.admit("k", 3.0)).count();
-        assert_eq!(admitted, 3);
-        assert!(l.admit("other", 3.0), "keys have their own buckets");
+        assert_eq!(admitted, 3, "a burst of rps requests, then none until the next one is due");
+        assert!(l.admit("other", 3.0), "keys have their own limits");
+        assert!(l.admit("k", 50.0), "another rps is another limit");
+
+        // 20 per second: the burst, then one every 50 ms.
+        assert_eq!((0..30).filter(|_| l.admit("fast", 20.0)).count(), 20);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(l.admit("fast", 20.0), "the next request is due after 1 / rps seconds");
+    }
+
+    #[test]
+    fn rps_limits_governor_cannot_express_are_still_applied() {
+        let mut l = RateLimiter::default();
+        for rps in [0.0, -1.0, f64::NAN, 1e-300] {
+            assert_eq!((0..3).filter(|_| l.admit("k", rps)).count(), 1, "rps {rps}: one, then none");
+        }
+        assert_eq!((0..100).filter(|_| l.admit("k", 1e12)).count(), 100, "a huge rps is a huge burst");
     }
 }

@@ -318,31 +318,10 @@ fn account(state: &SimState, headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(|| unauthorized("Invalid user name or password."))
 }
 
-/// Standard base64 (with or without padding); `None` when malformed.
+/// Standard base64, padded or not (some clients leave the padding off); `None` when malformed.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let digits = text.trim_end_matches('=').as_bytes();
-    if digits.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for group in digits.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in group.iter().enumerate() {
-            acc |= value(*c)? << (18 - 6 * i);
-        }
-        out.extend(&acc.to_be_bytes()[1..group.len()]);
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT.decode(text).ok()
 }
 
 /// The parameters of one report request.
