@@ -23,6 +23,7 @@ pub mod events;
 pub mod faults;
 pub mod realtime;
 pub mod thulium;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
