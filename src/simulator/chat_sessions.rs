@@ -1,8 +1,11 @@
 //! The simulated `POST /api/reporting/v1/orgs/{organization_id}/chat_sessions` (api-docs 002).
 //!
-//! Owns: the handler, the query's validation, and how a chat-session row answers the query
-//! engine (`simulator::druid`: buckets, groups, filters and aggregations, shared with events).
-//! Authentication and faults are applied around it by `simulator::auth` and `simulator::faults`.
+//! Owns: the handler, reading the body as the simulator's own [`ChatSessionsRequest`]
+//! (`simulator::wire::giosg`, written from 002 and 001's examples: unknown keys, an unknown
+//! dimension, an aggregation 002 does not allow on a dimension are 400s naming them), and how a
+//! chat-session row answers the query engine (`simulator::druid`: buckets, groups, filters and
+//! aggregations, shared with events). Authentication and faults are applied around it by
+//! `simulator::auth` and `simulator::faults`.
 //!
 //! Assumptions where the docs are silent (also in `docs/simulator.md`):
 //! - the organization in the path selects rows whose `owner_organization_id` is that organization;
@@ -23,7 +26,7 @@ use chrono_tz::Tz;
 use super::SimState;
 use super::dataset::ChatSessionRow;
 use super::druid::{Query, Record, render_number};
-use crate::query::{AggregationKind, ChatSessionsQuery, ChatSessionsResponse, DIMENSIONS};
+use super::wire::giosg::{CHAT_SESSION_DIMENSIONS, ChatSessionsRequest, ReportResponse};
 
 /// An API error: status and the `detail` message of the JSON body.
 #[derive(Debug)]
@@ -58,30 +61,18 @@ pub async fn handler(
     Path(org): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<ChatSessionsResponse>, ApiError> {
-    let query: ChatSessionsQuery = read_query(&state, &headers, &org, &body)?;
+) -> Result<Json<ReportResponse>, ApiError> {
+    let query: ChatSessionsRequest = read_query(&state, &headers, &org, &body)?;
     let dataset = state.dataset();
     evaluate(&query, &org, &dataset.chat_session_rows).map(Json)
 }
 
 /// Evaluates `query` for organization `org` over `rows` (sorted by time).
-pub fn evaluate(
-    query: &ChatSessionsQuery,
-    org: &str,
-    rows: &[ChatSessionRow],
-) -> Result<ChatSessionsResponse, ApiError> {
-    query
-        .validate()
-        .map_err(|errs| ApiError(StatusCode::BAD_REQUEST, format!("invalid query: {}", errs.join("; "))))?;
+pub fn evaluate(query: &ChatSessionsRequest, org: &str, rows: &[ChatSessionRow]) -> Result<ReportResponse, ApiError> {
+    query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
     let tz: Tz = crate::time::parse_tz(&query.interval.time_zone).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    let metrics = query
-        .aggregations
-        .iter()
-        .flat_map(|a| match a.kind {
-            AggregationKind::Count => vec![(a.kind, None, "count".to_string())],
-            k => a.fields.iter().zip(a.metric_names()).map(|(f, n)| (k, Some(f.as_str()), n)).collect(),
-        })
-        .collect();
+    let metrics =
+        query.aggregations.iter().flat_map(|a| a.metrics().into_iter().map(|(f, n)| (a.kind, f, n))).collect();
     let q = Query {
         start: query.interval.start.with_timezone(&Utc),
         end: query.interval.end.with_timezone(&Utc),
@@ -90,7 +81,7 @@ pub fn evaluate(
         group_by: &query.group_by,
         metrics,
         filters: query.filters.as_ref(),
-        dimensions: DIMENSIONS,
+        dimensions: CHAT_SESSION_DIMENSIONS,
     };
     // Rows are sorted by time; the engine takes the interval's slice, then the organization's.
     let lo = rows.partition_point(|r| r.time < q.start);

@@ -4,8 +4,11 @@
 //!
 //! Owns: [`Record`] (what a dataset record exposes to a query: its time, its dimensions' values
 //! and its numbers), [`Query`] (the parts of a request the engine evaluates) and [`evaluate`],
-//! which renders the `{fields, data}` response. Endpoint modules validate their own request body,
-//! select the organization's records and call [`evaluate`].
+//! which renders the `{fields, data}` response ([`ReportResponse`]). Endpoint modules parse and
+//! validate their request body with the simulator's own wire types (`simulator::wire::giosg`),
+//! select the organization's records and call [`evaluate`]; the engine reads the parsed
+//! [`Filter`] and [`Granularity`] as they are, with the defaults the wire module documents
+//! (`ordering` lexicographic, `lowerStrict`/`upperStrict` false).
 //!
 //! Semantics (also in `docs/simulator.md`): the interval's ends are both inclusive; without
 //! `group_by` every bucket of the interval is returned, empty ones with count 0, sums 0, averages
@@ -19,8 +22,9 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::query::{
-    AggregationKind, ChatSessionsResponse, DimensionKind, Filter, Granularity, Ordering, ResponseField, bound_number,
+use super::wire::giosg::{
+    AggregationType, Dimension, DimensionType, Filter, Granularity, Ordering, ReportResponse, ResponseField,
+    SelectorValue,
 };
 use crate::time::{format_ms_in, local_date, local_day_start};
 
@@ -55,14 +59,14 @@ pub struct Query<'a> {
     pub granularity: Granularity,
     pub group_by: &'a [String],
     /// (kind, field, response name) per output metric.
-    pub metrics: Vec<(AggregationKind, Option<&'a str>, String)>,
+    pub metrics: Vec<(AggregationType, Option<&'a str>, String)>,
     pub filters: Option<&'a Filter>,
     /// The dimensions of the records, for rendering group values (numbers as numbers).
-    pub dimensions: &'a [(&'a str, DimensionKind)],
+    pub dimensions: &'a [Dimension],
 }
 
 /// Evaluates `q` over `rows` (already the organization's, sorted by time).
-pub fn evaluate<R: Record>(q: &Query, rows: &[R]) -> ChatSessionsResponse {
+pub fn evaluate<R: Record>(q: &Query, rows: &[R]) -> ReportResponse {
     let (start, end, tz, g) = (q.start, q.end, q.tz, q.granularity);
     let lo = rows.partition_point(|r| r.time() < start);
     let hi = rows.partition_point(|r| r.time() <= end);
@@ -88,9 +92,9 @@ pub fn evaluate<R: Record>(q: &Query, rows: &[R]) -> ChatSessionsResponse {
         }
     }
 
-    let mut fields = vec![ResponseField { name: "start_time".into(), kind: "dimension".into() }];
-    fields.extend(q.group_by.iter().map(|d| ResponseField { name: d.clone(), kind: "dimension".into() }));
-    fields.extend(q.metrics.iter().map(|(_, _, n)| ResponseField { name: n.clone(), kind: "metric".into() }));
+    let mut fields = vec![ResponseField::dimension("start_time")];
+    fields.extend(q.group_by.iter().map(ResponseField::dimension));
+    fields.extend(q.metrics.iter().map(|(_, _, n)| ResponseField::metric(n)));
     let data = groups
         .into_iter()
         .map(|((bucket, key), accs)| {
@@ -101,7 +105,7 @@ pub fn evaluate<R: Record>(q: &Query, rows: &[R]) -> ChatSessionsResponse {
             line
         })
         .collect();
-    ChatSessionsResponse { fields, data }
+    ReportResponse { fields, data }
 }
 
 /// A result row's identity: bucket start and group values (`None` for null).
@@ -116,12 +120,12 @@ enum Acc {
 }
 
 impl Acc {
-    fn new(kind: AggregationKind) -> Acc {
+    fn new(kind: AggregationType) -> Acc {
         match kind {
-            AggregationKind::Count => Acc::Count(0),
-            AggregationKind::Sum => Acc::Sum(0.0),
-            AggregationKind::Avg => Acc::Avg(0.0, 0),
-            AggregationKind::HyperUnique => Acc::Distinct(HashSet::new()),
+            AggregationType::Count => Acc::Count(0),
+            AggregationType::Sum => Acc::Sum(0.0),
+            AggregationType::Avg => Acc::Avg(0.0, 0),
+            AggregationType::HyperUnique => Acc::Distinct(HashSet::new()),
         }
     }
 
@@ -181,8 +185,8 @@ fn group_keys<R: Record>(group_by: &[String], row: &R) -> Vec<Vec<Option<String>
 }
 
 /// A group key part as the response shows it: numeric dimensions as numbers, others as strings.
-fn key_value(v: Option<String>, dim: &str, dimensions: &[(&str, DimensionKind)]) -> Value {
-    let numeric = dimensions.iter().any(|(n, k)| *n == dim && *k == DimensionKind::Number);
+fn key_value(v: Option<String>, dim: &str, dimensions: &[Dimension]) -> Value {
+    let numeric = dimensions.iter().any(|d| d.name == dim && d.kind == DimensionType::Number);
     match v {
         None => Value::Null,
         Some(s) if numeric => {
@@ -201,39 +205,34 @@ pub fn matches<R: Record>(filter: &Filter, row: &R) -> bool {
         Filter::Selector { dimension, value } => {
             let vals = row.values(dimension);
             match value {
-                Value::Null => vals.is_empty() || vals.iter().all(|v| v.is_empty()),
-                Value::String(s) => vals.iter().any(|v| v == s),
-                Value::Number(n) => {
+                SelectorValue::Null => vals.is_empty() || vals.iter().all(|v| v.is_empty()),
+                SelectorValue::Text(s) => vals.iter().any(|v| v == s),
+                SelectorValue::Number(n) => {
                     let want = n.as_f64();
                     vals.iter().any(|v| v.parse::<f64>().ok() == want)
                 }
-                Value::Bool(b) => vals.iter().any(|v| *v == b.to_string()),
-                _ => false,
             }
         }
         Filter::Bound { dimension, lower, upper, lower_strict, upper_strict, ordering } => {
-            row.values(dimension).iter().any(|v| match ordering {
+            let (lower_strict, upper_strict) = (lower_strict.unwrap_or(false), upper_strict.unwrap_or(false));
+            row.values(dimension).iter().any(|v| match ordering.unwrap_or_default() {
                 Ordering::Numeric => {
                     let Ok(x) = v.parse::<f64>() else { return false };
                     let lo_ok = lower
                         .as_ref()
-                        .and_then(bound_number)
-                        .is_none_or(|lo| if *lower_strict { x > lo } else { x >= lo });
+                        .and_then(|b| b.number())
+                        .is_none_or(|lo| if lower_strict { x > lo } else { x >= lo });
                     let hi_ok = upper
                         .as_ref()
-                        .and_then(bound_number)
-                        .is_none_or(|hi| if *upper_strict { x < hi } else { x <= hi });
+                        .and_then(|b| b.number())
+                        .is_none_or(|hi| if upper_strict { x < hi } else { x <= hi });
                     lo_ok && hi_ok
                 }
                 Ordering::Lexicographic => {
-                    let text = |b: &Value| match b {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
                     let lo_ok =
-                        lower.as_ref().map(text).is_none_or(|lo| if *lower_strict { *v > lo } else { *v >= lo });
+                        lower.as_ref().map(|b| b.text()).is_none_or(|lo| if lower_strict { *v > lo } else { *v >= lo });
                     let hi_ok =
-                        upper.as_ref().map(text).is_none_or(|hi| if *upper_strict { *v < hi } else { *v <= hi });
+                        upper.as_ref().map(|b| b.text()).is_none_or(|hi| if upper_strict { *v < hi } else { *v <= hi });
                     lo_ok && hi_ok
                 }
             })

@@ -2,21 +2,23 @@
 //! `event` records.
 //!
 //! Owns: the [`Event`] record and its generator, how an event answers the shared query engine
-//! (`simulator::druid`), and the two handlers:
-//! - `POST /api/events/v2/orgs/{org}/fetch`: validates the [`EventsQuery`] (001's body: sources,
-//!   vendor, organization_id, interval, granularity, group_by, aggregations `count`/`sum`/`avg`,
-//!   filters), keeps the organization's events whose `vendor` is the body's vendor and whose
-//!   `source` is one of its `sources`, and answers in the chat_sessions shape (`fields` + `data`)
-//!   with metrics named `count`, `sum`, `avg` over the events' `value`;
-//! - `POST /api/reporting/workflow/v1/orgs/{org}/query/`: validates the [`WorkflowQuery`] (001's
-//!   body: `avg`, `where`, `timespan` After/Before, both inclusive), keeps the organization's
-//!   events matching every `where` condition and answers `{"fields": [{"name": "<f>_avg"}],
-//!   "data": [[average or null]]}`.
+//! (`simulator::druid`), and the two handlers. Both read their body as the simulator's own wire
+//! types (`simulator::wire::giosg`, written from 001's bodies; unknown keys are 400s naming them):
+//! - `POST /api/events/v2/orgs/{org}/fetch`: an [`EventsRequest`] (001's body: sources, vendor,
+//!   organization_id, interval, granularity, group_by, aggregations `count`/`sum`/`avg`, filters
+//!   on [`EVENT_DIMENSIONS`]); keeps the organization's events whose `vendor` is the body's vendor
+//!   and whose `source` is one of its `sources`, and answers in the chat_sessions shape (`fields`
+//!   + `data`) with metrics named `count`, `sum`, `avg` over the events' `value`;
+//! - `POST /api/reporting/workflow/v1/orgs/{org}/query/`: a [`WorkflowRequest`] (001's body:
+//!   `avg`, `where`, `timespan` After/Before, both inclusive); keeps the organization's events
+//!   matching every `where` condition and answers `{"fields": [{"name": "<f>_avg", "type": "metric"}], "data":
+//!   [[average or null]]}`.
 //!
 //! Assumptions (001 shows no responses; also in `docs/simulator.md`): a `where` condition holds
 //! when the event's field equals `search`, any element for a list field, and `search: ""` holds
 //! for an empty or missing field; the workflow field `dim1` is the event's `value`; the
-//! organization is the path's, and the body's `organization_id` must equal it (400 otherwise).
+//! organization is the path's, and the body's `organization_id` must equal it (400 otherwise);
+//! `sum` over events is accepted though 001 only shows `count` and `avg`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -31,9 +33,9 @@ use super::SimState;
 use super::chat_sessions::{ApiError, bad_request, read_query};
 use super::dataset::{DatasetSpec, HOUR_WEIGHTS, Org, pick, weekday_factor, weighted};
 use super::druid::{Query, Record, render_number};
-use crate::query::{ChatSessionsResponse, EVENT_DIMENSIONS, ResponseField};
-use crate::source::giosg::events::EventsQuery;
-use crate::source::giosg::workflow::WorkflowQuery;
+use super::wire::giosg::{
+    AggregationType, EVENT_DIMENSIONS, EventAggregation, EventsRequest, ReportResponse, ResponseField, WorkflowRequest,
+};
 use crate::time::serde_ms_utc;
 
 /// One event of giosg's event store, as the events and workflow endpoints read it.
@@ -118,8 +120,8 @@ pub async fn events_handler(
     Path(org): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<ChatSessionsResponse>, ApiError> {
-    let query: EventsQuery = read_query(&state, &headers, &org, &body)?;
+) -> Result<Json<ReportResponse>, ApiError> {
+    let query: EventsRequest = read_query(&state, &headers, &org, &body)?;
     query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
     if query.organization_id != org {
         return Err(bad_request(format!("organization_id {} is not the path's {org}", query.organization_id)));
@@ -131,7 +133,18 @@ pub async fn events_handler(
         tz,
         granularity: query.granularity,
         group_by: &query.group_by,
-        metrics: query.aggregations.iter().map(|k| (*k, Some("value"), k.api_name().to_string())).collect(),
+        metrics: query
+            .aggregations
+            .iter()
+            .map(|a| {
+                let kind = match a {
+                    EventAggregation::Count => AggregationType::Count,
+                    EventAggregation::Sum => AggregationType::Sum,
+                    EventAggregation::Avg => AggregationType::Avg,
+                };
+                (kind, Some("value"), a.as_str().to_string())
+            })
+            .collect(),
         filters: query.filters.as_ref(),
         dimensions: EVENT_DIMENSIONS,
     };
@@ -148,14 +161,9 @@ pub async fn workflow_handler(
     Path(org): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<ChatSessionsResponse>, ApiError> {
-    let query: WorkflowQuery = read_query(&state, &headers, &org, &body)?;
-    if query.avg.is_empty() {
-        return Err(bad_request("avg: at least one field is required"));
-    }
-    if query.timespan.before < query.timespan.after {
-        return Err(bad_request("timespan: Before is earlier than After"));
-    }
+) -> Result<Json<ReportResponse>, ApiError> {
+    let query: WorkflowRequest = read_query(&state, &headers, &org, &body)?;
+    query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
     let (start, end) = (query.timespan.after.with_timezone(&Utc), query.timespan.before.with_timezone(&Utc));
     let dataset = state.dataset();
     let holds = |e: &Event| {
@@ -165,7 +173,7 @@ pub async fn workflow_handler(
         })
     };
     let matched: Vec<&Event> = events_between(&dataset.events, &org, start, end).filter(|e| holds(e)).collect();
-    let fields = query.avg.iter().map(|f| ResponseField { name: format!("{f}_avg"), kind: "metric".into() }).collect();
+    let fields = query.avg.iter().map(|f| ResponseField::metric(format!("{f}_avg"))).collect();
     let line = query
         .avg
         .iter()
@@ -175,7 +183,7 @@ pub async fn workflow_handler(
             if xs.is_empty() { json!(null) } else { json!(xs.iter().sum::<f64>() / xs.len() as f64) }
         })
         .collect();
-    Ok(Json(ChatSessionsResponse { fields, data: vec![line] }))
+    Ok(Json(ReportResponse { fields, data: vec![line] }))
 }
 
 /// A kind of event generated: (category, action, share of events, whether it has a value and its

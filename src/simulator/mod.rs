@@ -5,8 +5,15 @@
 //! Tests, the benchmark and `chatetl demo` run against it; it is checked against the vendors' own
 //! example request bodies and is never a substitute for a client written from the docs.
 //!
-//! To add an upstream API: write `simulator/<api>.rs` with its handler (evaluating from the
-//! dataset), add its records to `dataset.rs`, and add one `.route(…)` line in [`Simulator::router`].
+//! Requests are parsed, and answers written, with the simulator's own wire types ([`wire`]),
+//! written from the vendors' docs and tested against their examples; nothing here uses the
+//! client's types (the `source` and `config` modules), so the simulator cannot agree with a wrong
+//! guess of the client by construction.
+//!
+//! To add an upstream API: write its request and response types from the docs in
+//! `simulator/wire/<vendor>.rs` (with a test against the docs' examples), write
+//! `simulator/<api>.rs` with its handler (evaluating from the dataset), add its records to
+//! `dataset.rs`, and add one `.route(…)` line in [`Simulator::router`].
 //!
 //! Admin routes (not faulted, not recorded, no auth; the server binds loopback):
 //! - `GET /_sim/requests`, `DELETE /_sim/requests`: the request log, and clearing it;
@@ -23,6 +30,7 @@ pub mod events;
 pub mod faults;
 pub mod realtime;
 pub mod thulium;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -2,9 +2,11 @@
 //!
 //! Owns: the dataset records of Thulium ([`ThuliumAccount`]: an account's zone; [`ThuliumChat`]:
 //! one chat), their deterministic generator ([`generate`], its own random stream so the giosg rows
-//! of a seed never change), HTTP basic authentication, the query-string parameters, and the
-//! report itself ([`report`]: select, filter, bucket, group, compute every field, sort), paged with
-//! `offset`/`limit`. Faults and the request log are applied around it by `simulator::faults`.
+//! of a seed never change), HTTP basic authentication, the query-string parameters
+//! ([`SummaryQuery`], with the simulator's own `wire::thulium::AggregateBy`), and the report
+//! itself ([`report`]: select, filter, bucket, group, compute every field, sort), paged with
+//! `offset`/`limit` and written as `wire::thulium::SummaryRow`s (004's example row, key for key).
+//! Faults and the request log are applied around it by `simulator::faults`.
 //!
 //! Assumptions where 004 is silent (also in `docs/simulator.md`, section Thulium):
 //! - the account is the dataset organization whose `api_token` is the basic-auth password (any
@@ -34,12 +36,11 @@ use chrono_tz::Tz;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{Value, json};
 
 use super::SimState;
 use super::chat_sessions::ApiError;
 use super::dataset::{DatasetSpec, Organization};
-use crate::config::AggregateBy;
+use super::wire::thulium::{AggregateBy, Durations, Percent, Rates, RatingSummary, SummaryRow};
 use crate::time::{local_day_start, serde_ms_utc};
 
 /// The report's path.
@@ -278,7 +279,11 @@ pub fn sort(chats: &mut [ThuliumChat]) {
 // The endpoint
 
 /// `GET /api/chats/reports/summary`: basic auth, parameters, the report, one page of it.
-pub async fn handler(State(state): State<SimState>, headers: HeaderMap, uri: Uri) -> Result<Json<Value>, ApiError> {
+pub async fn handler(
+    State(state): State<SimState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<Vec<SummaryRow>>, ApiError> {
     let org = account(&state, &headers)?;
     let q = SummaryQuery::parse(uri.query().unwrap_or(""))?;
     let dataset = state.dataset();
@@ -288,8 +293,7 @@ pub async fn handler(State(state): State<SimState>, headers: HeaderMap, uri: Uri
         .find(|a| a.organization_id == org)
         .map_or(DEFAULT_ACCOUNT_ZONE, |a| a.time_zone);
     let rows = report(&dataset.thulium_chats, &org, tz, &q);
-    let page: Vec<Value> = rows.into_iter().skip(q.offset).take(q.limit).collect();
-    Ok(Json(Value::Array(page)))
+    Ok(Json(rows.into_iter().skip(q.offset).take(q.limit).collect()))
 }
 
 /// The organization whose `api_token` is the basic-auth password (the user name may be anything
@@ -396,7 +400,7 @@ impl SummaryQuery {
         };
         let aggregate_by = match single.get("aggregate_by").map(|s| s.trim()) {
             None => AggregateBy::Month,
-            Some(v) => parse_aggregate_by(v).ok_or_else(|| {
+            Some(v) => AggregateBy::parse(v).ok_or_else(|| {
                 bad(format!(
                     "aggregate_by: unknown value `{v}` (expected hour_of_day, minute, hour, day, week, month or year)"
                 ))
@@ -421,20 +425,6 @@ impl SummaryQuery {
     }
 }
 
-fn parse_aggregate_by(v: &str) -> Option<AggregateBy> {
-    [
-        AggregateBy::HourOfDay,
-        AggregateBy::Minute,
-        AggregateBy::Hour,
-        AggregateBy::Day,
-        AggregateBy::Week,
-        AggregateBy::Month,
-        AggregateBy::Year,
-    ]
-    .into_iter()
-    .find(|a| a.as_str() == v)
-}
-
 /// The `series` label of local wall-clock time `t`.
 pub fn series(aggregate_by: AggregateBy, t: NaiveDateTime) -> String {
     let format = match aggregate_by {
@@ -450,7 +440,7 @@ pub fn series(aggregate_by: AggregateBy, t: NaiveDateTime) -> String {
 }
 
 /// Every row of the report (before paging) for account `org` in zone `tz`.
-pub fn report(chats: &[ThuliumChat], org: &str, tz: Tz, q: &SummaryQuery) -> Vec<Value> {
+pub fn report(chats: &[ThuliumChat], org: &str, tz: Tz, q: &SummaryQuery) -> Vec<SummaryRow> {
     // Chats are sorted by instant; a local time is within 15 hours of UTC everywhere.
     let lo = chats.partition_point(|c| c.started_at < q.date_from.and_utc() - Duration::hours(15));
     let hi = chats.partition_point(|c| c.started_at < q.date_to.and_utc() + Duration::hours(16));
@@ -478,7 +468,7 @@ pub fn report(chats: &[ThuliumChat], org: &str, tz: Tz, q: &SummaryQuery) -> Vec
 }
 
 /// One row: 004's fields over `chats` (see docs/simulator.md for each definition).
-fn summary_row(series: String, user_name: Option<String>, chats: &[&ThuliumChat], threshold: u32) -> Value {
+fn summary_row(series: String, user_name: Option<String>, chats: &[&ThuliumChat], threshold: u32) -> SummaryRow {
     let count = |f: &dyn Fn(&ThuliumChat) -> bool| chats.iter().filter(|c| f(c)).count() as u64;
     let to_agent = |c: &ThuliumChat| !c.empty && (!c.to_bot || c.transferred_by_bot);
     let answered = count(&|c| c.answered);
@@ -489,46 +479,46 @@ fn summary_row(series: String, user_name: Option<String>, chats: &[&ThuliumChat]
     let (sad, neutral, happy) = (rated(Rating::Sad), rated(Rating::Neutral), rated(Rating::Happy));
     let chat_times: Vec<u32> = chats.iter().filter(|c| c.answered).map(|c| c.chat_seconds).collect();
     let wait_times: Vec<u32> = chats.iter().filter(|c| to_agent(c)).map(|c| c.wait_seconds).collect();
-    json!({
-        "series": series,
-        "user_name": user_name,
-        "incoming": count(&|c| !c.empty),
-        "incoming_to_agent": incoming_to_agent,
-        "incoming_including_empty": chats.len(),
-        "abandoned": count(&|c| c.abandoned),
-        "answered": answered,
-        "incoming_to_bot": count(&|c| c.to_bot),
-        "transferred_by_bot": count(&|c| c.transferred_by_bot),
-        "finished_by_bot": count(&|c| c.finished_by_bot),
-        "service_level_percent": percent(in_time, answered),
-        "chat_time": durations(&chat_times),
-        "wait_time": durations(&wait_times),
-        "sla_percent": percent(picked_up_in_time, incoming_to_agent),
-        "rating": {
-            "rate": {"sad": sad, "neutral": neutral, "happy": happy},
-            "satisfaction_percent": percent(happy, sad + neutral + happy),
-            "rated_percent": percent(sad + neutral + happy, answered),
+    SummaryRow {
+        series,
+        user_name,
+        incoming: count(&|c| !c.empty),
+        incoming_to_agent,
+        incoming_including_empty: chats.len() as u64,
+        abandoned: count(&|c| c.abandoned),
+        answered,
+        incoming_to_bot: count(&|c| c.to_bot),
+        transferred_by_bot: count(&|c| c.transferred_by_bot),
+        finished_by_bot: count(&|c| c.finished_by_bot),
+        service_level_percent: percent(in_time, answered),
+        chat_time: durations(&chat_times),
+        wait_time: durations(&wait_times),
+        sla_percent: percent(picked_up_in_time, incoming_to_agent),
+        rating: RatingSummary {
+            rate: Rates { sad, neutral, happy },
+            satisfaction_percent: percent(happy, sad + neutral + happy),
+            rated_percent: percent(sad + neutral + happy, answered),
         },
-    })
+    }
 }
 
-/// `100 * part / whole` with two decimals (a whole number without a fraction); 0 when `whole` is 0.
-fn percent(part: u64, whole: u64) -> Value {
+/// `100 * part / whole` with two decimals (a whole number is written without a fraction); 0 when
+/// `whole` is 0.
+fn percent(part: u64, whole: u64) -> Percent {
     if whole == 0 {
-        return json!(0);
+        return Percent(0.0);
     }
-    let p = (10_000.0 * part as f64 / whole as f64).round() / 100.0;
-    if p.fract() == 0.0 { json!(p as u64) } else { json!(p) }
+    Percent((10_000.0 * part as f64 / whole as f64).round() / 100.0)
 }
 
 /// `{min, max, sum, avg}` as `HH:MM:SS`, the average rounded to the nearest second (half up);
 /// all `00:00:00` for no chats.
-fn durations(secs: &[u32]) -> Value {
+fn durations(secs: &[u32]) -> Durations {
     let sum: u64 = secs.iter().map(|s| u64::from(*s)).sum();
     let n = secs.len() as u64;
     let avg = if n == 0 { 0 } else { (2 * sum + n) / (2 * n) };
     let (min, max) = (secs.iter().min().copied().unwrap_or(0), secs.iter().max().copied().unwrap_or(0));
-    json!({"min": hms(min.into()), "max": hms(max.into()), "sum": hms(sum), "avg": hms(avg)})
+    Durations { min: hms(min.into()), max: hms(max.into()), sum: hms(sum), avg: hms(avg) }
 }
 
 /// `HH:MM:SS`; hours grow past 99 when they must.
@@ -539,6 +529,7 @@ pub fn hms(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn naive(s: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()
@@ -660,7 +651,8 @@ mod tests {
         ];
         let q =
             SummaryQuery::parse("date_from=2024-10-27 03:00:00&date_to=2024-10-27 03:59:59&aggregate_by=hour").unwrap();
-        let rows = report(&chats, "org", DEFAULT_ACCOUNT_ZONE, &q);
+        let as_json = |rows: Vec<SummaryRow>| -> Vec<Value> { rows.iter().map(|r| json!(r)).collect() };
+        let rows = as_json(report(&chats, "org", DEFAULT_ACCOUNT_ZONE, &q));
         assert_eq!(rows.len(), 2);
         let a = &rows[0];
         assert_eq!(a["series"], "2024-10-27 03:00");
@@ -682,7 +674,7 @@ mod tests {
         );
 
         let summed = SummaryQuery { sum_users: true, response_threshold: 40, ..q.clone() };
-        let rows = report(&chats, "org", DEFAULT_ACCOUNT_ZONE, &summed);
+        let rows = as_json(report(&chats, "org", DEFAULT_ACCOUNT_ZONE, &summed));
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["user_name"], Value::Null);
         assert_eq!(rows[0]["incoming_including_empty"], 6);
