@@ -30,6 +30,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::error::ErrorKind;
 use crate::runner::RunReport;
 
 /// The content type of `GET /metrics`: the OpenMetrics text format, version 1.0.0.
@@ -68,6 +69,8 @@ pub struct JobMetrics {
     pub last_run_duration_secs: Option<f64>,
     /// The last run found the stored definition different from the job file's.
     pub definition_changed: bool,
+    /// Failed chunks and fatal run errors by kind (counter per kind; kinds never seen are absent).
+    pub errors: BTreeMap<ErrorKind, u64>,
 }
 
 impl Metrics {
@@ -91,6 +94,9 @@ impl Metrics {
             m.runs += 1;
             m.requests += report.requests;
             m.retries += report.retries;
+            for f in &report.failures {
+                *m.errors.entry(f.kind).or_default() += 1;
+            }
             if report.ok() {
                 m.last_success = Some(finished_at);
             } else {
@@ -102,11 +108,13 @@ impl Metrics {
         });
     }
 
-    /// A run that could not start or ended in a fatal error: counts a run and a run failure.
-    pub fn record_fatal(&self, job: &str) {
+    /// A run that could not start or ended in a fatal error of `kind`: counts a run, a run
+    /// failure and an error of that kind.
+    pub fn record_fatal(&self, job: &str, kind: ErrorKind) {
         self.update(job, |m| {
             m.runs += 1;
             m.run_failures += 1;
+            *m.errors.entry(kind).or_default() += 1;
         });
     }
 
@@ -285,6 +293,23 @@ impl Collector for Scrape {
                 }
             }
         }
+        // Errors by kind: one sample per job and kind seen, so an alert can tell refused
+        // credentials (`kind="credentials"`) from an outage (`kind="upstream_unavailable"`).
+        let errors: Vec<(&str, ErrorKind, u64)> =
+            self.jobs.iter().flat_map(|(job, m)| m.errors.iter().map(move |(k, n)| (job.as_str(), *k, *n))).collect();
+        if !errors.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "chatetl_job_errors",
+                "Failed chunks and fatal run errors since the process started, by kind: credentials, bad_request, \
+                 upstream_unavailable, bad_response, warehouse or configuration.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (job, kind, n) in errors {
+                let labels = [("job", job), ("kind", kind.as_str())];
+                ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
+            }
+        }
         let up = ConstGauge::new(1_i64);
         up.encode(encoder.encode_descriptor(
             "chatetl_up",
@@ -448,7 +473,7 @@ mod tests {
         let watermark = at(0, 0, 0, 0);
         metrics.record_run(&first, Some(at(0, 0, 0, 0) - chrono::Duration::days(1)), at(10, 0, 5, 250));
         metrics.record_run(&second, Some(watermark), at(11, 0, 7, 0));
-        metrics.record_fatal("giosg_daily");
+        metrics.record_fatal("giosg_daily", ErrorKind::Credentials);
         metrics.record_skipped_tick("giosg_daily");
         metrics.record_skipped_tick("giosg_daily");
         let now = at(12, 30, 0, 500);
@@ -460,6 +485,7 @@ mod tests {
         types.sort_by_key(|(name, _)| *name);
         let mut expected_types: Vec<_> = JOB_FAMILIES.to_vec();
         expected_types.push(("chatetl_up", OpenMetricsType::Gauge));
+        expected_types.push(("chatetl_job_errors", OpenMetricsType::Counter));
         expected_types.sort_by_key(|(name, _)| *name);
         assert_eq!(types, expected_types);
         assert!(exp.families.values().all(|f| !f.help.is_empty()), "every family has a HELP");
@@ -484,6 +510,14 @@ mod tests {
         // The sample names are unchanged (`_total` on counters), and counters are integers.
         assert!(text.contains("\nchatetl_job_rows_loaded_total{job=\"giosg_daily\"} 150\n"), "{text}");
         assert!(text.ends_with("\nchatetl_up 1\n# EOF\n"), "{text}");
+        // Errors by kind tell the refused credentials of the fatal run from the failed chunk's
+        // outage; kinds never seen have no sample.
+        assert!(text.contains("\nchatetl_job_errors_total{job=\"giosg_daily\",kind=\"credentials\"} 1\n"), "{text}");
+        assert!(
+            text.contains("\nchatetl_job_errors_total{job=\"giosg_daily\",kind=\"upstream_unavailable\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("kind=\"warehouse\"") && !text.contains("job=\"never_run\",kind"), "{text}");
 
         // The registered job that never ran: zero counters, no gauges without a value.
         for (family, _) in JOB_FAMILIES {
@@ -497,7 +531,8 @@ mod tests {
             assert_eq!(value(&exp, family, Some("never_run")), expected, "{family}");
         }
         assert_eq!(value(&exp, "chatetl_up", None), Some(1.0));
-        assert_eq!(sample_count(&exp), 13 + 9 + 1);
+        // 13 families of giosg_daily, 9 of never_run, two error kinds, chatetl_up.
+        assert_eq!(sample_count(&exp), 13 + 9 + 2 + 1);
 
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["never_run"], JobMetrics::default());
@@ -618,7 +653,7 @@ mod tests {
     fn a_fatal_run_counts_a_run_and_a_failure_and_keeps_the_last_success() {
         let metrics = Metrics::new();
         metrics.record_run(&report("j", 7, 1, 0), None, at(1, 0, 0, 0));
-        metrics.record_fatal("j");
+        metrics.record_fatal("j", ErrorKind::Warehouse);
         let m = &metrics.snapshot()["j"];
         assert_eq!((m.runs, m.run_failures, m.rows_loaded), (2, 1, 7));
         assert_eq!(m.last_success, Some(at(1, 0, 0, 0)));

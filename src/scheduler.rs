@@ -314,8 +314,8 @@ impl Inner {
                 info!(job = %job.name, tick = %at, "tick skipped: another chatetl process is loading this job");
             }
             Err(e) => {
-                self.metrics.record_fatal(&job.name);
-                error!(job = %job.name, tick = %at, error = %e, "tick failed");
+                self.metrics.record_fatal(&job.name, e.kind());
+                error!(job = %job.name, tick = %at, kind = %e.kind(), error = %e, "tick failed");
             }
         }
     }

@@ -512,6 +512,66 @@ async fn retries_on_429_and_503_succeed_and_401_fails_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_status_and_metrics_tell_refused_credentials_from_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);
+    let sim = serve(&d.path).await;
+    let wh = dir.path().join("wh");
+    let job = || job_with("real_chats", "2024-01-01", 31);
+    let good = write_config(&dir.path().join("good"), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[job()]);
+    let bad = write_config(&dir.path().join("bad"), &sim, "not-the-key", TestWarehouse::Parquet(&wh), &[job()]);
+    let range = ["run", "--from", "2024-01-01", "--to", "2024-01-02"];
+    let status = |config: &Path| {
+        let (code, out, err) = run_cli(config, &["status"]);
+        assert_eq!(code, 0, "{err}");
+        let (_, json, _) = run_cli(config, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        (out, v[0]["last_error_kind"].as_str().map(String::from))
+    };
+    // Every job's metrics as the daemon records them, from a run of the library's runner.
+    let scrape = |report: &chatetl::runner::RunReport| {
+        let metrics = chatetl::metrics::Metrics::new();
+        metrics.record_run(report, None, Utc::now());
+        metrics.render_openmetrics(Utc::now())
+    };
+
+    // An outage: every request answers 503, after its retries.
+    sim.handle.add_rule(FaultRule {
+        faults: FaultConfig { error_rate: 1.0, error_statuses: vec![503], ..FaultConfig::default() },
+        ..FaultRule::default()
+    });
+    let (code, out, err) = run_cli(&good, &range);
+    assert_eq!(code, 1, "an outage exits 1 (retrying later can help): {out}\n{err}");
+    let (table, kind) = status(&good);
+    assert_eq!(kind.as_deref(), Some("upstream_unavailable"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("real_chats") && l.contains("[upstream_unavailable]")), "{table}");
+    let (config, runner) = open_runner(&good).await;
+    let (from, to) = chatetl::plan::parse_range("2024-01-01", "2024-01-01", HEL).unwrap();
+    let windows = chatetl::plan::windows_overlapping(chatetl::config::WindowUnit::Day, HEL, from, to);
+    let report = runner.run(&config.jobs["real_chats"], windows.clone(), &opts(RunKind::Range)).await.unwrap();
+    let text = scrape(&report);
+    assert!(text.contains("chatetl_job_errors_total{job=\"real_chats\",kind=\"upstream_unavailable\"} 1"), "{text}");
+    assert!(!text.contains("kind=\"credentials\""), "{text}");
+    sim.handle.clear_rules();
+
+    // Refused credentials: exit 3, and the same warehouse's status says so.
+    let (code, out, err) = run_cli(&bad, &range);
+    assert_eq!(code, 3, "refused credentials exit 3: {out}\n{err}");
+    let (table, kind) = status(&bad);
+    assert_eq!(kind.as_deref(), Some("credentials"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("real_chats") && l.contains("[credentials]")), "{table}");
+    let (config, runner) = open_runner(&bad).await;
+    let report = runner.run(&config.jobs["real_chats"], windows, &opts(RunKind::Range)).await.unwrap();
+    let text = scrape(&report);
+    assert!(text.contains("chatetl_job_errors_total{job=\"real_chats\",kind=\"credentials\"} 1"), "{text}");
+    assert!(!text.contains("kind=\"upstream_unavailable\""), "{text}");
+
+    // Once the upstream answers again, the run succeeds and exits 0.
+    let (code, out, err) = run_cli(&good, &range);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_appears_in_trace_logs() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
