@@ -1,21 +1,25 @@
 //! `chatetl schedule`: the daemon that keeps every scheduled job current.
 //!
-//! Owns: the [`Clock`] (the system clock, or a [`ManualClock`] tests move by hand), one tick loop
-//! per job with a `schedule` (fire times from [`crate::schedule_time::Schedule`], evaluated on the
-//! job zone's wall clock: see that module for why chatetl drives its own ticks rather than
-//! tokio-cron-scheduler), the overlap guard (a tick while the job still runs is skipped and
-//! counted), reloading job files (an invalid new configuration is reported and the old
-//! definitions keep running), graceful shutdown (no new ticks, no new chunks; runs in flight get
-//! a grace period, then are dropped, which rolls their open transactions back), and the
-//! health/metrics endpoint's data ([`crate::metrics`]).
+//! Owns: the [`Clock`] (the system clock, or a [`ManualClock`] tests move by hand and that
+//! tells when every sleeper has seen its time), one tick loop per job with a `schedule` (fire
+//! times from [`crate::schedule_time::Schedule`], evaluated on the job zone's wall clock: see
+//! that module for why chatetl drives its own ticks rather than tokio-cron-scheduler; each
+//! loop's first fire time is computed before it is spawned), the overlap guard (a tick while the
+//! job still runs is skipped and counted), reloading job files (an invalid new configuration is
+//! reported and the old definitions keep running), graceful shutdown (no new ticks, no new
+//! chunks; runs in flight get a grace period, then are dropped, which rolls their open
+//! transactions back), the health/metrics endpoint's data ([`crate::metrics`]), and
+//! [`Activity`], the daemon's own record of loops started, reloads answered and runs started,
+//! finished and in flight, which tests wait on instead of sleeping.
 //!
 //! Ticks only trigger: what a tick loads comes from the watermark (incremental catch-up, plus the
 //! job's lookback), and the per-job run lock (a PostgreSQL advisory lock, or a file lock) keeps
 //! a second daemon from loading the same job at the same time. So late, doubled or missed ticks
 //! do no harm: the first tick after three days of downtime loads the three days.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,26 +44,58 @@ pub enum Clock {
     Manual(Arc<ManualClock>),
 }
 
-/// A clock that moves only by [`ManualClock::set`] / [`ManualClock::advance`].
+/// A clock that moves only by [`ManualClock::set`] / [`ManualClock::advance`], and knows who
+/// sleeps on it: [`ManualClock::wait_for_sleepers`] returns once every sleeper has looked at the
+/// current reading, so a test can move the clock and then wait for "every loop asleep" instead
+/// of sleeping and hoping.
 pub struct ManualClock {
-    now: watch::Sender<DateTime<Utc>>,
+    state: watch::Sender<ManualState>,
+    next_sleeper: AtomicU64,
+}
+
+struct ManualState {
+    now: DateTime<Utc>,
+    /// The tasks in [`Clock::sleep_until`], by id.
+    sleepers: BTreeMap<u64, Sleeper>,
+}
+
+struct Sleeper {
+    /// The time it waits for.
+    until: DateTime<Utc>,
+    /// The clock's reading when it last looked (always earlier than `until`).
+    seen: DateTime<Utc>,
+}
+
+/// Forgets a sleeper however its sleep ends: woken, or dropped (a cancelled loop).
+struct SleeperGuard<'a> {
+    clock: &'a ManualClock,
+    id: u64,
+}
+
+impl Drop for SleeperGuard<'_> {
+    fn drop(&mut self) {
+        self.clock.state.send_if_modified(|s| s.sleepers.remove(&self.id).is_some());
+    }
 }
 
 impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> Arc<ManualClock> {
-        Arc::new(ManualClock { now: watch::Sender::new(start) })
+        Arc::new(ManualClock {
+            state: watch::Sender::new(ManualState { now: start, sleepers: BTreeMap::new() }),
+            next_sleeper: AtomicU64::new(0),
+        })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        *self.now.borrow()
+        self.state.borrow().now
     }
 
     /// Moves to `t` (never backwards), waking every sleeper whose time has come.
     pub fn set(&self, t: DateTime<Utc>) {
-        self.now.send_if_modified(|now| {
-            let moved = t > *now;
+        self.state.send_if_modified(|s| {
+            let moved = t > s.now;
             if moved {
-                *now = t;
+                s.now = t;
             }
             moved
         });
@@ -67,6 +103,50 @@ impl ManualClock {
 
     pub fn advance(&self, by: chrono::Duration) {
         self.set(self.now() + by);
+    }
+
+    /// Returns once exactly `n` tasks sleep on this clock and each of them has looked at its
+    /// current reading and gone back to waiting for a later time. After a [`ManualClock::set`],
+    /// that means every sleeper whose time came has woken and left (a scheduler loop: ticked
+    /// and slept again; a loop that ticks sleeps again only after starting its run), and every
+    /// other one has seen the new time and still waits. Wrap it in a timeout: it waits forever
+    /// when the count never matches.
+    pub async fn wait_for_sleepers(&self, n: usize) {
+        let mut rx = self.state.subscribe();
+        let all_asleep =
+            |s: &ManualState| s.sleepers.len() == n && s.sleepers.values().all(|z| z.seen == s.now && z.until > s.now);
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(all_asleep).await;
+    }
+
+    /// The times the current sleepers wait for, earliest first.
+    pub fn wake_times(&self) -> Vec<DateTime<Utc>> {
+        let mut times: Vec<_> = self.state.borrow().sleepers.values().map(|z| z.until).collect();
+        times.sort();
+        times
+    }
+
+    async fn sleep_until(&self, t: DateTime<Utc>) {
+        let id = self.next_sleeper.fetch_add(1, Ordering::Relaxed);
+        let _guard = SleeperGuard { clock: self, id };
+        // Subscribed before the first look, so no move of the clock after it is missed.
+        let mut rx = self.state.subscribe();
+        loop {
+            let mut due = false;
+            // Look and record what was seen in one step, under the channel's lock.
+            self.state.send_if_modified(|s| {
+                if s.now >= t {
+                    due = true;
+                    return s.sleepers.remove(&id).is_some();
+                }
+                let seen = s.now;
+                let old = s.sleepers.insert(id, Sleeper { until: t, seen });
+                old.is_none_or(|o| o.seen != seen)
+            });
+            if due || rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -90,14 +170,7 @@ impl Clock {
                 let nap = left.to_std().unwrap_or_default().min(Duration::from_secs(60));
                 tokio::time::sleep(nap).await;
             },
-            Clock::Manual(m) => {
-                let mut rx = m.now.subscribe();
-                while *rx.borrow_and_update() < t {
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
+            Clock::Manual(m) => m.sleep_until(t).await,
         }
     }
 }
@@ -117,6 +190,27 @@ impl Default for SchedulerOptions {
     }
 }
 
+/// What the daemon has done so far, published on a [`watch`] channel
+/// ([`Scheduler::activity`]) so tests wait for the event that proves a thing ran instead of
+/// sleeping. Counters only grow; `loops` and `in_flight` are current values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Sets of tick loops started: 1 once [`Scheduler::run`] started its loops (each with its
+    /// first fire time already computed), then one more per reload that was taken.
+    pub generation: u64,
+    /// Tick loops of the current generation (jobs with a valid schedule).
+    pub loops: usize,
+    /// Reload requests answered, taken or refused (a refused one leaves `generation` as it was).
+    pub reloads: u64,
+    /// Runs that have read the clock for the time they load up to: moving the clock afterwards
+    /// no longer changes what they load.
+    pub runs_started: u64,
+    /// Runs that ended (their metrics recorded, their job free for the next tick).
+    pub runs_finished: u64,
+    /// Runs in flight.
+    pub in_flight: usize,
+}
+
 /// The daemon.
 pub struct Scheduler {
     inner: Arc<Inner>,
@@ -129,6 +223,7 @@ struct Inner {
     clock: Clock,
     opts: SchedulerOptions,
     metrics: Arc<Metrics>,
+    activity: watch::Sender<Activity>,
     /// Jobs with a run in flight.
     running: Mutex<HashSet<String>>,
     runs: Mutex<JoinSet<()>>,
@@ -146,6 +241,12 @@ struct RunningGuard {
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         self.inner.running.lock().expect("running lock").remove(&self.job);
+        // Published after the job is free, so a run counted as finished can never make the
+        // next tick look like an overlap.
+        self.inner.activity.send_modify(|a| {
+            a.in_flight -= 1;
+            a.runs_finished += 1;
+        });
     }
 }
 
@@ -163,6 +264,7 @@ impl Scheduler {
                 clock,
                 opts,
                 metrics,
+                activity: watch::Sender::new(Activity::default()),
                 running: Mutex::new(HashSet::new()),
                 runs: Mutex::new(JoinSet::new()),
                 stop_runs: CancellationToken::new(),
@@ -173,6 +275,11 @@ impl Scheduler {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.inner.metrics.clone()
+    }
+
+    /// What the daemon has done so far; see [`Activity`].
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.inner.activity.subscribe()
     }
 
     /// 200 while the scheduler runs and the warehouse answers.
@@ -194,15 +301,23 @@ impl Scheduler {
     /// Returns once runs in flight finished or the grace period ended.
     pub async fn run(self, shutdown: CancellationToken, mut reload: mpsc::Receiver<()>) {
         let inner = self.inner;
-        let mut loops = start_loops(&inner);
+        let mut loops = start_loops(&inner, inner.clock.now(), &HashMap::new());
+        inner.activity.send_modify(|a| {
+            a.generation += 1;
+            a.loops = loops.count;
+        });
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(()) = reload.recv() => {
-                    if let Some(new_loops) = inner.reload().await {
-                        loops.cancel();
-                        loops = new_loops;
-                    }
+                    let taken = inner.reload(&mut loops).await;
+                    inner.activity.send_modify(|a| {
+                        a.reloads += 1;
+                        if taken {
+                            a.generation += 1;
+                            a.loops = loops.count;
+                        }
+                    });
                 }
             }
         }
@@ -211,7 +326,7 @@ impl Scheduler {
             "shutting down: no new ticks; waiting for runs in flight"
         );
         inner.stopping.cancel();
-        loops.cancel();
+        loops.stop().await;
         inner.stop_runs.cancel();
         let mut runs = std::mem::take(&mut *inner.runs.lock().expect("runs lock"));
         let drained =
@@ -225,9 +340,43 @@ impl Scheduler {
     }
 }
 
-/// Starts one tick loop per scheduled job; cancel the token to stop them all.
-fn start_loops(inner: &Arc<Inner>) -> CancellationToken {
-    let token = inner.stopping.child_token();
+/// The tick loops of one configuration.
+struct Loops {
+    stop: CancellationToken,
+    tasks: JoinSet<Option<(String, PendingTick)>>,
+    count: usize,
+}
+
+/// The fire time a stopped loop was waiting for (not ticked), and the schedule it came from.
+struct PendingTick {
+    expr: String,
+    time_zone: chrono_tz::Tz,
+    next: DateTime<Utc>,
+}
+
+impl Loops {
+    /// Stops every loop and waits until they have ended, so no loop of this set ticks after;
+    /// returns each stopped loop's pending fire time by job name.
+    async fn stop(&mut self) -> HashMap<String, PendingTick> {
+        self.stop.cancel();
+        let mut pending = HashMap::new();
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Ok(Some((job, tick))) = ended {
+                pending.insert(job, tick);
+            }
+        }
+        pending
+    }
+}
+
+/// Starts one tick loop per scheduled job, each with its first fire time computed here, before
+/// the loop is spawned: the first after `since` (the clock at start or reload), or, for a job
+/// whose schedule a reload left as it was, the fire time its stopped loop was waiting for (so a
+/// reload neither drops nor repeats a tick). However late a loop task first runs, it fires at
+/// that time.
+fn start_loops(inner: &Arc<Inner>, since: DateTime<Utc>, pending: &HashMap<String, PendingTick>) -> Loops {
+    let stop = inner.stopping.child_token();
+    let mut tasks = JoinSet::new();
     let runner = inner.runner.read().expect("runner lock").clone();
     for job in runner.config.jobs.values() {
         let Some(expr) = &job.schedule else {
@@ -241,26 +390,50 @@ fn start_loops(inner: &Arc<Inner>) -> CancellationToken {
                 continue;
             }
         };
-        info!(job = %job.name, schedule = %expr, time_zone = job.time_zone.name(), "job scheduled");
-        tokio::spawn(job_loop(inner.clone(), job.clone(), schedule, token.clone()));
+        let first = match pending.get(&job.name) {
+            Some(p) if p.expr == *expr && p.time_zone == job.time_zone => Some(p.next),
+            _ => schedule.next_after(since),
+        };
+        let Some(first) = first else {
+            info!(job = %job.name, schedule = %expr, "schedule has no further fire times: job not scheduled");
+            continue;
+        };
+        info!(job = %job.name, schedule = %expr, time_zone = job.time_zone.name(), first_tick = %first, "job scheduled");
+        tasks.spawn(job_loop(inner.clone(), job.clone(), schedule, first, stop.clone()));
     }
-    token
+    let count = tasks.len();
+    Loops { stop, tasks, count }
 }
 
-async fn job_loop(inner: Arc<Inner>, job: Job, schedule: Schedule, stop: CancellationToken) {
-    let mut after = inner.clock.now();
+/// Ticks `job` at each fire time from `first` on; once `stop` is cancelled, returns the fire
+/// time it was waiting for (`None` when the schedule has no further fire times).
+async fn job_loop(
+    inner: Arc<Inner>,
+    job: Job,
+    schedule: Schedule,
+    first: DateTime<Utc>,
+    stop: CancellationToken,
+) -> Option<(String, PendingTick)> {
+    let mut next = first;
     loop {
-        let Some(next) = schedule.next_after(after) else {
-            info!(job = %job.name, "schedule has no further fire times");
-            return;
-        };
         tokio::select! {
+            // A stopped loop never ticks, even when its fire time has come too: the fire time
+            // goes to the loop that replaces it.
+            biased;
+            _ = stop.cancelled() => {
+                let tick = PendingTick { expr: schedule.expr().to_string(), time_zone: job.time_zone, next };
+                return Some((job.name, tick));
+            }
             _ = inner.clock.sleep_until(next) => {}
-            _ = stop.cancelled() => return,
         }
         inner.tick(&job, next);
         // A clock that jumped past several fire times fires once, then waits for the next one.
-        after = next.max(inner.clock.now());
+        let after = next.max(inner.clock.now());
+        let Some(n) = schedule.next_after(after) else {
+            info!(job = %job.name, "schedule has no further fire times");
+            return None;
+        };
+        next = n;
     }
 }
 
@@ -272,6 +445,8 @@ impl Inner {
             warn!(job = %job.name, tick = %at, "tick skipped: the previous run of this job is still going");
             return;
         }
+        // Published before the loop sleeps again: "every loop asleep" implies this run counted.
+        self.activity.send_modify(|a| a.in_flight += 1);
         let guard = RunningGuard { inner: self.clone(), job: job.name.clone() };
         let inner = self.clone();
         let job = job.clone();
@@ -288,6 +463,7 @@ impl Inner {
         let runner = self.runner.read().expect("runner lock").clone();
         // A snapshot is captured at its tick (a retried tick replaces it); history runs up to now.
         let now = if job.kind == JobKind::Snapshot { at } else { self.clock.now() };
+        self.activity.send_modify(|a| a.runs_started += 1);
         let result = async {
             let (windows, partial_after) = runner.incremental_windows(job, now).await?;
             let opts = RunOptions {
@@ -320,14 +496,15 @@ impl Inner {
         }
     }
 
-    /// Re-reads the configuration; on success swaps the runner (sharing the warehouse) and
-    /// returns the new loops' token. On failure the old definitions keep running.
-    async fn reload(self: &Arc<Self>) -> Option<CancellationToken> {
+    /// Re-reads the configuration; on success stops the old loops, swaps the runner (sharing
+    /// the warehouse), starts the new loops in `loops` and returns true. On failure the old
+    /// definitions keep running.
+    async fn reload(self: &Arc<Self>, loops: &mut Loops) -> bool {
         let config = match config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => {
                 error!(file = %self.config_path.display(), "reload failed, keeping the running definitions:\n{e}");
-                return None;
+                return false;
             }
         };
         let old = self.runner.read().expect("runner lock").clone();
@@ -336,15 +513,18 @@ impl Inner {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "reload failed, keeping the running definitions");
-                return None;
+                return false;
             }
         };
         for job in runner.config.jobs.keys() {
             self.metrics.register(job);
         }
+        let since = self.clock.now();
+        let pending = loops.stop().await;
         *self.runner.write().expect("runner lock") = Arc::new(runner);
+        *loops = start_loops(self, since, &pending);
         info!(changes = %changes, "configuration reloaded");
-        Some(start_loops(self))
+        true
     }
 }
 
@@ -374,18 +554,52 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    /// A failure guard for waits that should end at once: fails instead of hanging.
+    async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    }
+
     #[tokio::test]
     async fn manual_clock_wakes_sleepers_when_moved_past_their_time() {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap());
         let c = Clock::Manual(clock.clone());
         let wake = Utc.with_ymd_and_hms(2024, 1, 1, 1, 0, 0).unwrap();
         let sleeper = tokio::spawn(async move { c.sleep_until(wake).await });
+        within("the sleeper looks at 00:00", clock.wait_for_sleepers(1)).await;
+        assert_eq!(clock.wake_times(), [wake]);
         clock.advance(chrono::Duration::minutes(30));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Returns only once the sleeper has looked at 00:30 and gone back to sleep.
+        within("the sleeper looks at 00:30", clock.wait_for_sleepers(1)).await;
         assert!(!sleeper.is_finished(), "not yet");
+        assert_eq!(clock.wake_times(), [wake]);
         clock.advance(chrono::Duration::minutes(30));
-        tokio::time::timeout(Duration::from_secs(2), sleeper).await.unwrap().unwrap();
+        within("the sleeper wakes at 01:00", sleeper).await.unwrap();
+        assert!(clock.wake_times().is_empty(), "a woken sleeper is forgotten");
+        within("no sleepers", clock.wait_for_sleepers(0)).await;
         clock.set(Utc.with_ymd_and_hms(2023, 1, 1, 0, 0, 0).unwrap());
         assert_eq!(clock.now(), wake, "never backwards");
+    }
+
+    #[tokio::test]
+    async fn a_due_sleeper_is_not_counted_asleep_and_a_dropped_one_is_forgotten() {
+        let t0 = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        let clock = ManualClock::new(t0);
+        let (early, late) = (t0 + chrono::Duration::minutes(10), t0 + chrono::Duration::minutes(20));
+        let c = Clock::Manual(clock.clone());
+        let first = tokio::spawn(async move { c.sleep_until(early).await });
+        let c = Clock::Manual(clock.clone());
+        let second = tokio::spawn(async move { c.sleep_until(late).await });
+        within("both asleep", clock.wait_for_sleepers(2)).await;
+        assert_eq!(clock.wake_times(), [early, late]);
+        // Past the first one's time: "two asleep" is false from this moment on, before it even
+        // runs, so a waiter for two sleepers cannot return on the stale count.
+        clock.set(early);
+        assert!(futures::FutureExt::now_or_never(clock.wait_for_sleepers(2)).is_none(), "a due sleeper is awake");
+        within("the first wakes", first).await.unwrap();
+        within("only the second sleeps", clock.wait_for_sleepers(1)).await;
+        assert_eq!(clock.wake_times(), [late]);
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        within("a cancelled sleep leaves the count", clock.wait_for_sleepers(0)).await;
     }
 }
