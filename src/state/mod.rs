@@ -87,24 +87,15 @@ pub struct JobStatus {
 /// (`chat_sessions`, `day`, `aggregate_by`), never Rust's `Debug` output, so renaming a type or a
 /// variant in the code never marks a job as changed. serde_json writes object keys sorted.
 pub fn definition_hash(job: &crate::config::Job) -> String {
-    let aggregations: Vec<_> =
-        job.aggregations.iter().map(|a| serde_json::json!([a.kind.api_name(), a.field, a.column])).collect();
     let window = match job.window {
         WindowUnit::Hour => "hour",
         WindowUnit::Day => "day",
         WindowUnit::Snapshot => "snapshot",
     };
-    let mut canonical = serde_json::json!({
-        "version": 2,
-        "endpoint": job.endpoint.name(),
-        "window": window,
-        "granularity": job.granularity,
-        "scopes": job.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        "rooms": job.rooms,
-        "aggregations": aggregations,
-        "filters": job.filters,
-        "time_zone": job.time_zone.name(),
-    });
+    let mut canonical = meaning(job);
+    canonical["version"] = 2.into();
+    canonical["endpoint"] = job.endpoint.name().into();
+    canonical["window"] = window.into();
     if let Some(params) = job.params.canonical() {
         canonical["params"] = params;
     }
@@ -115,22 +106,27 @@ pub fn definition_hash(job: &crate::config::Job) -> String {
 /// output). Frozen: used only to recognise such stored hashes and replace them with the current
 /// one (`Sink::adopt_definition_hash`), so no job turns CHANGED by the upgrade.
 pub fn legacy_definition_hash(job: &crate::config::Job) -> String {
+    let mut canonical = meaning(job);
+    canonical["endpoint"] = format!("{:?}", job.endpoint).into();
+    canonical["window"] = format!("{:?}", job.window).into();
+    if job.params != crate::config::EndpointParams::ChatSessions {
+        canonical["params"] = serde_json::Value::String(format!("{:?}", job.params));
+    }
+    sha256_hex(&canonical.to_string())
+}
+
+/// The parts of a job's meaning both hashing schemes write the same way.
+fn meaning(job: &crate::config::Job) -> serde_json::Value {
     let aggregations: Vec<_> =
         job.aggregations.iter().map(|a| serde_json::json!([a.kind.api_name(), a.field, a.column])).collect();
-    let mut canonical = serde_json::json!({
-        "endpoint": format!("{:?}", job.endpoint),
-        "window": format!("{:?}", job.window),
+    serde_json::json!({
         "granularity": job.granularity,
         "scopes": job.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "rooms": job.rooms,
         "aggregations": aggregations,
         "filters": job.filters,
         "time_zone": job.time_zone.name(),
-    });
-    if job.params != crate::config::EndpointParams::ChatSessions {
-        canonical["params"] = serde_json::Value::String(format!("{:?}", job.params));
-    }
-    sha256_hex(&canonical.to_string())
+    })
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -179,6 +175,48 @@ mod tests {
 
     fn t(d: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2024, 1, d, 0, 0, 0).unwrap()
+    }
+
+    /// A chat_sessions job and a Thulium one, loaded from job files.
+    fn jobs() -> Vec<crate::config::Job> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        std::fs::write(
+            dir.path().join("chatetl.yaml"),
+            "time_zone: Europe/Helsinki\nsources:\n  giosg:\n    kind: giosg\n    base_url: https://api.giosg.com\n    token: t\n    organization_id: o\n  thulium:\n    kind: thulium\n    base_url: https://x.thulium.com\n    username: u\n    password: p\n    time_zone: Europe/Warsaw\nwarehouse:\n  kind: parquet\n  path: wh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("jobs/a.yaml"),
+            "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nstart: 2024-01-01\naggregations:\n  - {type: count, field: chat_session_id, column: chats}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("jobs/b.yaml"),
+            "description: d\nsource: thulium\nendpoint: chat_summary\nwindow: day\nstart: 2024-01-01\ntime_zone: Europe/Warsaw\n",
+        )
+        .unwrap();
+        let config = crate::config::load(&dir.path().join("chatetl.yaml")).unwrap();
+        config.jobs.into_values().collect()
+    }
+
+    fn sha(text: &str) -> String {
+        sha256_hex(text)
+    }
+
+    #[test]
+    fn the_legacy_hash_is_the_old_debug_scheme_and_the_new_one_uses_job_file_names() {
+        let jobs = jobs();
+        // What the previous release hashed, written out: Debug names, params as a Debug string.
+        let a = r#"{"aggregations":[["count","chat_session_id","chats"]],"endpoint":"ChatSessions","filters":null,"granularity":"day","rooms":[],"scopes":["org"],"time_zone":"Europe/Helsinki","window":"Day"}"#;
+        assert_eq!(legacy_definition_hash(&jobs[0]), sha(a));
+        let b = r#"{"aggregations":[],"endpoint":"ChatSummary","filters":null,"granularity":"all","params":"ChatSummary { aggregate_by: Day, user_logins: [], chat_queue_ids: [], sum_users: false, response_threshold: None, split_by_login: false, page_size: 100 }","rooms":[],"scopes":["org"],"time_zone":"Europe/Warsaw","window":"Day"}"#;
+        assert_eq!(legacy_definition_hash(&jobs[1]), sha(b));
+        // The current scheme names things as job files do, so no Rust rename can change it.
+        let a2 = r#"{"aggregations":[["count","chat_session_id","chats"]],"endpoint":"chat_sessions","filters":null,"granularity":"day","rooms":[],"scopes":["org"],"time_zone":"Europe/Helsinki","version":2,"window":"day"}"#;
+        assert_eq!(definition_hash(&jobs[0]), sha(a2));
+        let b2 = r#"{"aggregations":[],"endpoint":"chat_summary","filters":null,"granularity":"all","params":{"aggregate_by":"day","chat_queue_ids":[],"page_size":100,"response_threshold":null,"split_by_login":false,"sum_users":false,"user_logins":[]},"rooms":[],"scopes":["org"],"time_zone":"Europe/Warsaw","version":2,"window":"day"}"#;
+        assert_eq!(definition_hash(&jobs[1]), sha(b2));
     }
 
     #[test]

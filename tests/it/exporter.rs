@@ -572,6 +572,38 @@ async fn exit_codes_status_and_metrics_tell_refused_credentials_from_an_outage()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);
+    let sim = serve(&d.path).await;
+    let wh = dir.path().join("wh");
+    let path =
+        write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[job_with("real_chats", "2024-01-01", 31)]);
+    let (code, out, err) = run_cli(&path, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The warehouse as the previous release left it: every stored hash of the Debug-based scheme.
+    let job = config::load(&path).unwrap().jobs["real_chats"].clone();
+    let (old, new) = (chatetl::state::legacy_definition_hash(&job), chatetl::state::definition_hash(&job));
+    assert_ne!(old, new);
+    let state_file = wh.join("_chatetl/real_chats.json");
+    let text = std::fs::read_to_string(&state_file).unwrap();
+    assert_eq!(text.matches(&new).count(), 3, "the job and its two windows: {text}");
+    std::fs::write(&state_file, text.replace(&new, &old)).unwrap();
+
+    let (_, out, _) = run_cli(&path, &["status"]);
+    let line = out.lines().find(|l| l.starts_with("real_chats")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(" ok ") && !line.contains("CHANGED"), "{out}");
+    let text = std::fs::read_to_string(&state_file).unwrap();
+    assert!(!text.contains(&old) && text.matches(&new).count() == 3, "every stored hash adopted: {text}");
+    // The windows count as loaded with the current definition: a backfill skips them.
+    sim.handle.clear_requests();
+    let (code, out, err) =
+        run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-01-02"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(sim.handle.requests().is_empty(), "nothing reloaded: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_appears_in_trace_logs() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
