@@ -1,4 +1,4 @@
-//! giosg: the reporting APIs of `../shared/api-docs/` 000, 001 and 002.
+//! giosg: the reporting APIs of the vendor docs 000 (realtime), 001 (metric tutorial) and 002 (chat_sessions).
 //!
 //! Owns the chat_sessions query language (`query`: the request body, its dimensions and which
 //! aggregations each dimension allows, shared with events), one client module per endpoint
