@@ -9,8 +9,9 @@
 //!
 //! To add an endpoint: a variant in `endpoints!` below, its arm in [`Endpoint::info`], its
 //! [`EndpointParams`] variant (or [`EndpointParams::None`]) and its arm in `load/params.rs`; new
-//! job-file keys also get a field in `load/raw.rs` and a line in `load/job.rs` (`present_keys`).
-//! The client side is one module under `source/` and its line in `source::api`.
+//! job-file keys also get a field in `load/raw.rs` and a line in `load/job.rs` (`ENDPOINT_KEYS`).
+//! The client, the simulator, job files and docs follow: the module doc of `source/` lists every
+//! step.
 
 use crate::config::{JobKind, SourceKind};
 use crate::query::{AggregationKind, DIMENSIONS, DimensionKind, EVENT_DIMENSIONS};
