@@ -69,6 +69,8 @@ pub struct JobMetrics {
     pub last_run_duration_secs: Option<f64>,
     /// The last run found the stored definition different from the job file's.
     pub definition_changed: bool,
+    /// Paused by the daemon until the next reload (its source refused the credentials).
+    pub paused: bool,
     /// Failed chunks and fatal run errors by kind (counter per kind; kinds never seen are absent).
     pub errors: BTreeMap<ErrorKind, u64>,
 }
@@ -116,6 +118,11 @@ impl Metrics {
             m.run_failures += 1;
             *m.errors.entry(kind).or_default() += 1;
         });
+    }
+
+    /// The job is paused (`true`) or runs again (`false`).
+    pub fn set_paused(&self, job: &str, paused: bool) {
+        self.update(job, |m| m.paused = paused);
     }
 
     /// A tick skipped because the job was still running or locked elsewhere.
@@ -254,6 +261,11 @@ const FAMILIES: &[Family] = &[
         name: "chatetl_job_last_run_duration_seconds",
         help: "Duration of the job's last finished run in seconds.",
         sample: Sample::Gauge(|m, _| m.last_run_duration_secs),
+    },
+    Family {
+        name: "chatetl_job_paused",
+        help: "1 while the daemon pauses the job because its source refused the credentials (until a reload), else 0.",
+        sample: Sample::Gauge(|m, _| Some(f64::from(u8::from(m.paused)))),
     },
     Family {
         name: "chatetl_job_definition_changed",
@@ -459,6 +471,7 @@ mod tests {
         ("chatetl_job_skipped_ticks", OpenMetricsType::Counter),
         ("chatetl_job_last_run_duration_seconds", OpenMetricsType::Gauge),
         ("chatetl_job_definition_changed", OpenMetricsType::Gauge),
+        ("chatetl_job_paused", OpenMetricsType::Gauge),
     ];
 
     #[test]
@@ -531,8 +544,8 @@ mod tests {
             assert_eq!(value(&exp, family, Some("never_run")), expected, "{family}");
         }
         assert_eq!(value(&exp, "chatetl_up", None), Some(1.0));
-        // 13 families of giosg_daily, 9 of never_run, two error kinds, chatetl_up.
-        assert_eq!(sample_count(&exp), 13 + 9 + 2 + 1);
+        // 14 families of giosg_daily, 10 of never_run, two error kinds, chatetl_up.
+        assert_eq!(sample_count(&exp), 14 + 10 + 2 + 1);
 
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot["never_run"], JobMetrics::default());

@@ -355,11 +355,12 @@ impl Runner {
             history_start,
             partial_after: opts.partial_after,
         };
-        let cancel = opts.cancel.clone().unwrap_or_default();
+        // Cancelled by the caller (shutdown) or by this run when the upstream refuses the
+        // credentials: no new chunk starts; those in flight finish.
+        let stop = opts.cancel.clone().unwrap_or_default().child_token();
         let mut started_windows = 0usize;
         let mut outcomes = futures::stream::iter(chunks)
-            // After cancellation no new chunk starts; those in flight finish.
-            .take_while(|_| std::future::ready(!cancel.is_cancelled()))
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
             .map(|chunk| {
                 started_windows += chunk.len();
                 ctx.load(chunk)
@@ -401,6 +402,10 @@ impl Runner {
                 Err(error) => {
                     report.windows_failed += chunk.len();
                     let kind = error.kind();
+                    if kind == ErrorKind::Credentials && !stop.is_cancelled() {
+                        error!(job = %job.name, source = %job.source, "the upstream refused the credentials: the run stops");
+                        stop.cancel();
+                    }
                     let message = format!("job {}, window {}: {error}", job.name, chunk_label(job, &chunk));
                     warn!(job = %job.name, windows = %span, %kind, retryable = kind.retryable(), error = %error, "windows failed");
                     report.failures.push(ChunkFailure {

@@ -10,7 +10,9 @@
 //! chunks; runs in flight get a grace period, then are dropped, which rolls their open
 //! transactions back), the health/metrics endpoint's data ([`crate::metrics`]), and
 //! [`Activity`], the daemon's own record of loops started, reloads answered and runs started,
-//! finished and in flight, which tests wait on instead of sleeping.
+//! finished and in flight, which tests wait on instead of sleeping. A job whose source refused
+//! its credentials is paused (no run, no request, `chatetl_job_paused 1`, a `paused` run record)
+//! until the configuration is reloaded, instead of being retried on every tick.
 //!
 //! Ticks only trigger: what a tick loads comes from the watermark (incremental catch-up, plus the
 //! job's lookback), and the per-job run lock (a PostgreSQL advisory lock, or a file lock) keeps
@@ -30,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, Job, JobKind};
+use crate::error::ErrorKind;
 use crate::metrics::{HealthCheck, Metrics};
 use crate::runner::{Progress, RunError, RunKind, RunOptions, Runner};
 use crate::schedule_time::Schedule;
-use crate::state::definition_hash;
+use crate::state::{RunRecord, definition_hash};
 
 /// Where "now" comes from.
 #[derive(Clone)]
@@ -226,6 +229,8 @@ struct Inner {
     activity: watch::Sender<Activity>,
     /// Jobs with a run in flight.
     running: Mutex<HashSet<String>>,
+    /// Jobs paused because their source refused the credentials, until the next reload.
+    paused: Mutex<HashSet<String>>,
     runs: Mutex<JoinSet<()>>,
     /// Cancelled at shutdown: no new chunk starts.
     stop_runs: CancellationToken,
@@ -266,6 +271,7 @@ impl Scheduler {
                 metrics,
                 activity: watch::Sender::new(Activity::default()),
                 running: Mutex::new(HashSet::new()),
+                paused: Mutex::new(HashSet::new()),
                 runs: Mutex::new(JoinSet::new()),
                 stop_runs: CancellationToken::new(),
                 stopping: CancellationToken::new(),
@@ -440,6 +446,10 @@ async fn job_loop(
 impl Inner {
     /// Starts a run of `job` for the tick at `at`, unless one is still in flight.
     fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>) {
+        if self.paused.lock().expect("paused lock").contains(&job.name) {
+            info!(job = %job.name, tick = %at, "tick skipped: the job is paused until the configuration is reloaded (its credentials were refused)");
+            return;
+        }
         if !self.running.lock().expect("running lock").insert(job.name.clone()) {
             self.metrics.record_skipped_tick(&job.name);
             warn!(job = %job.name, tick = %at, "tick skipped: the previous run of this job is still going");
@@ -481,7 +491,9 @@ impl Inner {
             Ok(report) => {
                 let watermark = runner.sink.job_state(&job.name).await.ok().and_then(|s| s.watermark);
                 self.metrics.record_run(&report, watermark, self.clock.now());
-                if !report.ok() {
+                if report.error_kind() == Some(ErrorKind::Credentials) {
+                    self.pause(&runner, job).await;
+                } else if !report.ok() {
                     warn!(job = %job.name, tick = %at, failed = report.windows_failed, cancelled = report.windows_cancelled, "tick left windows to the next one");
                 }
             }
@@ -493,6 +505,40 @@ impl Inner {
                 self.metrics.record_fatal(&job.name, e.kind());
                 error!(job = %job.name, tick = %at, kind = %e.kind(), error = %e, "tick failed");
             }
+        }
+    }
+
+    /// Pauses `job` after its source refused the credentials: no tick runs it until the next
+    /// reload; the run history gets a `paused` record saying so, which `status` shows.
+    async fn pause(&self, runner: &Runner, job: &Job) {
+        self.paused.lock().expect("paused lock").insert(job.name.clone());
+        self.metrics.set_paused(&job.name, true);
+        let message = format!(
+            "job {}: source `{}` refused the credentials; the job is paused until the configuration is reloaded \
+             (fix them, then send SIGHUP)",
+            job.name, job.source
+        );
+        error!(job = %job.name, source = %job.source, "job paused: its source refused the credentials; fix them and reload (SIGHUP)");
+        let now = Utc::now();
+        let record = RunRecord {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            job: job.name.clone(),
+            kind: "schedule".into(),
+            started_at: now,
+            finished_at: Some(now),
+            status: "paused".into(),
+            windows_planned: 0,
+            windows_loaded: 0,
+            windows_skipped: 0,
+            windows_failed: 0,
+            rows: 0,
+            requests: 0,
+            retries: 0,
+            error: Some(message),
+            error_kind: Some(ErrorKind::Credentials),
+        };
+        if let Err(e) = runner.sink.record_run(&record).await {
+            warn!(job = %job.name, error = %e, "cannot record the pause in the run history");
         }
     }
 
@@ -522,6 +568,10 @@ impl Inner {
         let since = self.clock.now();
         let pending = loops.stop().await;
         *self.runner.write().expect("runner lock") = Arc::new(runner);
+        // New clients ask the upstream again: paused jobs run on their next tick.
+        for job in std::mem::take(&mut *self.paused.lock().expect("paused lock")) {
+            self.metrics.set_paused(&job, false);
+        }
         *loops = start_loops(self, since, &pending);
         info!(changes = %changes, "configuration reloaded");
         true

@@ -7,6 +7,12 @@
 //! spin). 400/401/403/404 fail at once with the upstream's message. A source module builds its
 //! requests and parses bodies; it never retries or pages by itself.
 //!
+//! Refused credentials fail fast: until the upstream has answered one request of the source with
+//! anything but 401/403, the source's requests go one at a time; after a 401 or 403 the client
+//! sends nothing more and every request fails at once with [`HttpError::CredentialsRefused`], so
+//! a wrong token costs one request per source, not one per window. A new client (a new run, or a
+//! daemon's reload) asks again.
+//!
 //! Every request goes through a [`Calls`]: one chunk's view of its source's client that counts
 //! that chunk's own requests and retries (so jobs running at once never mix their counts) and
 //! pages through a collection with [`Calls::pages`], the one paging loop: it stops with an error
@@ -62,6 +68,12 @@ pub enum HttpError {
     /// No (complete) response: connection refused or reset, timeout, body cut short.
     #[error("{method} {url} failed: {cause}")]
     Transport { method: String, url: String, cause: String, timeout: bool },
+    /// An earlier request of this source was answered 401 or 403: nothing more is sent.
+    #[error(
+        "source `{source_name}`: its credentials were refused ({status} for {method} {url}); no further requests are \
+         sent until they are fixed (and, for `chatetl schedule`, the configuration reloaded)"
+    )]
+    CredentialsRefused { source_name: String, status: u16, method: String, url: String },
 }
 
 impl HttpError {
@@ -70,13 +82,19 @@ impl HttpError {
         match self {
             HttpError::Status { status, .. } => *status == 429 || *status >= 500,
             HttpError::Transport { .. } => true,
+            HttpError::CredentialsRefused { .. } => false,
         }
+    }
+
+    /// Whether the upstream refused the credentials (401, 403), now or earlier.
+    pub fn credentials_refused(&self) -> bool {
+        matches!(self, HttpError::Status { status: 401 | 403, .. } | HttpError::CredentialsRefused { .. })
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpError::Status { retry_after, .. } => *retry_after,
-            HttpError::Transport { .. } => None,
+            HttpError::Transport { .. } | HttpError::CredentialsRefused { .. } => None,
         }
     }
 }
@@ -108,6 +126,17 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+/// What the upstream has said of a source's credentials so far.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// No answer that tells yet (only 429, 5xx or transport failures, or nothing sent).
+    Unknown,
+    /// Some request was answered with neither 401 nor 403.
+    Accepted,
+    /// A request was answered 401 or 403.
+    Refused { status: u16, method: String, url: String },
+}
+
 /// An HTTP client for one source.
 pub struct HttpClient {
     source: String,
@@ -116,6 +145,9 @@ pub struct HttpClient {
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
     policy: RetryPolicy,
+    verdict: std::sync::Mutex<Verdict>,
+    /// Held by the one request in flight while the verdict is unknown.
+    first: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -149,12 +181,61 @@ impl HttpClient {
                 min_delay: Duration::from_millis(200),
                 max_delay: Duration::from_secs(source.max_retry_delay_secs.max(1)),
             },
+            verdict: std::sync::Mutex::new(Verdict::Unknown),
+            first: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Sends `req` (see [`HttpClient::send_retrying`]) unless the source's credentials were
+    /// refused; while no answer has told whether they are accepted, one request at a time.
+    async fn send(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
+        let _first = match self.verdict() {
+            Verdict::Accepted => None,
+            Verdict::Refused { .. } => return Err(self.refused(&self.verdict())),
+            Verdict::Unknown => Some(self.first.lock().await),
+        };
+        // Another request may have settled the verdict while this one waited.
+        let verdict = self.verdict();
+        if let Verdict::Refused { .. } = verdict {
+            return Err(self.refused(&verdict));
+        }
+        let result = self.send_retrying(req, tally).await;
+        let told = match &result {
+            Err(HttpError::Status { status: status @ (401 | 403), method, url, .. }) => {
+                Some(Verdict::Refused { status: *status, method: method.clone(), url: url.clone() })
+            }
+            Ok(_) | Err(HttpError::Status { status: 400..=499, .. }) => Some(Verdict::Accepted),
+            Err(_) => None,
+        };
+        if let Some(told) = told {
+            let mut verdict = self.verdict.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *verdict == Verdict::Unknown {
+                if let Verdict::Refused { status, url, .. } = &told {
+                    tracing::error!(source = %self.source, status, %url, "the upstream refused the credentials; no further requests are sent for this source");
+                }
+                *verdict = told;
+            }
+        }
+        result
+    }
+
+    fn verdict(&self) -> Verdict {
+        self.verdict.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn refused(&self, verdict: &Verdict) -> HttpError {
+        let Verdict::Refused { status, method, url } = verdict else { unreachable!("called on a refusal") };
+        HttpError::CredentialsRefused {
+            source_name: self.source.clone(),
+            status: *status,
+            method: method.clone(),
+            url: url.clone(),
+        }
     }
 
     /// Sends `req`, retrying what can be retried, and returns the whole response body; each
     /// attempt and retry is counted in `tally`.
-    async fn send(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
+    async fn send_retrying(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
         let p = self.policy;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(p.min_delay)

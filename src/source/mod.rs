@@ -73,9 +73,9 @@ impl FetchError {
     /// upstream that could not answer (429, 5xx, transport), or an answer chatetl cannot read.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            FetchError::Http(HttpError::Status { status: 401 | 403, .. }) => ErrorKind::Credentials,
+            FetchError::Http(e) if e.credentials_refused() => ErrorKind::Credentials,
             FetchError::Http(e) if e.retryable() => ErrorKind::UpstreamUnavailable,
-            FetchError::Http(HttpError::Status { .. }) => ErrorKind::BadRequest,
+            FetchError::Http(HttpError::Status { .. } | HttpError::CredentialsRefused { .. }) => ErrorKind::BadRequest,
             FetchError::Http(HttpError::Transport { .. }) => ErrorKind::UpstreamUnavailable,
             FetchError::Response { .. } => ErrorKind::BadResponse,
         }

@@ -572,6 +572,33 @@ async fn exit_codes_status_and_metrics_tell_refused_credentials_from_an_outage()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_run_after_one_request_per_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);
+    let sim = serve(&d.path).await;
+    let wh = dir.path().join("wh");
+    // Two jobs of one source (three scopes each), 60 days in chunks of 10 windows.
+    let jobs = [job_with("real_chats", "2024-01-01", 10), job_with("short_chats", "2024-01-01", 10)];
+    let bad = write_config(dir.path(), &sim, "not-the-key", TestWarehouse::Parquet(&wh), &jobs);
+    let args = ["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "4"];
+    let (code, out, err) = run_cli(&bad, &args);
+    assert_eq!(code, 3, "refused credentials exit 3: {out}\n{err}");
+    assert_eq!(sim.handle.requests().len(), 1, "one request for the whole backfill: {:?}", sim.handle.requests());
+    assert!(err.contains("upstream returned 401") && err.contains("chat_sessions"), "{err}");
+    assert!(!err.contains("not-the-key") && !out.contains("not-the-key"), "the token leaked");
+    let row = out.lines().find(|l| l.starts_with("real_chats")).unwrap_or_else(|| panic!("{out}"));
+    let loaded: usize = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(loaded, 0, "{out}");
+
+    // Both jobs in one run: still one request for the source.
+    sim.handle.clear_requests();
+    let (code, out, err) = run_cli(&bad, &["run", "--from", "2024-01-01", "--to", "2024-02-29"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert_eq!(sim.handle.requests().len(), 1, "{:?}", sim.handle.requests());
+    assert!(err.contains("source `giosg`: its credentials were refused (401 for POST http://"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);

@@ -529,3 +529,40 @@ async fn a_scheduled_snapshot_is_captured_at_its_fire_time_even_when_the_tick_ru
         "one snapshot per tick, stamped with the fire time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_pause_the_job_until_the_configuration_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let d0 = dump(&["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"]);
+    let sim = serve(&d0.path).await;
+    let jobs = [daily_job("2024-05-01", "0 30 6 * * *", "")];
+    let path = write_config(dir.path(), &sim, "not-the-key", TestWarehouse::Parquet(&wh), &jobs);
+    let d = start_daemon(&path, ManualClock::new(local(2024, 5, 2, 0, 0, 0))).await;
+    d.tick_to(local(2024, 5, 2, 6, 30, 0), "daily_chats", 1).await;
+    assert_eq!(sim.handle.requests().len(), 1, "one refused request");
+    let m = d.metrics.snapshot()["daily_chats"].clone();
+    assert!(m.paused, "{m:?}");
+    assert_eq!(m.errors.get(&chatetl::error::ErrorKind::Credentials), Some(&1), "{m:?}");
+
+    // The next tick runs nothing and sends nothing; /metrics and status say the job is paused.
+    d.tick_to(local(2024, 5, 3, 6, 30, 0), "daily_chats", 1).await;
+    assert_eq!(sim.handle.requests().len(), 1, "no request while paused");
+    let text = d.metrics.render_openmetrics(Utc::now());
+    assert!(text.contains("chatetl_job_paused{job=\"daily_chats\"} 1"), "{text}");
+    assert!(text.contains("chatetl_job_errors_total{job=\"daily_chats\",kind=\"credentials\"} 1"), "{text}");
+    let (_, out, err) = crate::util::chatetl(&["--config", path.to_str().unwrap(), "status"]);
+    let line = out.lines().find(|l| l.starts_with("daily_chats")).unwrap_or_else(|| panic!("{out}\n{err}"));
+    assert!(line.contains("paused") && line.contains("[credentials]"), "{out}");
+
+    // Fixed credentials and a reload: the next tick loads the days missed, and the job runs again.
+    write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &jobs);
+    d.reload.send(()).await.unwrap();
+    d.wait("the reload is answered", |a| a.reloads == 1).await;
+    assert!(!d.metrics.snapshot()["daily_chats"].paused, "a reload lifts the pause");
+    d.tick_to(local(2024, 5, 4, 6, 30, 0), "daily_chats", 2).await;
+    let m = d.metrics.snapshot()["daily_chats"].clone();
+    assert_eq!(m.watermark, Some(local(2024, 5, 4, 0, 0, 0)), "{m:?}");
+    assert_eq!(m.windows_loaded, 3, "2, 3 and 4 May: {m:?}");
+    d.stop().await;
+}
