@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 #[cfg(feature = "simulator")]
 use crate::DemoArgs;
-use crate::{BackfillArgs, PlanArgs, RangeArgs, RunArgs, ScheduleArgs, StatusArgs, UsageError};
+use crate::{BackfillArgs, PlanArgs, ProbeArgs, RangeArgs, RunArgs, ScheduleArgs, StatusArgs, UsageError};
 
 /// The job named `name`, or a usage error listing the known ones.
 fn job<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Job> {
@@ -301,6 +301,64 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
         )
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `chatetl probe`: one request per source and endpoint, each assumption's verdict.
+pub async fn probe(config: Config, args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(name) = &args.source
+        && !config.sources.contains_key(name)
+    {
+        let names: Vec<&str> = config.sources.keys().map(String::as_str).collect();
+        return Err(UsageError(format!("unknown source `{name}` (chatetl.yaml defines {})", names.join(", "))).into());
+    }
+    let runner = Runner::open(config).await?;
+    let report = chatetl::probe::probe(&runner, args.source.as_deref(), Utc::now()).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .findings
+            .iter()
+            .map(|f| {
+                vec![
+                    f.source.clone(),
+                    f.endpoint.to_string(),
+                    f.assumption.id.to_string(),
+                    f.verdict.as_str().to_string(),
+                    f.observed.chars().take(90).collect(),
+                ]
+            })
+            .collect();
+        println!("{}", table(&["source", "endpoint", "assumption", "verdict", "observed"], &rows));
+        for f in report.findings.iter().filter(|f| f.verdict == chatetl::probe::Verdict::Contradicted) {
+            println!(
+                "\n{} ({} {}): {}\n  assumed: {}\n  seen: {}\n  made in: {}\n  to change: {}",
+                f.assumption.id,
+                f.source,
+                f.endpoint,
+                f.verdict.as_str(),
+                f.assumption.statement,
+                f.observed,
+                f.assumption.code,
+                f.assumption.fix
+            );
+        }
+        let count = |v| report.findings.iter().filter(|f| f.verdict == v).count();
+        println!(
+            "\n{} confirmed, {} contradicted, {} not observable; {} request(s) sent",
+            count(chatetl::probe::Verdict::Confirmed),
+            count(chatetl::probe::Verdict::Contradicted),
+            count(chatetl::probe::Verdict::NotObservable),
+            report.requests
+        );
+    }
+    for f in &report.failures {
+        eprintln!("error: source {} endpoint {} (job {}): {}", f.source, f.endpoint, f.job, f.message);
+    }
+    Ok(match ErrorKind::most_urgent(report.failures.iter().map(|f| f.kind)) {
+        Some(kind) => ExitCode::from(kind.exit_code()),
+        None => ExitCode::SUCCESS,
+    })
 }
 
 /// `45m`, `26h`, `3d`: how far behind a watermark is.

@@ -33,6 +33,9 @@
 //!   file per window, atomically renamed into place).
 //! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation with typed load
 //!   errors, run records.
+//! - [`probe`]: `chatetl probe`: one request per endpoint a job uses, its answer checked against
+//!   every assumption the clients make where the vendors' docs are silent
+//!   (`docs/assumptions.md`).
 //! - [`metrics`]: the daemon's health and metrics endpoint (`chatetl schedule --listen`): per-job
 //!   counters and gauges, `GET /metrics` in the OpenMetrics text format, `GET /healthz`.
 //! - [`scheduler`]: `chatetl schedule`: a tick loop per job, overlap guard, reload, graceful
@@ -51,6 +54,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod plan;
+pub mod probe;
 pub mod query;
 pub mod readback;
 pub mod row;

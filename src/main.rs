@@ -54,6 +54,10 @@ enum Command {
     /// Per job: watermark, last run, rows and last error.
     #[command(after_help = "Examples:\n  chatetl status\n  chatetl status --json | jq '.[].watermark'")]
     Status(StatusArgs),
+    /// Ask each source once per endpoint a job uses and check its answers against every
+    /// assumption chatetl makes where the vendors' docs are silent (docs/assumptions.md).
+    #[command(after_help = PROBE_HELP)]
+    Probe(ProbeArgs),
     /// Serve the vendor APIs on loopback from a deterministic synthetic dataset.
     #[cfg(feature = "simulator")]
     #[command(after_help = SIMULATE_EXAMPLES)]
@@ -175,6 +179,26 @@ struct ScheduleArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const PROBE_HELP: &str = "\
+Examples:
+  chatetl probe                      # every source, one request per endpoint its jobs use
+  chatetl probe --source giosg --json > probe.json   # send this to the maintainers
+
+Each assumption is reported as confirmed, contradicted (with what was seen and what to change) or
+not observable. Nothing is written to the warehouse. Exit codes: 0 every endpoint answered
+(contradictions included: they are findings), 1/3/4 a request failed as `run` would (an outage,
+refused credentials, a refused request).";
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// Only this source.
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -339,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run(load_config(&cli.config)?, args).await,
         Command::Backfill(args) => commands::backfill(load_config(&cli.config)?, args).await,
         Command::Status(args) => commands::status(load_config(&cli.config)?, args).await,
+        Command::Probe(args) => commands::probe(load_config(&cli.config)?, args).await,
         Command::Schedule(args) => commands::schedule(cli.config.clone(), load_config(&cli.config)?, args).await,
         #[cfg(feature = "simulator")]
         Command::Simulate(args) => simulate(args).await,

@@ -178,6 +178,14 @@ impl Source {
         api(job.endpoint).requests(&self.config, job, windows)
     }
 
+    /// Sends one request (retried where that can help) and returns its raw body and the requests
+    /// it took: `chatetl probe` reads answers this way.
+    pub async fn send(&self, req: &HttpRequest) -> (Result<bytes::Bytes, HttpError>, CallCounts) {
+        let calls = Calls::new(&self.client, &self.config);
+        let result = calls.send(req).await;
+        (result, calls.counts())
+    }
+
     /// Fetches `windows` (consecutive) of `job`, every page: rows per window, in window order,
     /// and the requests and retries this fetch made (also when it failed).
     pub async fn fetch(&self, job: &Job, windows: &[Window]) -> (Result<WindowRows, FetchError>, CallCounts) {

@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "sink",
     "runner",
     // What drives it.
+    "probe",
     "metrics",
     "scheduler",
     "readback",

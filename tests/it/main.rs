@@ -6,6 +6,7 @@ mod architecture;
 mod exporter;
 mod giosg_events;
 mod jobs;
+mod probe;
 mod scheduler;
 mod simulator_api;
 mod simulator_cli;
