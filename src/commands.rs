@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chatetl::config::{Config, Job, JobKind, Secret};
+use chatetl::config::{Config, Job, JobKind};
 use chatetl::error::ErrorKind;
 use chatetl::plan::{self, Window};
 use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
@@ -375,7 +375,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let opts = chatetl::demo::DemoOptions {
         days: args.days,
         out: args.out,
-        postgres: args.postgres.map(Secret::new),
+        postgres: args.postgres.map(chatetl::config::Secret::new),
         sessions_per_day: args.sessions_per_day,
     };
     let summary = chatetl::demo::run(&opts).await?;

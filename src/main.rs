@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "simulator")]
 use anyhow::Context;
 #[cfg(feature = "simulator")]
 use chatetl::simulator::{Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
 use chatetl::telemetry::{self, LogFormat};
 
 mod commands;
+#[cfg(feature = "simulator")]
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
@@ -453,6 +455,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+#[cfg(feature = "simulator")]
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
