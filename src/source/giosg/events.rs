@@ -156,7 +156,10 @@ mod tests {
         vec![Window { start, end: start + Duration::days(1) }]
     }
 
-    fn rows(scope: Scope, body: &str) -> Result<Vec<(Vec<Option<String>>, Vec<Cell>)>, String> {
+    /// Each row's dimensions and values.
+    type Rows = Vec<(Vec<Option<String>>, Vec<Cell>)>;
+
+    fn rows(scope: Scope, body: &str) -> Result<Rows, String> {
         let out = parse(&events_job(), scope, &window(), body.as_bytes(), "an events result")?;
         Ok(out.into_iter().flatten().map(|r| (r.dims, r.metrics)).collect())
     }
