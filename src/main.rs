@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[cfg(feature = "simulator")]
 use anyhow::Context;
 #[cfg(feature = "simulator")]
-use chatetl::simulator::{Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
+use chatetl::simulator::{Assumptions, CountMetricName, Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
 use chatetl::telemetry::{self, LogFormat};
 
 mod commands;
@@ -229,6 +229,7 @@ Examples:
   chatetl simulate --listen 127.0.0.1:8089 --start 2024-03-25 --days 14
   chatetl simulate --seed 7 --days 3 --dump-dataset dataset.jsonl
   chatetl simulate --dataset dataset.jsonl --error-rate 0.1 --throttle-rate 0.05 --latency-ms 50
+  chatetl simulate --count-metric-name field_count --omit-empty-buckets   # another reading of 002
 
   curl -s -H 'Authorization: Token sim-token' localhost:8089/_sim/organizations
 Faults for one request: header `x-sim-fault: error_rate=1,error_statuses=503`.
@@ -313,6 +314,22 @@ struct SimulateArgs {
     /// Seed of the random fault draws.
     #[arg(long, default_value_t = 1, help_heading = "Faults")]
     fault_seed: u64,
+    /// What chat_sessions answers call the metric of a count on a field: `count`,
+    /// `chat_session_id_count` (field_count) or `chat_session_id` (field).
+    #[arg(
+        long,
+        default_value = "count",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(CountMetricName::NAMES),
+            |s: String| s.parse::<CountMetricName>().expect("one of NAMES")
+        ),
+        help_heading = "Assumptions"
+    )]
+    count_metric_name: CountMetricName,
+    /// Answers without group_by leave out buckets with no rows (and workflow answers that
+    /// matched nothing have no line) instead of answering them with count 0.
+    #[arg(long, help_heading = "Assumptions")]
+    omit_empty_buckets: bool,
 }
 
 /// An error the user can fix by changing arguments or configuration: exit code 2.
@@ -450,7 +467,15 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!("simulator on http://{} serving organizations {}", listener.local_addr()?, orgs.join(", "));
-    Simulator::new(dataset, faults, args.fault_seed).serve(listener, shutdown_signal()).await?;
+    let assumptions =
+        Assumptions { count_metric_name: args.count_metric_name, omit_empty_buckets: args.omit_empty_buckets };
+    if assumptions != Assumptions::default() {
+        eprintln!("answering with {assumptions:?}");
+    }
+    Simulator::new(dataset, faults, args.fault_seed)
+        .with_assumptions(assumptions)
+        .serve(listener, shutdown_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,7 +11,10 @@
 //! - the organization in the path selects rows whose `owner_organization_id` is that organization;
 //! - `interval.end` is inclusive (the docs end days at `…T23:59:59.999`); times are milliseconds;
 //! - without `group_by` every bucket of the interval is returned, empty ones with count 0, sums 0,
-//!   averages null and distinct counts 0 (Druid's timeseries); with `group_by` only groups with rows;
+//!   averages null and distinct counts 0 (Druid's timeseries); with `group_by` only groups with rows
+//!   (`Assumptions::omit_empty_buckets` leaves empty buckets out without `group_by` too);
+//! - a count's metric is `count` whatever its fields (`Assumptions::count_metric_name` names it
+//!   `<field>_count` or `<field>` instead);
 //! - `granularity: all` has one bucket, labelled with the interval start;
 //! - weeks start on Monday; buckets are labelled with their start in the query zone's offset;
 //! - hyperUnique is an exact distinct count (within the docs' 2%).
@@ -24,9 +27,10 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::SimState;
+use super::assumptions::Assumptions;
 use super::dataset::ChatSessionRow;
 use super::druid::{Query, Record, render_number};
-use super::wire::giosg::{CHAT_SESSION_DIMENSIONS, ChatSessionsRequest, ReportResponse};
+use super::wire::giosg::{AggregationType, CHAT_SESSION_DIMENSIONS, ChatSessionsRequest, ReportResponse};
 
 /// An API error: status and the `detail` message of the JSON body.
 #[derive(Debug)]
@@ -64,15 +68,32 @@ pub async fn handler(
 ) -> Result<Json<ReportResponse>, ApiError> {
     let query: ChatSessionsRequest = read_query(&state, &headers, &org, &body)?;
     let dataset = state.dataset();
-    evaluate(&query, &org, &dataset.chat_session_rows).map(Json)
+    evaluate(&query, &org, &dataset.chat_session_rows, &state.assumptions()).map(Json)
 }
 
-/// Evaluates `query` for organization `org` over `rows` (sorted by time).
-pub fn evaluate(query: &ChatSessionsRequest, org: &str, rows: &[ChatSessionRow]) -> Result<ReportResponse, ApiError> {
+/// Evaluates `query` for organization `org` over `rows` (sorted by time), answering as
+/// `assumptions` say.
+pub fn evaluate(
+    query: &ChatSessionsRequest,
+    org: &str,
+    rows: &[ChatSessionRow],
+    assumptions: &Assumptions,
+) -> Result<ReportResponse, ApiError> {
     query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
     let tz: Tz = crate::time::parse_tz(&query.interval.time_zone).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    let metrics =
-        query.aggregations.iter().flat_map(|a| a.metrics().into_iter().map(|(f, n)| (a.kind, f, n))).collect();
+    let metrics = query
+        .aggregations
+        .iter()
+        .flat_map(|a| match a.kind {
+            AggregationType::Count => assumptions
+                .count_metric_name
+                .names(a.fields())
+                .into_iter()
+                .map(|n| (AggregationType::Count, None, n))
+                .collect::<Vec<_>>(),
+            _ => a.metrics().into_iter().map(|(f, n)| (a.kind, f, n)).collect(),
+        })
+        .collect();
     let q = Query {
         start: query.interval.start.with_timezone(&Utc),
         end: query.interval.end.with_timezone(&Utc),
@@ -82,6 +103,7 @@ pub fn evaluate(query: &ChatSessionsRequest, org: &str, rows: &[ChatSessionRow])
         metrics,
         filters: query.filters.as_ref(),
         dimensions: CHAT_SESSION_DIMENSIONS,
+        omit_empty_buckets: assumptions.omit_empty_buckets,
     };
     // Rows are sorted by time; the engine takes the interval's slice, then the organization's.
     let lo = rows.partition_point(|r| r.time < q.start);

@@ -12,7 +12,8 @@
 //!
 //! Semantics (also in `docs/simulator.md`): the interval's ends are both inclusive; without
 //! `group_by` every bucket of the interval is returned, empty ones with count 0, sums 0, averages
-//! null and distinct counts 0 (Druid's timeseries); with `group_by` only groups with rows;
+//! null and distinct counts 0 (Druid's timeseries; with `omit_empty_buckets` only buckets with
+//! rows, as other servers answer); with `group_by` only groups with rows;
 //! `granularity: all` has one bucket, labelled with the interval start; weeks start on Monday;
 //! buckets are labelled with their start in the query zone's offset; hyperUnique is exact.
 
@@ -63,6 +64,9 @@ pub struct Query<'a> {
     pub filters: Option<&'a Filter>,
     /// The dimensions of the records, for rendering group values (numbers as numbers).
     pub dimensions: &'a [Dimension],
+    /// Without `group_by`, leave out buckets with no rows (`Assumptions::omit_empty_buckets`)
+    /// instead of answering them with count 0.
+    pub omit_empty_buckets: bool,
 }
 
 /// Evaluates `q` over `rows` (already the organization's, sorted by time).
@@ -86,7 +90,7 @@ pub fn evaluate<R: Record>(q: &Query, rows: &[R]) -> ReportResponse {
             }
         }
     }
-    if q.group_by.is_empty() {
+    if q.group_by.is_empty() && !q.omit_empty_buckets {
         for bucket in buckets(g, tz, start, end) {
             groups.entry((bucket, Vec::new())).or_insert_with(fresh);
         }

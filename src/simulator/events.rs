@@ -12,7 +12,7 @@
 //! - `POST /api/reporting/workflow/v1/orgs/{org}/query/`: a [`WorkflowRequest`] (001's body:
 //!   `avg`, `where`, `timespan` After/Before, both inclusive); keeps the organization's events
 //!   matching every `where` condition and answers `{"fields": [{"name": "<f>_avg", "type": "metric"}], "data":
-//!   [[average or null]]}`.
+//!   [[average or null]]}` (no line when nothing matched and `Assumptions::omit_empty_buckets` is set).
 //!
 //! Assumptions (001 shows no responses; also in `docs/simulator.md`): a `where` condition holds
 //! when the event's field equals `search`, any element for a list field, and `search: ""` holds
@@ -147,6 +147,7 @@ pub async fn events_handler(
             .collect(),
         filters: query.filters.as_ref(),
         dimensions: EVENT_DIMENSIONS,
+        omit_empty_buckets: state.assumptions().omit_empty_buckets,
     };
     let dataset = state.dataset();
     let mine: Vec<&Event> = events_between(&dataset.events, &org, q.start, q.end)
@@ -174,6 +175,9 @@ pub async fn workflow_handler(
     };
     let matched: Vec<&Event> = events_between(&dataset.events, &org, start, end).filter(|e| holds(e)).collect();
     let fields = query.avg.iter().map(|f| ResponseField::metric(format!("{f}_avg"))).collect();
+    if matched.is_empty() && state.assumptions().omit_empty_buckets {
+        return Ok(Json(ReportResponse { fields, data: Vec::new() }));
+    }
     let line = query
         .avg
         .iter()

@@ -1,6 +1,6 @@
 //! `chatetl simulate`: vendor reporting APIs served on loopback from a synthetic dataset.
 //!
-//! Owns: the shared server state ([`SimState`]: dataset, faults, request log), the router, the
+//! Owns: the shared server state ([`SimState`]: dataset, faults, assumptions, request log), the router, the
 //! admin routes under `/_sim/`, and serving on a bound listener until a shutdown future resolves.
 //! Tests, the benchmark and `chatetl demo` run against it; it is checked against the vendors' own
 //! example request bodies and is never a substitute for a client written from the docs.
@@ -18,9 +18,12 @@
 //! Admin routes (not faulted, not recorded, no auth; the server binds loopback):
 //! - `GET /_sim/requests`, `DELETE /_sim/requests`: the request log, and clearing it;
 //! - `GET /_sim/faults`, `PUT /_sim/faults`: the server-wide [`FaultConfig`];
+//! - `GET /_sim/assumptions`, `PUT /_sim/assumptions`: the server-wide [`Assumptions`] (how answers
+//!   are written where the docs are silent: the count metric's name, empty buckets);
 //! - `POST /_sim/fault-rules`, `DELETE /_sim/fault-rules`: add a [`FaultRule`], clear them all;
 //! - `GET /_sim/organizations`: the organizations (ids and names; tokens are not shown).
 
+pub mod assumptions;
 pub mod auth;
 pub mod chat_sessions;
 pub mod comm100;
@@ -44,6 +47,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::net::TcpListener;
 
+pub use assumptions::{Assumptions, CountMetricName};
 pub use dataset::{Dataset, DatasetSpec};
 pub use faults::{FaultConfig, FaultRule, RecordedRequest};
 
@@ -61,6 +65,7 @@ pub struct SimState {
 struct Inner {
     dataset: Arc<Dataset>,
     faults: Mutex<FaultConfig>,
+    assumptions: Mutex<Assumptions>,
     rules: Mutex<Vec<FaultRule>>,
     log: Mutex<Vec<RecordedRequest>>,
     seq: AtomicU64,
@@ -81,6 +86,7 @@ impl Simulator {
         let inner = Inner {
             dataset: Arc::new(dataset),
             faults: Mutex::new(faults),
+            assumptions: Mutex::new(Assumptions::default()),
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
@@ -88,6 +94,12 @@ impl Simulator {
             limiter: Mutex::new(faults::RateLimiter::default()),
         };
         Simulator { state: SimState { inner: Arc::new(inner) } }
+    }
+
+    /// Serves answers written with `assumptions` instead of the defaults.
+    pub fn with_assumptions(self, assumptions: Assumptions) -> Simulator {
+        self.state.set_assumptions(assumptions);
+        self
     }
 
     /// The in-process handle tests use to inspect requests and set faults.
@@ -112,6 +124,7 @@ impl Simulator {
         let admin = Router::new()
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))
             .route("/_sim/faults", get(admin_faults).put(admin_set_faults))
+            .route("/_sim/assumptions", get(admin_assumptions).put(admin_set_assumptions))
             .route("/_sim/fault-rules", post(admin_add_rule).delete(admin_clear_rules))
             .route("/_sim/organizations", get(admin_organizations));
         api.merge(admin).with_state(self.state.clone())
@@ -196,6 +209,16 @@ impl SimState {
         *self.inner.faults.lock().expect("faults lock") = faults;
     }
 
+    /// How answers are written where the docs are silent.
+    pub fn assumptions(&self) -> Assumptions {
+        self.inner.assumptions.lock().expect("assumptions lock").clone()
+    }
+
+    /// Replaces the server-wide assumptions (from the next request on).
+    pub fn set_assumptions(&self, assumptions: Assumptions) {
+        *self.inner.assumptions.lock().expect("assumptions lock") = assumptions;
+    }
+
     /// Adds a targeted fault rule (checked before the header and the server-wide faults).
     pub fn add_rule(&self, rule: FaultRule) {
         self.inner.rules.lock().expect("rules lock").push(rule);
@@ -223,6 +246,15 @@ async fn admin_faults(State(s): State<SimState>) -> Json<FaultConfig> {
 async fn admin_set_faults(State(s): State<SimState>, Json(f): Json<FaultConfig>) -> Json<FaultConfig> {
     s.set_faults(f.clone());
     Json(f)
+}
+
+async fn admin_assumptions(State(s): State<SimState>) -> Json<Assumptions> {
+    Json(s.assumptions())
+}
+
+async fn admin_set_assumptions(State(s): State<SimState>, Json(a): Json<Assumptions>) -> Json<Assumptions> {
+    s.set_assumptions(a.clone());
+    Json(a)
 }
 
 async fn admin_add_rule(State(s): State<SimState>, Json(r): Json<FaultRule>) -> axum::http::StatusCode {

@@ -14,3 +14,4 @@ mod simulator_faults;
 mod snapshots;
 mod thulium;
 mod util;
+mod vendor_answers;

@@ -312,3 +312,119 @@ pub fn records(path: &Path, kind: &str) -> Vec<Value> {
         .filter(|v| v["kind"] == kind)
         .collect()
 }
+
+/// Every `.parquet` file below `dir`, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One cell of a Parquet file as text: floats in Rust's shortest round-trip form (equal text,
+/// equal bits), timestamps in UTC microseconds, nulls as `null`.
+fn parquet_cell(col: &dyn Array, i: usize) -> String {
+    use arrow_array::types::TimestampMicrosecondType;
+    if col.is_null(i) {
+        return "null".into();
+    }
+    match col.data_type() {
+        DataType::Int64 => col.as_primitive::<Int64Type>().value(i).to_string(),
+        DataType::Float64 => format!("{:?}", col.as_primitive::<Float64Type>().value(i)),
+        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
+        DataType::Boolean => col.as_boolean().value(i).to_string(),
+        DataType::Date32 => col.as_primitive::<Date32Type>().value_as_date(i).unwrap().to_string(),
+        DataType::Timestamp(_, _) => {
+            let us = col.as_primitive::<TimestampMicrosecondType>().value(i);
+            DateTime::<Utc>::from_timestamp_micros(us).unwrap().to_rfc3339()
+        }
+        other => panic!("no test rendering for {other}"),
+    }
+}
+
+/// A table's rows as (column, value) pairs, sorted: compared whole between two loads.
+pub type Rows = Vec<Vec<(String, String)>>;
+
+/// Every row of the Parquet files below `dir`, read with the parquet crate's own Arrow reader
+/// (not chatetl's readback), without the columns in `skip`.
+pub fn parquet_rows(dir: &Path, skip: &[&str]) -> Rows {
+    let mut rows = Vec::new();
+    for path in parquet_files(dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let schema = batch.schema();
+            for i in 0..batch.num_rows() {
+                let row = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .filter(|(f, _)| !skip.contains(&f.name().as_str()))
+                    .map(|(f, c)| (f.name().clone(), parquet_cell(c.as_ref(), i)))
+                    .collect();
+                rows.push(row);
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Every row of `analytics.<table>` in PostgreSQL as (column, text) pairs without the load
+/// metadata (`_window_start`, `_loaded_at`, `_run_id`), sorted; nulls as `null`.
+pub async fn pg_rows_of(pool: &sqlx::PgPool, table: &str) -> Rows {
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'analytics' \
+         AND table_name = $1 AND column_name NOT LIKE '\\_%' ORDER BY ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!columns.is_empty(), "table analytics.{table} exists");
+    let select: Vec<String> = columns.iter().map(|c| format!("coalesce(\"{c}\"::text, 'null')")).collect();
+    let sql = format!("SELECT ARRAY[{}] FROM analytics.\"{table}\"", select.join(", "));
+    let mut rows: Rows = sqlx::query_scalar::<_, Vec<String>>(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|values| columns.iter().cloned().zip(values).collect())
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A `chat_session_row` record of organization `org` at `time` (RFC 3339 UTC with milliseconds):
+/// an org-scope visitor chat that is a real chat (3 user, 2 visitor messages) with one order of
+/// `sales`.
+pub fn real_chat_record(time: &str, org: &str, id: &str, sales: f64) -> Value {
+    serde_json::json!({
+        "kind": "chat_session_row", "time": time, "chat_session_id": id, "scope": "org",
+        "chat_type": "visitor", "chat_initiator": "visitor", "chatted_organization_ids": [org],
+        "order_count": 1, "owner_organization_id": org, "room_ids": ["room-1"], "sales": sales,
+        "subscription_sales": 0.0, "team_id": null, "user_id": null, "user_message_count": 3,
+        "user_organization_id": null, "visitor_ids": [format!("visitor-{id}")], "visitor_message_count": 2,
+        "visitor_session_ids": [format!("visit-{id}")]
+    })
+}
+
+/// Writes `records` as a dataset file (JSON Lines) into `dir`.
+pub fn write_dataset(dir: &Path, records: &[Value]) -> PathBuf {
+    let path = dir.join("dataset.jsonl");
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -12,10 +12,12 @@
 //! Response assumption (001 does not show one): the chat_sessions shape, `{"fields": [...],
 //! "data": [[...]]}`, with `start_time` first, the group_by dimension next, then one metric per
 //! aggregation named `count`, `sum` or `avg` (the average and sum of the events' `value`; an
-//! average of no events is null). Parsed by [`super::chat_sessions::parse`], so the same rules
-//! hold: extra fields are ignored; a missing field, a line of the wrong length, a bucket outside
-//! the requested windows or a non-numeric metric fails the request. The simulator serves exactly
-//! this shape (`docs/simulator.md`).
+//! average of no events is null), else found by meaning (`super::metric_columns`: the metric
+//! fields in order). Parsed by [`super::chat_sessions::parse`], so the same rules hold: extra
+//! fields are ignored; a missing field, a line of the wrong length, a bucket outside the requested
+//! windows or a non-numeric metric fails the request; the org scope has one row per window
+//! whether or not the answer leaves out empty buckets (count and sum 0, average null). The
+//! simulator serves exactly this shape (`docs/simulator.md`).
 
 use serde::{Deserialize, Serialize};
 
@@ -133,5 +135,60 @@ impl Api for Events {
     ) -> BoxFuture<'a, Result<WindowRows, FetchError>> {
         let requests = requests(calls.source, job, windows);
         Box::pin(super::chat_sessions::fetch_scopes(calls, job, windows, requests, "an events result"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Value as Cell;
+    use crate::source::giosg::chat_sessions::parse;
+    use crate::source::giosg::tests::job;
+    use chrono::Duration;
+
+    fn events_job() -> Job {
+        job("description: d\nsource: giosg\nendpoint: events\nwindow: day\ngranularity: all\nscopes: [org, user]\n\
+             start: 2024-01-01\naggregations:\n  - { type: count, column: n }\n  - { type: avg, column: wait }\n")
+    }
+
+    fn window() -> Vec<Window> {
+        let start = chrono::DateTime::parse_from_rfc3339("2024-03-30T00:00:00+02:00").unwrap().to_utc();
+        vec![Window { start, end: start + Duration::days(1) }]
+    }
+
+    /// Each row's dimensions and values.
+    type Rows = Vec<(Vec<Option<String>>, Vec<Cell>)>;
+
+    fn rows(scope: Scope, body: &str) -> Result<Rows, String> {
+        let out = parse(&events_job(), scope, &window(), body.as_bytes(), "an events result")?;
+        Ok(out.into_iter().flatten().map(|r| (r.dims, r.metrics)).collect())
+    }
+
+    #[test]
+    fn metrics_are_read_by_name_or_by_order() {
+        let named = r#"{"fields": [{"name": "start_time", "type": "dimension"}, {"name": "avg", "type": "metric"},
+            {"name": "count", "type": "metric"}], "data": [["2024-03-30T00:00:00.000+02:00", 41.5, 2]]}"#;
+        let want = vec![(vec![Some("org".into()), None, None], vec![Cell::Number(2.0), Cell::Number(41.5)])];
+        assert_eq!(rows(Scope::Org, named).unwrap(), want);
+        let ordered = r#"{"fields": [{"name": "start_time", "type": "dimension"}, {"name": "events", "type": "metric"},
+            {"name": "value_avg", "type": "metric"}], "data": [["2024-03-30T00:00:00.000+02:00", 2, 41.5]]}"#;
+        assert_eq!(rows(Scope::Org, ordered).unwrap(), want);
+        let short = r#"{"fields": [{"name": "start_time", "type": "dimension"}, {"name": "events", "type": "metric"}],
+            "data": []}"#;
+        let err = rows(Scope::Org, short).unwrap_err();
+        assert!(err.contains("no field for `count`, `avg`") && err.contains("events (metric)"), "{err}");
+    }
+
+    #[test]
+    fn a_quiet_day_is_one_org_row_and_no_user_rows() {
+        let fields = r#""fields": [{"name": "start_time", "type": "dimension"}, {"name": "count", "type": "metric"},
+            {"name": "avg", "type": "metric"}]"#;
+        let empty = vec![(vec![Some("org".into()), None, None], vec![Cell::Number(0.0), Cell::Null])];
+        assert_eq!(rows(Scope::Org, &format!("{{{fields}, \"data\": []}}")).unwrap(), empty);
+        let answered = format!("{{{fields}, \"data\": [[\"2024-03-30T00:00:00.000+02:00\", 0, null]]}}");
+        assert_eq!(rows(Scope::Org, &answered).unwrap(), empty);
+        let user_fields =
+            fields.replace(r#"{"name": "count""#, r#"{"name": "user_id", "type": "dimension"}, {"name": "count""#);
+        assert_eq!(rows(Scope::User, &format!("{{{user_fields}, \"data\": []}}")).unwrap(), vec![]);
     }
 }

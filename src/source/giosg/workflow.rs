@@ -9,9 +9,12 @@
 //!
 //! Response assumption (001 does not show one): the chat_sessions shape without buckets or
 //! groups, `{"fields": [{"name": "dim1_avg", "type": "metric"}], "data": [[12.5]]}`: one line,
-//! one value per averaged field named `<field>_avg`, null when nothing matched. Extra fields are
-//! ignored; a missing field, no line or several lines, or a non-numeric value fails the window.
-//! The simulator serves exactly this (`docs/simulator.md`).
+//! one value per averaged field named `<field>_avg` (else found by meaning, as in `super`: the
+//! metric fields in order), null when nothing matched. An answer without a line is the empty
+//! timespan (a server that leaves out empty buckets): the window's row with null averages, as one
+//! answering `[[null]]`. Extra fields are ignored; a field that cannot be matched, several lines,
+//! or a non-numeric value fails the window. The simulator serves exactly this
+//! (`docs/simulator.md`; `--omit-empty-buckets` answers no line when nothing matched).
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,28 +112,73 @@ async fn fetch(calls: &Calls<'_>, job: &Job, windows: &[Window]) -> Result<Windo
 /// The org-scope row of `window` from a response to [`query`].
 pub fn parse(job: &Job, window: &Window, body: &[u8]) -> Result<Row, String> {
     let resp: ChatSessionsResponse = crate::source::parse_json(body, "a workflow result")?;
-    let line = match resp.data.as_slice() {
-        [line] => line,
+    let columns = super::metric_columns(job, &resp.fields)?;
+    let metrics = match resp.data.as_slice() {
+        [] => super::empty_metrics(job),
+        [line] => {
+            if line.len() != resp.fields.len() {
+                return Err(format!("data[0] has {} values for {} fields", line.len(), resp.fields.len()));
+            }
+            columns
+                .iter()
+                .map(|i| match &line[*i] {
+                    Value::Null => Ok(Cell::Null),
+                    Value::Number(n) => Ok(Cell::from(n.as_f64())),
+                    other => Err(format!("data[0].{} is not a number: {other}", resp.fields[*i].name)),
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        }
         lines => return Err(format!("expected one data line, found {}", lines.len())),
     };
-    if line.len() != resp.fields.len() {
-        return Err(format!("data[0] has {} values for {} fields", line.len(), resp.fields.len()));
-    }
-    let metrics = job
-        .aggregations
-        .iter()
-        .map(|a| {
-            let name = a.metric_name();
-            let i = resp.fields.iter().position(|f| f.name == name).ok_or_else(|| {
-                let names: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
-                format!("response lacks field `{name}` (it has {names:?})")
-            })?;
-            match &line[i] {
-                Value::Null => Ok(Cell::Null),
-                Value::Number(n) => Ok(Cell::from(n.as_f64())),
-                other => Err(format!("data[0].{name} is not a number: {other}")),
-            }
-        })
-        .collect::<Result<Vec<_>, String>>()?;
     Ok(Row { bucket_start: window.start, dims: vec![Some("org".to_string()), None, None], metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::giosg::tests::job;
+
+    fn workflow_job() -> Job {
+        job("description: d\nsource: giosg\nendpoint: workflow\nwindow: day\nstart: 2024-01-01\n\
+             aggregations:\n  - { type: avg, field: dim1, column: wait }\n\
+             where:\n  - { field: category, search: track_chat_invite }\n")
+    }
+
+    fn window() -> Window {
+        let start = chrono::DateTime::parse_from_rfc3339("2024-03-30T00:00:00+02:00").unwrap().to_utc();
+        Window { start, end: start + Duration::days(1) }
+    }
+
+    fn value(body: &str) -> Result<Cell, String> {
+        parse(&workflow_job(), &window(), body.as_bytes()).map(|r| r.metrics[0].clone())
+    }
+
+    #[test]
+    fn the_average_is_read_by_name_or_by_order() {
+        assert_eq!(
+            value(r#"{"fields": [{"name": "dim1_avg", "type": "metric"}], "data": [[12.5]]}"#),
+            Ok(Cell::Number(12.5))
+        );
+        let two = r#"{"fields": [{"name": "n", "type": "dimension"}, {"name": "dim1_avg", "type": "metric"}], "data": [[3, 7.25]]}"#;
+        assert_eq!(value(two), Ok(Cell::Number(7.25)));
+        let other = r#"{"fields": [{"name": "avg_dim1", "type": "metric"}], "data": [[2046.47]]}"#;
+        assert_eq!(value(other), Ok(Cell::Number(2046.47)));
+        let err = value(
+            r#"{"fields": [{"name": "a", "type": "metric"}, {"name": "b", "type": "metric"}], "data": [[1, 2]]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("no field for `dim1_avg`") && err.contains("fields received: a (metric), b (metric)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_line_is_the_empty_timespan_and_several_lines_fail() {
+        let fields = r#""fields": [{"name": "dim1_avg", "type": "metric"}]"#;
+        assert_eq!(value(&format!("{{{fields}, \"data\": []}}")), Ok(Cell::Null));
+        assert_eq!(value(&format!("{{{fields}, \"data\": [[null]]}}")), Ok(Cell::Null));
+        let err = value(&format!("{{{fields}, \"data\": [[1], [2]]}}")).unwrap_err();
+        assert_eq!(err, "expected one data line, found 2");
+    }
 }
