@@ -95,6 +95,9 @@ impl JobLock {
     }
 }
 
+/// Attempts (10 ms apart) before a Parquet job lock counts as held by another process.
+const FILE_LOCK_ATTEMPTS: u32 = 20;
+
 /// An open warehouse.
 pub enum Sink {
     Postgres(postgres::PostgresSink),
@@ -145,7 +148,19 @@ impl Sink {
     pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, SinkError> {
         match self {
             Sink::Postgres(s) => Ok(s.try_lock_job(job).await?.map(JobLock::Postgres)),
-            Sink::Parquet(s) => Ok(s.try_lock_job(job)?.map(JobLock::File)),
+            Sink::Parquet(s) => {
+                // An OS file lock belongs to the open file, and a process this one forks (any
+                // `Command`) holds a copy of every descriptor until it execs: for that instant a
+                // lock just released still reads as held. Another chatetl's lock lasts a whole
+                // run, so a refusal that persists over a short while is real.
+                for _ in 0..FILE_LOCK_ATTEMPTS {
+                    if let Some(file) = s.try_lock_job(job)? {
+                        return Ok(Some(JobLock::File(file)));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Ok(s.try_lock_job(job)?.map(JobLock::File))
+            }
         }
     }
 

@@ -136,8 +136,8 @@ impl Daemon {
     async fn tick_to(&self, t: DateTime<Utc>, job: &str, runs: u64) {
         self.clock.set(t);
         settle(&self.clock, &[self]).await;
-        let got = self.metrics.snapshot().get(job).map_or(0, |m| m.runs);
-        assert_eq!(got, runs, "{job}: runs after moving the clock to {t}");
+        let m = self.metrics.snapshot().get(job).cloned().unwrap_or_default();
+        assert_eq!(m.runs, runs, "{job}: runs after moving the clock to {t} ({m:?}, {:?})", self.activity());
     }
 
     async fn stop(self) {
