@@ -6,6 +6,13 @@
 //! keys, every validation error at once). Raw file shapes live in `load/raw.rs`; nothing outside
 //! this module sees them.
 //!
+//! A source's credentials are needed only to contact it: [`load_deferred`] records unset ones
+//! per source ([`SourceConfig::unset`]) for the commands that contact it to ask for
+//! ([`Config::require_credentials`]); [`load`] requires those of every enabled source a job names.
+//! Jobs of a source with `enabled: false` are kept apart ([`Config::disabled_jobs`]). Also here:
+//! choosing jobs by glob and source (`select.rs`) and the rule that a Thulium job's windows fit
+//! the account's zone (`account_zone.rs`), which `validate` applies.
+//!
 //! To add a source kind: a variant of [`SourceKind`] (and its credentials in [`SourceConfig`]) and
 //! its rows in `load/settings.rs`; to add an endpoint: see `endpoint.rs`, the registry.
 

@@ -91,7 +91,7 @@ impl Selection<'_> {
         let sources: std::collections::BTreeSet<&str> = jobs.iter().map(|j| j.source.as_str()).collect();
         let sources = sources.into_iter().collect::<Vec<_>>().join(", ");
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        let why = format!("`enabled: false` in chatetl.yaml; set it to true to run its jobs");
+        let why = "`enabled: false` in chatetl.yaml; set it to true to run its jobs";
         Err(if what.starts_with("--source ") {
             format!("source {sources} is disabled ({why})")
         } else if names == [what.as_str()] {
