@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chatetl::config::{Config, Job, JobKind};
+use chatetl::config::{Config, Job, JobKind, Selection};
 use chatetl::error::ErrorKind;
 use chatetl::plan::{self, Window};
 use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
@@ -14,14 +14,94 @@ use chrono::{DateTime, Utc};
 
 #[cfg(feature = "simulator")]
 use crate::DemoArgs;
-use crate::{BackfillArgs, PlanArgs, ProbeArgs, RangeArgs, RunArgs, ScheduleArgs, StatusArgs, UsageError};
+use crate::{
+    BackfillArgs, PlanArgs, ProbeArgs, RangeArgs, RunArgs, ScheduleArgs, SelectArgs, StatusArgs, UsageError,
+    ValidateArgs,
+};
 
-/// The job named `name`, or a usage error listing the known ones.
-fn job<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a Job> {
-    config.jobs.get(name).ok_or_else(|| {
-        let known: Vec<&str> = config.jobs.keys().map(String::as_str).collect();
-        UsageError(format!("unknown job `{name}` (jobs in {}: {})", config.jobs_dir.display(), known.join(", "))).into()
+/// The jobs `--job` and `--source` choose, or a usage error naming what matched nothing.
+fn select<'a>(config: &'a Config, args: &SelectArgs) -> anyhow::Result<Selection<'a>> {
+    chatetl::config::select(config, &args.jobs, &args.sources).map_err(|e| UsageError(e).into())
+}
+
+/// Whether the command line chose jobs (else a command works on every enabled job).
+fn chosen(args: &SelectArgs) -> bool {
+    !args.jobs.is_empty() || !args.sources.is_empty()
+}
+
+/// Tells which selected jobs are left out because their source is disabled.
+fn note_disabled(selection: &Selection) {
+    if !selection.disabled.is_empty() {
+        let names: Vec<&str> = selection.disabled.iter().map(|j| j.name.as_str()).collect();
+        eprintln!("note: left out, their source has `enabled: false`: {}", names.join(", "));
+    }
+}
+
+/// A usage error (exit 2) naming every unset credential variable of the sources of `jobs`, which
+/// the command is about to contact; never their values.
+fn require_credentials(config: &Config, jobs: &[Job]) -> anyhow::Result<()> {
+    config.require_credentials(jobs.iter().map(|j| j.source.as_str())).map_err(|e| {
+        let sources: std::collections::BTreeSet<&str> = jobs
+            .iter()
+            .map(|j| j.source.as_str())
+            .filter(|s| config.sources.get(*s).is_some_and(|s| !s.unset.is_empty()))
+            .collect();
+        let sources: Vec<&str> = sources.into_iter().collect();
+        UsageError(format!(
+            "cannot contact source {} without its credentials; set these variables (for the simulator: \
+             examples/simulator.env):\n{e}",
+            sources.join(", ")
+        ))
+        .into()
     })
+}
+
+/// `validate`: every problem of the files (the loader's), then what loads but would fail: a
+/// Thulium job whose buckets do not fit the account's zone (an error), unset credential variables
+/// (warnings, errors with `--strict`).
+pub fn validate(path: &std::path::Path, config: Config, args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for failure in &config.window_failures {
+        if config.jobs.contains_key(&failure.job) {
+            errors.push(failure.diagnostic.to_string());
+        } else {
+            warnings.push(format!("{} (job {} is disabled)", failure.diagnostic, failure.job));
+        }
+    }
+    for unset in config.unset_variables(config.sources.keys().map(String::as_str)) {
+        let source = config.sources.values().find(|s| s.unset.contains(unset)).map_or("", |s| s.name.as_str());
+        let line = format!("{}; run, backfill and schedule need it to contact source {source}", unset.at);
+        if args.strict { errors.push(line) } else { warnings.push(line) }
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !errors.is_empty() {
+        return Err(UsageError(errors.join("\n")).into());
+    }
+    let disabled: Vec<String> = config
+        .sources
+        .values()
+        .filter(|s| !s.enabled)
+        .map(|s| {
+            let jobs = config.disabled_jobs.values().filter(|j| j.source == s.name).count();
+            format!("source {} disabled with its {jobs} jobs", s.name)
+        })
+        .collect();
+    let mut notes = disabled;
+    if !warnings.is_empty() {
+        notes.push(format!("{} warnings", warnings.len()));
+    }
+    println!(
+        "{}: ok ({} sources, {} jobs in {}){}",
+        path.display(),
+        config.sources.len(),
+        config.jobs.len() + config.disabled_jobs.len(),
+        config.jobs_dir.display(),
+        if notes.is_empty() { String::new() } else { format!("; {}", notes.join("; ")) }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The windows of `range` for `job`, or `None` when no range was given.
@@ -42,21 +122,45 @@ fn range_windows(job: &Job, range: &RangeArgs) -> anyhow::Result<Option<Vec<Wind
 }
 
 pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let job = job(&config, &args.job)?.clone();
-    let windows = match range_windows(&job, &args.range)? {
-        Some(w) => w,
-        None => {
-            let runner = Runner::open(config.clone()).await?;
-            runner.incremental_windows(&job, Utc::now()).await?.0
-        }
+    let selection = select(&config, &args.select)?;
+    // Planning sends nothing: a disabled job may be planned when it is chosen.
+    let mut jobs: Vec<Job> = selection.enabled.iter().map(|j| (*j).clone()).collect();
+    if chosen(&args.select) {
+        jobs.extend(selection.disabled.iter().map(|j| (*j).clone()));
+        jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    let mut planned = Vec::new();
+    for job in &jobs {
+        planned.push((job, range_windows(job, &args.range)?));
+    }
+    let runner = match planned.iter().any(|(_, w)| w.is_none()) {
+        true => Some(Runner::open(config.clone()).await?),
+        false => None,
     };
+    for (i, (job, windows)) in planned.into_iter().enumerate() {
+        let windows = match (windows, &runner) {
+            (Some(w), _) => w,
+            (None, Some(runner)) => runner.incremental_windows(job, Utc::now()).await?.0,
+            (None, None) => unreachable!("a runner is opened for incremental plans"),
+        };
+        if i > 0 {
+            println!();
+        }
+        plan_job(&config, job, &windows)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one job's windows and the requests that load them (without credentials).
+fn plan_job(config: &Config, job: &Job, windows: &[Window]) -> anyhow::Result<()> {
     let source_config =
         config.sources.get(&job.source).with_context(|| format!("job {}: unknown source {}", job.name, job.source))?;
     let source = Source::new(source_config).map_err(anyhow::Error::msg)?;
-    let chunks = plan::chunk(&windows, job.max_windows_per_request);
-    let requests: usize = chunks.iter().map(|c| source.requests(&job, c).len()).sum();
+    let chunks = plan::chunk(windows, job.max_windows_per_request);
+    let requests: usize = chunks.iter().map(|c| source.requests(job, c).len()).sum();
+    let disabled = if source_config.enabled { "" } else { " (disabled: its source has `enabled: false`)" };
     println!(
-        "job {}: {} {} windows in {} ({}), {} requests",
+        "job {}{disabled}: {} {} windows in {} ({}), {} requests",
         job.name,
         windows.len(),
         match job.window {
@@ -68,35 +172,56 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
         if windows.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },
         requests
     );
+    if !source_config.unset.is_empty() {
+        let vars: Vec<&str> = source_config.unset.iter().map(|u| u.variable.as_str()).collect();
+        eprintln!(
+            "note: job {}: source {} has unset variables ({}); plan sends nothing, but run needs them",
+            job.name,
+            source_config.name,
+            vars.join(", ")
+        );
+    }
     for chunk in &chunks {
         let first = chunk[0].label(job.window, job.time_zone);
         let last = chunk[chunk.len() - 1].label(job.window, job.time_zone);
         println!("\n# windows {first} .. {last} ({} windows)", chunk.len());
-        for req in source.requests(&job, chunk) {
+        for req in source.requests(job, chunk) {
             println!("{} {}", req.method, req.url);
             if let Some(body) = &req.body {
                 println!("{}", serde_json::to_string_pretty(body)?);
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let ranged = args.range.from.is_some();
-    let names: Vec<String> = if args.jobs.is_empty() {
-        // A range is history: snapshot jobs have none, so `run --from --to` leaves them out
-        // unless named (and then refuses them).
-        config.jobs.values().filter(|j| !(ranged && j.kind == JobKind::Snapshot)).map(|j| j.name.clone()).collect()
-    } else {
-        args.jobs.clone()
-    };
+    let selection = select(&config, &args.select)?;
+    selection.refuse_disabled().map_err(UsageError)?;
+    note_disabled(&selection);
+    // A range is history: snapshot jobs have none, so `run --from --to` leaves them out unless
+    // named exactly (and then refuses them).
+    let named = |job: &Job| args.select.jobs.contains(&job.name);
+    let chosen: Vec<Job> = selection
+        .enabled
+        .iter()
+        .filter(|j| !(ranged && j.kind == JobKind::Snapshot && !named(j)))
+        .map(|j| (*j).clone())
+        .collect();
+    if chosen.is_empty() && !selection.enabled.is_empty() {
+        return Err(UsageError(
+            "the jobs chosen are snapshot jobs, which have no history: run them without --from/--to".into(),
+        )
+        .into());
+    }
     let mut jobs = Vec::new();
-    for name in &names {
-        let job = job(&config, name)?.clone();
+    for job in chosen {
         let windows = range_windows(&job, &args.range)?;
         jobs.push((job, windows));
     }
+    let contacted: Vec<Job> = jobs.iter().map(|(j, _)| j.clone()).collect();
+    require_credentials(&config, &contacted)?;
     let runner = Runner::open(config).await?;
     let mut reports = Vec::new();
     let mut fatal = Vec::new();
@@ -133,9 +258,25 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<ExitCode> {
-    let job = job(&config, &args.job)?.clone();
+    let select_args = SelectArgs { jobs: vec![args.job.clone()], sources: args.source.clone().into_iter().collect() };
+    let selection = select(&config, &select_args)?;
+    selection.refuse_disabled().map_err(UsageError)?;
+    let job = match selection.enabled.as_slice() {
+        [job] => (*job).clone(),
+        many => {
+            let names: Vec<&str> = many.iter().map(|j| j.name.as_str()).collect();
+            return Err(UsageError(format!(
+                "backfill loads one job, and `{}` matches {}: {} (name one of them)",
+                args.job,
+                many.len(),
+                names.join(", ")
+            ))
+            .into());
+        }
+    };
     let range = RangeArgs { from: Some(args.from), to: Some(args.to) };
     let windows = range_windows(&job, &range)?.expect("range given");
+    require_credentials(&config, std::slice::from_ref(&job))?;
     let runner = Runner::open(config).await?;
     let opts = RunOptions {
         kind: RunKind::Backfill,
@@ -224,11 +365,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let names: Vec<String> = config.jobs.keys().cloned().collect();
+    // Status reads the warehouse only: no source is contacted, so no credential is needed.
+    let selection = select(&config, &args.select)?;
+    let mut jobs: Vec<&Job> = selection.enabled.iter().chain(&selection.disabled).copied().collect();
+    jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let zones: std::collections::BTreeMap<String, chrono_tz::Tz> =
-        config.jobs.values().map(|j| (j.name.clone(), j.time_zone)).collect();
+        jobs.iter().map(|j| (j.name.clone(), j.time_zone)).collect();
     let hashes: std::collections::BTreeMap<String, String> =
-        config.jobs.values().map(|j| (j.name.clone(), chatetl::state::definition_hash(j))).collect();
+        jobs.iter().map(|j| (j.name.clone(), chatetl::state::definition_hash(j))).collect();
+    let disabled: std::collections::BTreeSet<String> = selection.disabled.iter().map(|j| j.name.clone()).collect();
     let runner = Runner::open(config).await?;
     let statuses = runner.sink.status(&names).await?;
     if args.json {
@@ -239,6 +385,7 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
                 v["watermark_lag_secs"] = serde_json::json!(s.watermark.map(|w| (Utc::now() - w).num_seconds()));
                 v["definition_changed"] =
                     serde_json::json!(s.definition_hash.is_some() && s.definition_hash.as_ref() != hashes.get(&s.job));
+                v["enabled"] = serde_json::json!(!disabled.contains(&s.job));
                 v
             })
             .collect();
@@ -259,7 +406,7 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
         .map(|s| {
             let last = s.last_run.as_ref();
             vec![
-                s.job.clone(),
+                if disabled.contains(&s.job) { format!("{} (disabled)", s.job) } else { s.job.clone() },
                 local(s.watermark, &s.job),
                 s.watermark.map(|w| human_duration(Utc::now() - w)).unwrap_or("-".into()),
                 definition(s),
@@ -311,6 +458,10 @@ pub async fn probe(config: Config, args: ProbeArgs) -> anyhow::Result<ExitCode> 
         let names: Vec<&str> = config.sources.keys().map(String::as_str).collect();
         return Err(UsageError(format!("unknown source `{name}` (chatetl.yaml defines {})", names.join(", "))).into());
     }
+    // It contacts the sources of the jobs it probes: their credentials must be set.
+    let probed: Vec<Job> =
+        config.jobs.values().filter(|j| args.source.as_ref().is_none_or(|s| *s == j.source)).cloned().collect();
+    require_credentials(&config, &probed)?;
     let runner = Runner::open(config).await?;
     let report = chatetl::probe::probe(&runner, args.source.as_deref(), Utc::now()).await;
     if args.json {

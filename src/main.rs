@@ -39,9 +39,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check chatetl.yaml and every job file; report every problem with file:line:col.
-    #[command(after_help = "Examples:\n  chatetl validate\n  chatetl --config deploy/chatetl.postgres.yaml validate")]
-    Validate,
-    /// Print a job's windows and the exact request bodies; send nothing.
+    #[command(after_help = VALIDATE_EXAMPLES)]
+    Validate(ValidateArgs),
+    /// Print jobs' windows and the exact request bodies; send nothing (no credentials needed).
     #[command(after_help = PLAN_EXAMPLES)]
     Plan(PlanArgs),
     /// Load jobs: without a range, incrementally from each watermark; with one, reload exactly it.
@@ -70,25 +70,51 @@ enum Command {
     Demo(DemoArgs),
 }
 
-const RANGE_HELP: &str = "Dates (YYYY-MM-DD) are whole days in the job's time zone, both ends inclusive;
+const VALIDATE_EXAMPLES: &str = "\
+Examples:
+  chatetl validate
+  chatetl validate --strict                  # unset credential variables are errors too
+  chatetl --config deploy/chatetl.postgres.yaml validate
+Unset credential variables (a source's token, username, password, organization_id) are warnings:
+only run, backfill and schedule contact the sources, and they refuse to without them.";
+
+/// How commands choose jobs.
+const SELECT_HELP: &str =
+    "--job takes names or globs (`real_chats*`, `{real,short}_chats`; quote them for the shell) and
+may be repeated; --source NAME selects the jobs of a source (both given: the jobs matching both).
+A glob or source that matches no job is an error.";
+
+/// How commands choose jobs, and ranges.
+const SELECT_RANGE_HELP: &str =
+    "--job takes names or globs (`real_chats*`, `{real,short}_chats`; quote them for the shell) and
+may be repeated; --source NAME selects the jobs of a source (both given: the jobs matching both).
+A glob or source that matches no job is an error.
+
+Dates (YYYY-MM-DD) are whole days in the job's time zone, both ends inclusive;
 RFC 3339 datetimes (2024-03-31T00:00:00+03:00) make a half-open range.";
 
 const PLAN_EXAMPLES: &str = "\
 Examples:
   chatetl plan --job real_chats --from 2024-03-01 --to 2024-03-31
-  chatetl plan --job real_chats            # what the next incremental run would load";
+  chatetl plan --job real_chats            # what the next incremental run would load
+  chatetl plan --source thulium --from 2024-03-01 --to 2024-03-01
+Requests are printed without their credentials, so plan needs none.";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
   chatetl run                                         # every job, from its watermark
   chatetl run --job real_chats --job short_chats
+  chatetl run --job 'real_chats*'                     # every job whose name starts with real_chats
+  chatetl run --source giosg                          # every job of source giosg
   chatetl run --job real_chats --from 2024-03-01 --to 2024-03-31   # reload March
   chatetl run --job real_chats --rebuild              # drop and reload the whole history
-Exit codes: 0 every window loaded; 1 some window failed (the others are kept); 2 bad usage or configuration.";
+Exit codes: 0 every window loaded; 1 some window failed (the others are kept); 2 bad usage or configuration
+(also an unset credential variable of a source the jobs read, or a job of a disabled source).";
 
 const BACKFILL_EXAMPLES: &str = "\
 Examples:
   chatetl backfill --job real_chats --from 2023-01-01 --to 2023-12-31 --concurrency 4
+  chatetl backfill --job 'thulium*daily' --from 2024-01-01 --to 2024-06-30   # a glob must match one job
 Re-running the same command skips windows already loaded with the job's current definition
 (--force reloads them). A backfill never moves a watermark backwards.";
 
@@ -120,21 +146,39 @@ struct RangeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = RANGE_HELP)]
-struct PlanArgs {
-    /// The job to plan.
+struct ValidateArgs {
+    /// Report unset credential variables as errors (exit 2), not warnings.
     #[arg(long)]
-    job: String,
+    strict: bool,
+}
+
+/// `--job` and `--source`: which jobs a command works on.
+#[derive(Debug, Args)]
+struct SelectArgs {
+    /// Jobs by name or glob (repeatable; quote globs for the shell).
+    #[arg(long = "job", value_name = "NAME|GLOB")]
+    jobs: Vec<String>,
+    /// The jobs of this source (repeatable).
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = SELECT_RANGE_HELP)]
+struct PlanArgs {
+    /// Jobs to plan; every enabled job when neither --job nor --source is given.
+    #[command(flatten)]
+    select: SelectArgs,
     #[command(flatten)]
     range: RangeArgs,
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = RANGE_HELP)]
+#[command(after_long_help = SELECT_RANGE_HELP)]
 struct RunArgs {
-    /// Jobs to run (repeatable); all jobs when omitted.
-    #[arg(long = "job", value_name = "NAME")]
-    jobs: Vec<String>,
+    /// Jobs to run; every enabled job when neither --job nor --source is given.
+    #[command(flatten)]
+    select: SelectArgs,
     #[command(flatten)]
     range: RangeArgs,
     /// Requests (chunks) in flight per job.
@@ -147,11 +191,14 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = RANGE_HELP)]
+#[command(after_long_help = SELECT_RANGE_HELP)]
 struct BackfillArgs {
-    /// The job to backfill.
-    #[arg(long)]
+    /// The job to backfill, by name or by a glob that matches exactly one job.
+    #[arg(long, value_name = "NAME|GLOB")]
     job: String,
+    /// Look for the job among this source's jobs only.
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
     /// First day (or instant) of the range.
     #[arg(long, value_name = "DATE|DATETIME")]
     from: String,
@@ -180,7 +227,11 @@ struct ScheduleArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_long_help = SELECT_HELP)]
 struct StatusArgs {
+    /// Jobs to show; every job (disabled ones too) when neither --job nor --source is given.
+    #[command(flatten)]
+    select: SelectArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -342,7 +393,7 @@ fn main() -> ExitCode {
     // Commands that print and end die quietly when their reader goes away (`chatetl plan | head`),
     // as Unix tools do; the long-running ones keep Rust's default (SIGPIPE ignored, EPIPE errors).
     #[cfg(unix)]
-    if matches!(cli.command, Command::Validate | Command::Plan(_) | Command::Status(_)) {
+    if matches!(cli.command, Command::Validate(_) | Command::Plan(_) | Command::Status(_)) {
         // SAFETY: called before any thread starts; restores the default disposition.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -367,23 +418,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate => {
-            let config = load_config(&cli.config)?;
-            println!(
-                "{}: ok ({} sources, {} jobs in {})",
-                cli.config.display(),
-                config.sources.len(),
-                config.jobs.len(),
-                config.jobs_dir.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        // Credentials are asked for by the commands that contact a source, for those sources.
+        Command::Validate(args) => commands::validate(&cli.config, load_config(&cli.config)?, args),
         Command::Plan(args) => commands::plan(load_config(&cli.config)?, args).await,
         Command::Run(args) => commands::run(load_config(&cli.config)?, args).await,
         Command::Backfill(args) => commands::backfill(load_config(&cli.config)?, args).await,
         Command::Status(args) => commands::status(load_config(&cli.config)?, args).await,
         Command::Probe(args) => commands::probe(load_config(&cli.config)?, args).await,
-        Command::Schedule(args) => commands::schedule(cli.config.clone(), load_config(&cli.config)?, args).await,
+        // The daemon runs every enabled job, and re-reads the files on SIGHUP with
+        // `config::load`: both need the credentials of every enabled source a job names.
+        Command::Schedule(args) => {
+            let config = chatetl::config::load(&cli.config).map_err(|e| UsageError(e.to_string()))?;
+            commands::schedule(cli.config.clone(), config, args).await
+        }
         #[cfg(feature = "simulator")]
         Command::Simulate(args) => simulate(args).await,
         #[cfg(feature = "simulator")]
@@ -391,9 +438,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Loads the configuration; every problem is a usage error (exit 2).
+/// Loads the configuration, leaving unset credential variables to the commands that contact
+/// a source; every problem is a usage error (exit 2).
 fn load_config(path: &std::path::Path) -> anyhow::Result<chatetl::config::Config> {
-    chatetl::config::load(path).map_err(|e| UsageError(e.to_string()).into())
+    chatetl::config::load_deferred(path).map_err(|e| UsageError(e.to_string()).into())
 }
 
 #[cfg(feature = "simulator")]

@@ -21,7 +21,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +29,7 @@ use serde_saphyr::Location;
 
 pub use job::RESERVED_COLUMNS;
 
-use super::{Config, Job};
+use super::{Config, Job, JobDiagnostic};
 use ctx::Ctx;
 use raw::{RawConfig, RawConfigOutline, RawJob};
 use settings::{JobDefaults, Settings};
@@ -75,13 +75,38 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Loads and validates `path` and every job file of its jobs directory, expanding `${VAR}` from
-/// the process environment.
+/// the process environment. Every enabled source that a job file names must have its credential
+/// variables set (what running every job needs, as the daemon's reload does); see
+/// [`load_deferred`] for commands that contact fewer sources or none.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_with_env(path, &|name| std::env::var(name).ok())
 }
 
 /// [`load`] with `${VAR}` looked up by `env` (`Some` when set, possibly to `""`).
 pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    load_inner(path, env, true)
+}
+
+/// Like [`load`], except that unset credential variables (a source's `token`, `username`,
+/// `password` and `organization_id`) are never errors: each [`SourceConfig`] lists its own
+/// ([`SourceConfig::unset`]) and a command that contacts the source asks for them with
+/// [`Config::require_credentials`].
+///
+/// [`SourceConfig`]: crate::config::SourceConfig
+/// [`SourceConfig::unset`]: crate::config::SourceConfig::unset
+/// [`Config::require_credentials`]: crate::config::Config::require_credentials
+pub fn load_deferred(path: &Path) -> Result<Config, ConfigError> {
+    load_deferred_with_env(path, &|name| std::env::var(name).ok())
+}
+
+/// [`load_deferred`] with `${VAR}` looked up by `env`.
+pub fn load_deferred_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    load_inner(path, env, false)
+}
+
+/// Loads; with `strict`, the unset credential variables of every enabled source a job file
+/// names are errors.
+fn load_inner(path: &Path, env: &dyn Fn(&str) -> Option<String>, strict: bool) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new(""));
     let mut ctx = Ctx::new(path, env);
     let settings = read(&mut ctx, path).and_then(|text| match raw::parse::<RawConfig>(&text) {
@@ -91,19 +116,27 @@ pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
             outline(&text, base, env)
         }
     });
-    let Some(Settings { sources, warehouse, defaults, jobs_dir }) = settings else {
+    let Some(Settings { sources, warehouse, defaults, jobs_dir, unset }) = settings else {
         return Err(finish(vec![ctx.diagnostics]));
     };
 
     // One list of diagnostics per file: chatetl.yaml's goes first once the jobs dir is read.
     let mut report = Vec::new();
-    let mut jobs = BTreeMap::new();
+    let mut loaded = Loaded::default();
     if let Some((dir, dir_at)) = &jobs_dir {
         match job_files(dir) {
-            Ok(files) => jobs = load_jobs(&files, &defaults, env, &mut report),
+            Ok(files) => loaded = load_jobs(&files, &defaults, env, &mut report),
             Err(error) => {
                 let message = format!("cannot read the jobs directory `{}`: {error}", dir.display());
                 ctx.error(*dir_at, "jobs_dir", message);
+            }
+        }
+    }
+    if strict {
+        let enabled = |name: &str| defaults.sources.as_ref().and_then(|s| s.get(name)).is_none_or(|i| i.enabled);
+        for (name, variables) in &unset {
+            if loaded.named_sources.contains(name) && enabled(name) {
+                ctx.diagnostics.extend(variables.iter().map(|v| v.at.clone()));
             }
         }
     }
@@ -113,10 +146,31 @@ pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Resul
         (Some(sources), Some(warehouse), Some(default_time_zone), Some((jobs_dir, _)))
             if report.iter().all(Vec::is_empty) =>
         {
-            Ok(Config { path: path.to_path_buf(), sources, warehouse, default_time_zone, jobs_dir, jobs })
+            let Loaded { jobs, window_failures, .. } = loaded;
+            let (jobs, disabled_jobs) = jobs.into_iter().partition(|(_, job)| sources[&job.source].enabled);
+            Ok(Config {
+                path: path.to_path_buf(),
+                sources,
+                warehouse,
+                default_time_zone,
+                jobs_dir,
+                jobs,
+                disabled_jobs,
+                window_failures,
+            })
         }
         _ => Err(finish(report)),
     }
+}
+
+/// What the job files gave.
+#[derive(Default)]
+struct Loaded {
+    /// The valid jobs by name, enabled or not.
+    jobs: BTreeMap<String, Job>,
+    /// The sources job files name (valid files or not).
+    named_sources: BTreeSet<String>,
+    window_failures: Vec<JobDiagnostic>,
 }
 
 /// The text of `path`, or `None` after reporting why it cannot be read.
@@ -136,8 +190,10 @@ fn outline(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Opt
     let raw = raw::parse::<RawConfigOutline>(text).ok()?;
     let mut quiet = Ctx::new(Path::new(""), env);
     let jobs_dir = settings::jobs_dir(&mut quiet, raw.referenced, raw.value.jobs_dir.as_ref(), base);
-    let sources = raw.value.sources.map(|names| names.into_keys().map(|name| (name, None)).collect());
-    Some(Settings { sources: None, warehouse: None, defaults: JobDefaults { sources, time_zone: None }, jobs_dir })
+    let sources =
+        raw.value.sources.map(|names| names.into_keys().map(|name| (name, settings::SourceInfo::unknown())).collect());
+    let defaults = JobDefaults { sources, time_zone: None };
+    Some(Settings { sources: None, warehouse: None, defaults, jobs_dir, unset: BTreeMap::new() })
 }
 
 /// The `*.yaml` and `*.yml` files of `dir` (not hidden ones), sorted by file name.
@@ -162,7 +218,8 @@ fn load_jobs(
     defaults: &JobDefaults,
     env: &dyn Fn(&str) -> Option<String>,
     report: &mut Vec<Vec<Diagnostic>>,
-) -> BTreeMap<String, Job> {
+) -> Loaded {
+    let mut loaded = Loaded::default();
     let mut jobs = BTreeMap::new();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut tables: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
@@ -176,6 +233,7 @@ fn load_jobs(
             }
         });
         if let Some(outcome) = outcome {
+            loaded.named_sources.extend(outcome.source.clone());
             let mut unique = true;
             if let Some((name, at)) = &outcome.name {
                 if let Some(first) = names.get(name) {
@@ -198,6 +256,9 @@ fn load_jobs(
             }
             match outcome.job {
                 Some(job) if unique => {
+                    if let Some(diagnostic) = outcome.window_failure {
+                        loaded.window_failures.push(JobDiagnostic { job: job.name.clone(), diagnostic });
+                    }
                     jobs.insert(job.name.clone(), job);
                 }
                 // Every way to get no job reports why, or stems from chatetl.yaml's own problems.
@@ -209,7 +270,8 @@ fn load_jobs(
         }
         report.push(ctx.diagnostics);
     }
-    jobs
+    loaded.jobs = jobs;
+    loaded
 }
 
 /// The error of `report` (one list per file), each file's problems in line order.

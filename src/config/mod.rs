@@ -6,11 +6,20 @@
 //! keys, every validation error at once). Raw file shapes live in `load/raw.rs`; nothing outside
 //! this module sees them.
 //!
+//! A source's credentials are needed only to contact it: [`load_deferred`] records unset ones
+//! per source ([`SourceConfig::unset`]) for the commands that contact it to ask for
+//! ([`Config::require_credentials`]); [`load`] requires those of every enabled source a job names.
+//! Jobs of a source with `enabled: false` are kept apart ([`Config::disabled_jobs`]). Also here:
+//! choosing jobs by glob and source (`select.rs`) and the rule that a Thulium job's windows fit
+//! the account's zone (`account_zone.rs`), which `validate` applies.
+//!
 //! To add a source kind: a variant of [`SourceKind`] (and its credentials in [`SourceConfig`]) and
 //! its rows in `load/settings.rs`; to add an endpoint: see `endpoint.rs`, the registry.
 
+mod account_zone;
 mod endpoint;
 mod load;
+mod select;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,8 +28,10 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
+pub use account_zone::{BucketSplit, bucket_split};
 pub use endpoint::{AggregateBy, Endpoint, EndpointInfo, EndpointParams, WINDOWED_KEYS, WorkflowCondition};
-pub use load::{ConfigError, Diagnostic, RESERVED_COLUMNS, load, load_with_env};
+pub use load::{ConfigError, Diagnostic, RESERVED_COLUMNS, load, load_deferred, load_deferred_with_env, load_with_env};
+pub use select::{Selection, select};
 
 use crate::query::{AggregationKind, Filter, Granularity};
 
@@ -62,8 +73,55 @@ pub struct Config {
     pub default_time_zone: Tz,
     /// Where job files are read from (resolved against the config file's folder).
     pub jobs_dir: PathBuf,
-    /// Jobs by name.
+    /// The jobs of enabled sources, by name: what `run` and `schedule` load.
     pub jobs: BTreeMap<String, Job>,
+    /// The jobs of sources with `enabled: false`, by name: validated, listed, never run.
+    pub disabled_jobs: BTreeMap<String, Job>,
+    /// Problems that load but would fail every window of a job (a Thulium job whose buckets do
+    /// not align with the account's zone): `validate` reports them; a run fails the windows.
+    pub window_failures: Vec<JobDiagnostic>,
+}
+
+/// A problem of one job, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDiagnostic {
+    pub job: String,
+    pub diagnostic: Diagnostic,
+}
+
+impl Config {
+    /// Job `name`, enabled or disabled, and whether it is enabled.
+    pub fn any_job(&self, name: &str) -> Option<(&Job, bool)> {
+        self.jobs.get(name).map(|j| (j, true)).or_else(|| self.disabled_jobs.get(name).map(|j| (j, false)))
+    }
+
+    /// Every job, enabled and disabled, by name.
+    pub fn all_jobs(&self) -> BTreeMap<&str, (&Job, bool)> {
+        let enabled = self.jobs.values().map(|j| (j.name.as_str(), (j, true)));
+        enabled.chain(self.disabled_jobs.values().map(|j| (j.name.as_str(), (j, false)))).collect()
+    }
+
+    /// The unset credential variables of every enabled source in `sources` (each once, sources
+    /// in name order, variables in file order).
+    pub fn unset_variables<'a>(&'a self, sources: impl IntoIterator<Item = &'a str>) -> Vec<&'a UnsetVariable> {
+        let names: std::collections::BTreeSet<&str> = sources.into_iter().collect();
+        names
+            .into_iter()
+            .filter_map(|name| self.sources.get(name))
+            .filter(|s| s.enabled)
+            .flat_map(|s| s.unset.iter())
+            .collect()
+    }
+
+    /// Fails, naming each unset variable with its file, line and column, unless every enabled
+    /// source in `sources` can be contacted (what `run`, `backfill` and `schedule` need).
+    pub fn require_credentials<'a>(&'a self, sources: impl IntoIterator<Item = &'a str>) -> Result<(), ConfigError> {
+        let unset = self.unset_variables(sources);
+        if unset.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError { diagnostics: unset.into_iter().map(|u| u.at.clone()).collect() })
+    }
 }
 
 /// Which vendor API a source talks to.
@@ -88,16 +146,38 @@ pub enum Credentials {
     Basic { username: String, password: Secret },
 }
 
+/// A variable a source needs only to be contacted (its token, user name, password or
+/// organization) that is not set: the source loads, and commands that contact it refuse to
+/// ([`Config::require_credentials`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsetVariable {
+    /// `GIOSG_TOKEN`.
+    pub variable: String,
+    /// Where it is read (`sources.giosg.token: environment variable `GIOSG_TOKEN` is not set …`).
+    pub at: Diagnostic,
+}
+
 /// One upstream account.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: String,
     pub kind: SourceKind,
+    /// `enabled` (default true): a disabled source's jobs are in [`Config::disabled_jobs`].
+    pub enabled: bool,
     /// `https://api.giosg.com` (no trailing slash).
     pub base_url: String,
+    /// giosg: the root of the real-time reports (`realtime_base_url`, default `base_url`;
+    /// api-docs 000 serves them from `https://service.giosg.com`). Other kinds: `base_url`.
+    pub realtime_base_url: String,
+    /// How requests authenticate. Where a part's variable is unset (see [`SourceConfig::unset`])
+    /// that part is empty: nothing may contact the source until it is set.
     pub credentials: Credentials,
-    /// giosg: the organization whose data is read (empty for other kinds).
+    /// giosg: the organization whose data is read (empty for other kinds; the reference as
+    /// written, `${GIOSG_ORGANIZATION_ID}`, while its variable is unset, so `plan` shows it).
     pub organization_id: String,
+    /// The variables of `credentials` and `organization_id` that are unset; empty when the
+    /// source can be contacted.
+    pub unset: Vec<UnsetVariable>,
     /// Thulium: the account's zone, in which `date_from`/`date_to` are read and `series` is
     /// written. `None` for other kinds.
     pub account_time_zone: Option<Tz>,

@@ -121,16 +121,25 @@ fn the_shipped_configuration_validates() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let jobs = chatetl::demo::shipped::JOBS.len();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("3 sources, {jobs} jobs")));
-    // Without the credentials: exit 2, naming the variable, the file and the line.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
-        .args(["--config", &format!("{root}/chatetl.yaml"), "validate"])
-        .envs(CREDENTIALS.iter().filter(|(k, _)| *k != "GIOSG_TOKEN").copied())
-        .env_remove("GIOSG_TOKEN")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("GIOSG_TOKEN") && err.contains("chatetl.yaml:"), "{err}");
+    assert!(out.stderr.is_empty(), "no warnings: {}", String::from_utf8_lossy(&out.stderr));
+    // Without a credential: a warning naming the variable, the file and the line (only the
+    // commands that contact the source need it); with --strict, exit 2 saying the same.
+    for (strict, code) in [(false, 0), (true, 2)] {
+        let mut args = vec!["--config".to_string(), format!("{root}/chatetl.yaml"), "validate".into()];
+        if strict {
+            args.push("--strict".into());
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+            .args(&args)
+            .envs(CREDENTIALS.iter().filter(|(k, _)| *k != "GIOSG_TOKEN").copied())
+            .env_remove("GIOSG_TOKEN")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "strict {strict}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let prefix = if strict { "error: " } else { "warning: " };
+        assert!(err.starts_with(prefix) && err.contains("GIOSG_TOKEN") && err.contains("chatetl.yaml:"), "{err}");
+    }
 }
 
 #[test]

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
-use super::interpolate::{Env, interpolate};
+use super::interpolate::{Env, InterpolationError, interpolate};
 use super::raw::{ParseError, RawNumber, position};
-use crate::config::Diagnostic;
+use crate::config::{Diagnostic, UnsetVariable};
 
 /// Longest identifier PostgreSQL keeps (`NAMEDATALEN - 1`).
 pub(super) const MAX_IDENTIFIER_LEN: usize = 63;
@@ -30,9 +30,43 @@ impl<'a> Ctx<'a> {
 
     /// Reports `message` about the value at `path` (`aggregations[0].field`) found at `at`.
     pub fn error(&mut self, at: Location, path: &str, message: impl fmt::Display) {
+        let diagnostic = self.diagnostic(at, path, message);
+        self.diagnostics.push(diagnostic);
+    }
+
+    /// `message` about the value at `path` found at `at`, not reported.
+    pub fn diagnostic(&self, at: Location, path: &str, message: impl fmt::Display) -> Diagnostic {
         let (line, column) = position(at);
         let message = if path.is_empty() { message.to_string() } else { format!("{path}: {message}") };
-        self.diagnostics.push(Diagnostic { file: self.file.clone(), line, column, message });
+        Diagnostic { file: self.file.clone(), line, column, message }
+    }
+
+    /// The text of a value needed only to contact a source (a token, a password): like
+    /// [`Ctx::text`], except that when its only problems are unset variables they are returned,
+    /// not reported, so that each command decides whether it needs them.
+    pub fn deferrable(&mut self, path: &str, value: &Spanned<String>) -> Deferrable {
+        match interpolate(&value.value, self.env) {
+            Ok(text) => Deferrable::Text(text.into_owned()),
+            Err(errors) if errors.iter().all(|e| matches!(e, InterpolationError::Missing(_))) => {
+                let unset = errors
+                    .iter()
+                    .filter_map(|e| match e {
+                        InterpolationError::Missing(variable) => Some(UnsetVariable {
+                            variable: variable.clone(),
+                            at: self.diagnostic(value.referenced, path, e),
+                        }),
+                        InterpolationError::Malformed(_) => None,
+                    })
+                    .collect();
+                Deferrable::Unset(unset)
+            }
+            Err(errors) => {
+                for error in errors {
+                    self.error(value.referenced, path, error);
+                }
+                Deferrable::Invalid
+            }
+        }
     }
 
     /// Reports a problem that has a location but no field path (YAML syntax, serde).
@@ -173,6 +207,16 @@ impl<'a> Ctx<'a> {
             }
         }
     }
+}
+
+/// What [`Ctx::deferrable`] found.
+pub(super) enum Deferrable {
+    /// Every variable was set.
+    Text(String),
+    /// These variables are unset (nothing else is wrong).
+    Unset(Vec<UnsetVariable>),
+    /// Another problem, already reported.
+    Invalid,
 }
 
 /// Why `s` is not a lowercase SQL identifier, if it is not.

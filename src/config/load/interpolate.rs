@@ -5,9 +5,10 @@
 //! change the structure of the file, and every missing variable of a file is reported at once.
 //!
 //! Rules: `NAME` is `[A-Za-z_][A-Za-z0-9_]*`; a variable set to the empty string counts as set
-//! (so `${VAR:-default}` gives `""` when `VAR=""`); the default is the text up to the first `}`
-//! and is not expanded again, nor are values taken from the environment; a `$` not followed by
-//! `{` is literal.
+//! (so `${VAR:-default}` gives `""` when `VAR=""`); the default is the text up to the `}` that
+//! closes the reference, and may itself hold references (`${A:-${B:-x}}`: A, else B, else `x`),
+//! expanded only when the default is used, since the file's author wrote them; values taken from
+//! the environment are never expanded again; a `$` not followed by `{` is literal.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -45,14 +46,19 @@ pub(super) fn interpolate<'s>(s: &'s str, env: Env<'_>) -> Result<Cow<'s, str>, 
     }
     let mut out = String::with_capacity(s.len());
     let mut errors = Vec::new();
+    expand_into(s, env, &mut out, &mut errors);
+    if errors.is_empty() { Ok(Cow::Owned(out)) } else { Err(errors) }
+}
+
+/// Appends `s` expanded to `out`, pushing each problem onto `errors`.
+fn expand_into(s: &str, env: Env<'_>, out: &mut String, errors: &mut Vec<InterpolationError>) {
     let mut rest = s;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let Some(close) = after.find('}') else {
+        let Some(close) = closing_brace(after) else {
             errors.push(InterpolationError::Malformed(rest[start..].to_string()));
-            rest = "";
-            break;
+            return;
         };
         let body = &after[..close];
         let (name, default) = match body.split_once(":-") {
@@ -62,7 +68,7 @@ pub(super) fn interpolate<'s>(s: &'s str, env: Env<'_>) -> Result<Cow<'s, str>, 
         if is_var_name(name) {
             match (env(name), default) {
                 (Some(value), _) => out.push_str(&value),
-                (None, Some(default)) => out.push_str(default),
+                (None, Some(default)) => expand_into(default, env, out, errors),
                 (None, None) => errors.push(InterpolationError::Missing(name.to_string())),
             }
         } else {
@@ -71,7 +77,27 @@ pub(super) fn interpolate<'s>(s: &'s str, env: Env<'_>) -> Result<Cow<'s, str>, 
         rest = &after[close + 1..];
     }
     out.push_str(rest);
-    if errors.is_empty() { Ok(Cow::Owned(out)) } else { Err(errors) }
+}
+
+/// The index of the `}` that closes a reference whose body starts `text`: the first one not
+/// closing a `${` nested in it.
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn is_var_name(name: &str) -> bool {
@@ -124,6 +150,19 @@ mod tests {
             ]
         );
         assert!(errors[0].to_string().contains("`A_MISSING` is not set"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn config_interpolation_expands_references_in_a_default_only_when_it_is_used() {
+        assert_eq!(expand("${UNSET_X:-${HOST}}/x").unwrap(), "db.example/x");
+        assert_eq!(expand("${UNSET_X:-${UNSET_Y:-https://service.giosg.com}}").unwrap(), "https://service.giosg.com");
+        assert_eq!(expand("${HOST:-${UNSET_Y}}").unwrap(), "db.example", "an unused default is not expanded");
+        assert_eq!(expand("${UNSET_X:-${UNSET_Y}}").unwrap_err(), vec![InterpolationError::Missing("UNSET_Y".into())]);
+        assert_eq!(expand("${UNSET_X:-a}}").unwrap(), "a}", "a `}}` after the reference is literal");
+        assert_eq!(
+            expand("${UNSET_X:-${HOST}").unwrap_err(),
+            vec![InterpolationError::Malformed("${UNSET_X:-${HOST}".into())]
+        );
     }
 
     #[test]

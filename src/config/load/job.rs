@@ -5,15 +5,17 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
+use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
 use super::ctx::{Ctx, identifier_problem, one_of};
 use super::filters;
 use super::params;
 use super::raw::{RawAggregation, RawJob};
-use super::settings::{JobDefaults, SOURCE_KINDS};
+use super::settings::{JobDefaults, SOURCE_KINDS, SourceInfo};
+use crate::config::bucket_split;
 use crate::config::{
-    AggregateBy, Endpoint, EndpointParams, Job, JobAggregation, JobKind, Scope, SourceKind, WindowUnit,
+    AggregateBy, Diagnostic, Endpoint, EndpointParams, Job, JobAggregation, JobKind, Scope, SourceKind, WindowUnit,
 };
 use crate::query::{AggregationKind, DIMENSIONS, Granularity};
 
@@ -26,12 +28,15 @@ pub const RESERVED_COLUMNS: &[&str] =
 const MAX_DAY_WINDOWS: u64 = 366;
 const MAX_HOUR_WINDOWS: u64 = 31 * 24;
 
-/// A job file's result: its name and table (for the checks across files, even when other keys
-/// are wrong) and the job when the whole file is valid.
+/// A job file's result: its name, table and source (for the checks across files, even when
+/// other keys are wrong) and the job when the whole file is valid.
 pub(super) struct JobOutcome {
     pub name: Option<(String, Location)>,
     pub table: Option<(String, Location)>,
+    pub source: Option<String>,
     pub job: Option<Job>,
+    /// A problem that would fail every window of the valid job (see `Config::window_failures`).
+    pub window_failure: Option<Diagnostic>,
 }
 
 /// Where an endpoint-specific key of a job file was given, if it was.
@@ -103,10 +108,11 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         .and_then(|v| ctx.non_empty("description", v, "a description"))
         .map(|d| d.trim().to_string());
 
-    let (source, kind) = match ctx.required(at, "source", &r.source, "the name of a source of chatetl.yaml") {
+    let (source, info) = match ctx.required(at, "source", &r.source, "the name of a source of chatetl.yaml") {
         None => (None, None),
         Some(v) => job_source(ctx, v, defaults),
     };
+    let kind = info.and_then(|i| i.kind);
     let endpoint = ctx
         .required(at, "endpoint", &r.endpoint, "the API endpoint read, e.g. chat_sessions")
         .and_then(|v| job_endpoint(ctx, v, kind));
@@ -222,7 +228,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             name: name.clone()?.0,
             file: file.to_path_buf(),
             description: description?,
-            source: source?,
+            source: source.clone()?,
             endpoint: known.then_some(endpoint)?,
             kind: job_kind?,
             window: window?,
@@ -242,7 +248,33 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             params: params?,
         })
     })();
-    JobOutcome { name, table, job }
+    let window_failure = job.as_ref().and_then(|job| {
+        let account = info?.account_time_zone?;
+        zone_mismatch(ctx, job, account, r.time_zone.as_ref().map_or(at, |v| v.referenced), r.time_zone.is_some())
+    });
+    JobOutcome { name, table, source, job, window_failure }
+}
+
+/// A chat summary job whose windows would split the buckets of its Thulium account's zone, at
+/// the job's `time_zone` (or its mapping when the zone is chatetl.yaml's default).
+fn zone_mismatch(ctx: &Ctx, job: &Job, account: Tz, at: Location, own_zone: bool) -> Option<Diagnostic> {
+    let EndpointParams::ChatSummary { aggregate_by, .. } = &job.params else { return None };
+    let split = bucket_split(job.window, job.time_zone, account, *aggregate_by, job.start, chrono::Utc::now())?;
+    let whose = if own_zone { "the job's zone" } else { "the job's zone (chatetl.yaml's time_zone)" };
+    let message = format!(
+        "{whose} {} does not fit the {} buckets of source `{}`, whose account zone is {}: the window starting \
+         {} ({}) starts at {} of the account's clock, inside a bucket, so every window would fail; give the job \
+         `time_zone: {}` (or set the source's `time_zone` to the account's real zone)",
+        job.time_zone.name(),
+        split.bucket,
+        job.source,
+        account.name(),
+        split.job_clock.format("%Y-%m-%d %H:%M"),
+        job.time_zone.name(),
+        split.account_clock.format("%Y-%m-%d %H:%M"),
+        account.name(),
+    );
+    Some(ctx.diagnostic(at, "time_zone", message))
 }
 
 /// `kind`: optional for windowed endpoints, required (`snapshot`) for snapshot ones, so a reader
@@ -299,12 +331,12 @@ pub(super) fn string_list(
     out
 }
 
-/// The job's source name and, when known, its kind.
-fn job_source(ctx: &mut Ctx, value: &Spanned<String>, defaults: &JobDefaults) -> (Option<String>, Option<SourceKind>) {
+/// The job's source name and, when known, what is known of it.
+fn job_source(ctx: &mut Ctx, value: &Spanned<String>, defaults: &JobDefaults) -> (Option<String>, Option<SourceInfo>) {
     let Some(name) = ctx.text("source", value) else { return (None, None) };
     let Some(sources) = &defaults.sources else { return (Some(name), None) };
     match sources.get(&name) {
-        Some(kind) => (Some(name), *kind),
+        Some(info) => (Some(name), Some(*info)),
         None => {
             let names: Vec<&str> = sources.keys().map(String::as_str).collect();
             let defined = if names.is_empty() { "no sources".to_string() } else { one_of(&names) };

@@ -45,8 +45,14 @@ pub(super) struct RawConfigOutline {
 pub(super) struct RawSource {
     /// Which vendor API: `giosg`, `thulium` or `comm100`; required.
     pub kind: Option<Spanned<String>>,
+    /// Whether its jobs run; default true. A disabled source's jobs are validated but neither
+    /// run nor scheduled, and its credentials are not needed.
+    pub enabled: Option<Spanned<bool>>,
     /// `http://` or `https://` root of the API; a trailing slash is dropped; required.
     pub base_url: Option<Spanned<String>>,
+    /// giosg: the root of the real-time reports (api-docs 000 serves them from
+    /// `service.giosg.com`); default: `base_url`.
+    pub realtime_base_url: Option<Spanned<String>>,
     /// giosg: the API token (`Authorization: Token …`); comm100: the bearer token
     /// (`Authorization: Bearer …`); required for both, never printed.
     pub token: Option<Spanned<String>>,

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
-use super::ctx::{Ctx, one_of};
+use super::ctx::{Ctx, Deferrable, one_of};
 use super::raw::{RawConfig, RawSource, RawWarehouse};
-use crate::config::{Credentials, Secret, SourceConfig, SourceKind, Warehouse};
+use crate::config::{Credentials, Secret, SourceConfig, SourceKind, UnsetVariable, Warehouse};
 
 /// Source kinds by their name in `chatetl.yaml`.
 pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] =
@@ -20,8 +20,26 @@ pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] =
 /// Longest `timeout_secs` and `max_retry_delay_secs` (a day), far from any overflow.
 const MAX_DELAY_SECS: u64 = 86_400;
 
-/// Every source name, with its kind when that is valid.
-pub(super) type SourceKinds = BTreeMap<String, Option<SourceKind>>;
+/// What the job files are checked against about one source.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SourceInfo {
+    /// Its kind, when valid.
+    pub kind: Option<SourceKind>,
+    /// `enabled` (true when unknown).
+    pub enabled: bool,
+    /// Thulium: the account's zone, when valid.
+    pub account_time_zone: Option<Tz>,
+}
+
+impl SourceInfo {
+    /// A source known only by name.
+    pub fn unknown() -> SourceInfo {
+        SourceInfo { kind: None, enabled: true, account_time_zone: None }
+    }
+}
+
+/// Every source name, with what is known of it.
+pub(super) type SourceKinds = BTreeMap<String, SourceInfo>;
 
 /// What `chatetl.yaml` gives the job files.
 pub(super) struct JobDefaults {
@@ -38,6 +56,8 @@ pub(super) struct Settings {
     pub defaults: JobDefaults,
     /// The resolved jobs folder, and where it was named (the mapping when defaulted).
     pub jobs_dir: Option<(PathBuf, Location)>,
+    /// The unset credential variables of each source (also of sources with other problems).
+    pub unset: BTreeMap<String, Vec<UnsetVariable>>,
 }
 
 /// Validates `chatetl.yaml`; relative paths are resolved against `base`, its folder.
@@ -50,23 +70,26 @@ pub(super) fn config(ctx: &mut Ctx, raw: &Spanned<RawConfig>, base: &Path) -> Se
     };
     let jobs_dir = jobs_dir(ctx, at, r.jobs_dir.as_ref(), base);
 
+    let mut unset = BTreeMap::new();
     let (sources, kinds) = match ctx.required(at, "sources", &r.sources, "a mapping of source names to sources") {
         None => (None, None),
         Some(map) => {
-            let (sources, kinds) = self::sources(ctx, map);
+            let (sources, kinds) = self::sources(ctx, map, &mut unset);
             (sources, Some(kinds))
         }
     };
     let warehouse = ctx
         .required(at, "warehouse", &r.warehouse, "`kind: parquet` with `path`, or `kind: postgres` with `url`")
         .and_then(|w| warehouse(ctx, w, base));
-    Settings { sources, warehouse, defaults: JobDefaults { sources: kinds, time_zone }, jobs_dir }
+    Settings { sources, warehouse, defaults: JobDefaults { sources: kinds, time_zone }, jobs_dir, unset }
 }
 
-/// The validated sources (`None` when any has a problem), and every name with its kind if valid.
+/// The validated sources (`None` when any has a problem), and every name with what is known of
+/// it; each source's unset credential variables go to `unset`.
 fn sources(
     ctx: &mut Ctx,
     map: &Spanned<BTreeMap<String, Spanned<RawSource>>>,
+    unset: &mut BTreeMap<String, Vec<UnsetVariable>>,
 ) -> (Option<BTreeMap<String, SourceConfig>>, SourceKinds) {
     let mut sources = Some(BTreeMap::new());
     let mut kinds = BTreeMap::new();
@@ -75,8 +98,11 @@ fn sources(
         sources = None;
     }
     for (name, raw) in &map.value {
-        let (kind, source) = self::source(ctx, name, raw);
+        let (kind, source, variables) = self::source(ctx, name, raw);
         kinds.insert(name.clone(), kind);
+        if !variables.is_empty() {
+            unset.insert(name.clone(), variables);
+        }
         match (source, &mut sources) {
             (Some(source), Some(sources)) => {
                 sources.insert(name.clone(), source);
@@ -100,8 +126,25 @@ pub(super) fn jobs_dir(
     }
 }
 
-/// One source: its kind (when valid, for the jobs' checks) and the validated source.
-fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<SourceKind>, Option<SourceConfig>) {
+/// An `http://` or `https://` URL without its trailing slash.
+fn url(ctx: &mut Ctx, path: &str, v: &Spanned<String>) -> Option<String> {
+    let url = ctx.text(path, v)?;
+    let url = url.trim().trim_end_matches('/');
+    let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+        ctx.error(v.referenced, path, format!("expected an http:// or https:// URL, found `{url}`"));
+        return None;
+    }
+    Some(url.to_string())
+}
+
+/// One source: what the jobs' checks need, the validated source, and its unset credential
+/// variables (a source needs them only to be contacted, so they are not errors here).
+fn source(
+    ctx: &mut Ctx,
+    name: &str,
+    raw: &Spanned<RawSource>,
+) -> (SourceInfo, Option<SourceConfig>, Vec<UnsetVariable>) {
     let at = raw.referenced;
     let r = &raw.value;
     let p = |key: &str| format!("sources.{name}.{key}");
@@ -110,16 +153,19 @@ fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<Source
     let kind = ctx
         .required(at, &p("kind"), &r.kind, &format!("the source kind: {}", one_of(&kinds)))
         .and_then(|v| ctx.choice(&p("kind"), v, "source kind", SOURCE_KINDS));
-    let base_url = ctx.required(at, &p("base_url"), &r.base_url, "the API's http:// or https:// URL").and_then(|v| {
-        let url = ctx.text(&p("base_url"), v)?;
-        let url = url.trim().trim_end_matches('/');
-        let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
-            ctx.error(v.referenced, &p("base_url"), format!("expected an http:// or https:// URL, found `{url}`"));
-            return None;
+    let enabled = r.enabled.as_ref().is_none_or(|v| v.value);
+    let base_url = ctx
+        .required(at, &p("base_url"), &r.base_url, "the API's http:// or https:// URL")
+        .and_then(|v| url(ctx, &p("base_url"), v));
+    let realtime_base_url = match (&r.realtime_base_url, kind) {
+        (None, _) => Some(None),
+        (Some(v), Some(SourceKind::Giosg) | None) => url(ctx, &p("realtime_base_url"), v).map(Some),
+        (Some(v), Some(other)) => {
+            let kind_name = SOURCE_KINDS.iter().find(|(_, k)| *k == other).map_or("", |(n, _)| *n);
+            ctx.error(v.referenced, &p("realtime_base_url"), format!("not used by a {kind_name} source"));
+            None
         }
-        Some(url.to_string())
-    });
+    };
     // Each kind's credentials; keys of another kind are errors, so a typo cannot go unnoticed.
     let (needed, unused): (&[&str], &[&str]) = match kind {
         Some(SourceKind::Giosg) => (&["token", "organization_id"], &["username", "password", "time_zone"]),
@@ -140,11 +186,27 @@ fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<Source
             ctx.error(v.referenced, &p(key), format!("not used by a {kind_name} source"));
         }
     }
+    // Credentials and the organization are needed only to contact the source: an unset
+    // variable leaves the value empty (the organization: its reference as written, for `plan`)
+    // and is recorded in `unset`, for the commands that contact the source to refuse.
+    let mut unset = Vec::new();
     let mut value = |key: &str, expected: &str, what: &str| -> Option<String> {
         if !needed.contains(&key) {
             return Some(String::new());
         }
-        ctx.required(at, &p(key), raw_key(key), expected).and_then(|v| ctx.non_empty(&p(key), v, what))
+        let v = ctx.required(at, &p(key), raw_key(key), expected)?;
+        match ctx.deferrable(&p(key), v) {
+            Deferrable::Text(text) if text.trim().is_empty() => {
+                ctx.error(v.referenced, &p(key), format!("expected {what}, found an empty value"));
+                None
+            }
+            Deferrable::Text(text) => Some(text),
+            Deferrable::Unset(variables) => {
+                unset.extend(variables);
+                Some(if key == "organization_id" { v.value.trim().to_string() } else { String::new() })
+            }
+            Deferrable::Invalid => None,
+        }
     };
     let token = value("token", "the API token, e.g. `${GIOSG_TOKEN}`", "an API token");
     let organization_id = value("organization_id", "the id of the organization to read", "an organization id");
@@ -166,11 +228,16 @@ fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<Source
     let max_retry_delay_secs =
         ctx.integer(&p("max_retry_delay_secs"), r.max_retry_delay_secs.as_ref(), 1, MAX_DELAY_SECS, 60);
 
+    let info = SourceInfo { kind, enabled, account_time_zone: account_time_zone.flatten() };
     let source = (|| {
+        let base_url = base_url?;
         Some(SourceConfig {
             name: name.to_string(),
             kind: kind?,
-            base_url: base_url?,
+            enabled,
+            realtime_base_url: realtime_base_url?.unwrap_or_else(|| base_url.clone()),
+            base_url,
+            unset: unset.clone(),
             credentials: match kind? {
                 SourceKind::Giosg => Credentials::Token(Secret::new(token?)),
                 SourceKind::Comm100 => Credentials::Bearer(Secret::new(token?)),
@@ -187,7 +254,7 @@ fn source(ctx: &mut Ctx, name: &str, raw: &Spanned<RawSource>) -> (Option<Source
             max_retry_delay_secs: max_retry_delay_secs?,
         })
     })();
-    (kind, source)
+    (info, source, unset)
 }
 
 #[derive(Clone, Copy)]

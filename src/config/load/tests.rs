@@ -472,3 +472,204 @@ fn config_error_display_is_one_located_line_per_problem() {
     assert_eq!(lines[0], format!("{}:1:1: the file is empty (expected a mapping of settings)", a.display()));
     assert!(lines[1].starts_with(&format!("{}:", dir.path().join("jobs/b.yaml").display())), "{shown}");
 }
+
+/// Three sources, every credential from the environment; comm100 is disabled.
+const THREE_SOURCES: &str = r#"time_zone: Europe/Helsinki
+sources:
+  giosg:
+    kind: giosg
+    base_url: https://api.giosg.com
+    token: ${CFG_GIOSG_TOKEN}
+    organization_id: ${CFG_GIOSG_ORG}
+  thulium:
+    kind: thulium
+    base_url: https://x.thulium.com
+    username: ${CFG_THULIUM_USER}
+    password: ${CFG_THULIUM_PASSWORD}
+    time_zone: ${CFG_THULIUM_ZONE:-Europe/Helsinki}
+  comm100:
+    kind: comm100
+    enabled: false
+    base_url: https://api11.comm100.io/v4
+    token: ${CFG_COMM100_TOKEN}
+warehouse:
+  kind: parquet
+  path: wh
+"#;
+
+const THULIUM_DAILY: &str = "description: Chats
+source: thulium
+endpoint: chat_summary
+window: day
+aggregate_by: day
+start: 2024-01-01
+";
+
+const COMM100_QUEUE: &str = "description: Queue
+source: comm100
+endpoint: queue
+kind: snapshot
+";
+
+fn deferred_in(dir: &TempDir, env: &HashMap<&str, &str>) -> Result<Config, ConfigError> {
+    super::load_deferred_with_env(&dir.path().join("chatetl.yaml"), &|name| env.get(name).map(|v| v.to_string()))
+}
+
+#[test]
+fn config_defers_unset_credentials_to_the_sources_that_need_them() {
+    let jobs = [("chats.yaml", SMALL_JOB), ("daily.yaml", THULIUM_DAILY), ("queue.yaml", COMM100_QUEUE)];
+    let dir = folder(THREE_SOURCES, &jobs);
+    let env = HashMap::from([("CFG_THULIUM_USER", "u"), ("CFG_THULIUM_PASSWORD", "secret-pw")]);
+    let config = deferred_in(&dir, &env).unwrap();
+    let giosg = &config.sources["giosg"];
+    let unset: Vec<(&str, usize, usize)> =
+        giosg.unset.iter().map(|u| (u.variable.as_str(), u.at.line, u.at.column)).collect();
+    assert_eq!(unset, [("CFG_GIOSG_TOKEN", 6, 12), ("CFG_GIOSG_ORG", 7, 22)]);
+    assert!(giosg.unset[0].at.message.starts_with("sources.giosg.token: environment variable `CFG_GIOSG_TOKEN`"));
+    assert_eq!(giosg.organization_id, "${CFG_GIOSG_ORG}", "plan shows the reference");
+    assert!(config.sources["thulium"].unset.is_empty());
+    // Only what a command contacts is required, and an enabled source only.
+    assert!(config.require_credentials(["thulium"]).is_ok());
+    assert!(config.require_credentials(["comm100"]).is_ok(), "a disabled source is never contacted");
+    let error = config.require_credentials(["thulium", "giosg"]).unwrap_err().to_string();
+    assert!(error.contains("chatetl.yaml:6:12: sources.giosg.token") && error.contains("CFG_GIOSG_ORG"), "{error}");
+    assert!(!error.contains("secret-pw"));
+
+    // Strict loading (the daemon's) refuses an enabled source's unset variables, not a disabled one's.
+    let errors = errors_in(&dir, &env);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("chatetl.yaml:6:12: sources.giosg.token"), "{errors:#?}");
+    // A malformed reference is an error in any case.
+    let broken = THREE_SOURCES.replace("${CFG_THULIUM_PASSWORD}", "${CFG_THULIUM_PASSWORD");
+    let dir = folder(&broken, &jobs);
+    let error = deferred_in(&dir, &env).unwrap_err().to_string();
+    assert!(error.contains("chatetl.yaml:12:15: sources.thulium.password: malformed"), "{error}");
+}
+
+#[test]
+fn config_keeps_the_jobs_of_a_disabled_source_apart() {
+    let jobs = [("chats.yaml", SMALL_JOB), ("daily.yaml", THULIUM_DAILY), ("queue.yaml", COMM100_QUEUE)];
+    let dir = folder(THREE_SOURCES, &jobs);
+    let env = HashMap::from([
+        ("CFG_GIOSG_TOKEN", "t"),
+        ("CFG_GIOSG_ORG", "o"),
+        ("CFG_THULIUM_USER", "u"),
+        ("CFG_THULIUM_PASSWORD", "p"),
+    ]);
+    let config = load_in(&dir, &env).unwrap();
+    assert!(!config.sources["comm100"].enabled && config.sources["giosg"].enabled);
+    assert_eq!(config.jobs.keys().collect::<Vec<_>>(), ["chats", "daily"]);
+    assert_eq!(config.disabled_jobs.keys().collect::<Vec<_>>(), ["queue"]);
+    assert_eq!(config.any_job("queue").map(|(j, enabled)| (j.name.as_str(), enabled)), Some(("queue", false)));
+    // A disabled source's jobs are still checked.
+    let broken = COMM100_QUEUE.replace("kind: snapshot", "kind: snapshot\nwindow: day");
+    let dir = folder(THREE_SOURCES, &[("queue.yaml", &broken)]);
+    assert_only(&errors_in(&dir, &env), "jobs/queue.yaml:5:9: window: not used by endpoint `queue`");
+}
+
+#[test]
+fn config_realtime_base_url_defaults_to_base_url_and_is_giosg_only() {
+    let dir = folder(CONFIG, &[("chats.yaml", SMALL_JOB)]);
+    let source = &load_in(&dir, &env()).unwrap().sources["giosg"];
+    assert_eq!(source.realtime_base_url, "https://api.giosg.com");
+    let config = CONFIG.replace("    token:", "    realtime_base_url: https://service.giosg.com/\n    token:");
+    let dir = folder(&config, &[("chats.yaml", SMALL_JOB)]);
+    let source = &load_in(&dir, &env()).unwrap().sources["giosg"];
+    assert_eq!(
+        (source.base_url.as_str(), source.realtime_base_url.as_str()),
+        ("https://api.giosg.com", "https://service.giosg.com")
+    );
+    let config = CONFIG.replace("    token:", "    realtime_base_url: service.giosg.com\n    token:");
+    let dir = folder(&config, &[("chats.yaml", SMALL_JOB)]);
+    assert_only(&errors_in(&dir, &env()), "chatetl.yaml:7:24: sources.giosg.realtime_base_url: expected an http://");
+    let thulium = THREE_SOURCES.replace("    username:", "    realtime_base_url: https://x\n    username:");
+    let dir = folder(&thulium, &[]);
+    // No job names a source, so its unset credentials are not errors even in strict loading.
+    let errors = errors_in(&dir, &HashMap::new());
+    assert_only(&errors, "chatetl.yaml:11:24: sources.thulium.realtime_base_url: not used by a thulium source");
+}
+
+#[test]
+fn config_finds_a_thulium_job_whose_zone_splits_the_accounts_days() {
+    let env = HashMap::from([("CFG_THULIUM_ZONE", "Europe/Warsaw")]);
+    // The job's zone is chatetl.yaml's default (Helsinki): pointed at the job file's mapping.
+    let dir = folder(THREE_SOURCES, &[("daily.yaml", THULIUM_DAILY)]);
+    let config = deferred_in(&dir, &env).unwrap();
+    let [failure] = config.window_failures.as_slice() else { panic!("{:?}", config.window_failures) };
+    assert_eq!((failure.job.as_str(), failure.diagnostic.line, failure.diagnostic.column), ("daily", 1, 1));
+    let message = &failure.diagnostic.message;
+    assert!(message.starts_with("time_zone: the job's zone (chatetl.yaml's time_zone) Europe/Helsinki"), "{message}");
+    assert!(message.contains("give the job `time_zone: Europe/Warsaw`"), "{message}");
+    // Its own zone: pointed at its `time_zone`; the account's zone fits.
+    let job = format!("{THULIUM_DAILY}time_zone: America/New_York\n");
+    let dir = folder(THREE_SOURCES, &[("daily.yaml", &job)]);
+    let config = deferred_in(&dir, &env).unwrap();
+    let d = &config.window_failures[0].diagnostic;
+    assert_eq!((d.line, d.column), (7, 12));
+    let job = format!("{THULIUM_DAILY}time_zone: Europe/Warsaw\n");
+    let dir = folder(THREE_SOURCES, &[("daily.yaml", &job)]);
+    assert!(deferred_in(&dir, &env).unwrap().window_failures.is_empty());
+}
+
+#[test]
+fn config_selects_jobs_by_glob_and_source() {
+    let hourly = THULIUM_DAILY.replace("window: day\naggregate_by: day", "window: hour\naggregate_by: hour");
+    let jobs = [
+        ("real_chats.yaml", SMALL_JOB),
+        ("real_chats_with_sales.yaml", SMALL_JOB),
+        ("short_chats.yaml", SMALL_JOB),
+        ("thulium_daily.yaml", THULIUM_DAILY),
+        ("thulium_hourly.yaml", hourly.as_str()),
+        ("comm100_queue.yaml", COMM100_QUEUE),
+    ];
+    // Tables must differ: each small job is named after its file, so it is.
+    let dir = folder(THREE_SOURCES, &jobs);
+    let config = deferred_in(&dir, &HashMap::new()).unwrap();
+    let names = |s: &crate::config::Selection| s.enabled.iter().map(|j| j.name.clone()).collect::<Vec<_>>();
+    let select = |jobs: &[&str], sources: &[&str]| {
+        let jobs: Vec<String> = jobs.iter().map(|s| s.to_string()).collect();
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        crate::config::select(&config, &jobs, &sources)
+    };
+    let all = select(&[], &[]).unwrap();
+    assert_eq!(all.enabled.len(), 5);
+    assert_eq!(all.disabled.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["comm100_queue"]);
+    assert!(all.refuse_disabled().is_ok(), "everything: the disabled ones are left out");
+    assert_eq!(names(&select(&["real_chats*"], &[]).unwrap()), ["real_chats", "real_chats_with_sales"]);
+    assert_eq!(names(&select(&["short_chats", "*_daily"], &[]).unwrap()), ["short_chats", "thulium_daily"]);
+    assert_eq!(names(&select(&["{real,short}_chats"], &[]).unwrap()), ["real_chats", "short_chats"]);
+    assert_eq!(names(&select(&[], &["thulium"]).unwrap()), ["thulium_daily", "thulium_hourly"]);
+    assert_eq!(names(&select(&["*hourly"], &["thulium"]).unwrap()), ["thulium_hourly"]);
+    let error = select(&["real_chat?_x*"], &[]).unwrap_err();
+    assert!(error.starts_with("no job matches `real_chat?_x*` (jobs in "), "{error}");
+    assert!(select(&["nope"], &[]).unwrap_err().starts_with("unknown job `nope`"));
+    let error = select(&["real*"], &["thulium"]).unwrap_err();
+    assert!(
+        error.starts_with("no job matches `real*` (jobs of source thulium: thulium_daily, thulium_hourly)"),
+        "{error}"
+    );
+    assert!(
+        select(&[], &["zendesk"])
+            .unwrap_err()
+            .starts_with("unknown source `zendesk` (chatetl.yaml defines comm100, giosg, thulium)")
+    );
+    assert!(select(&["[abc"], &[]).unwrap_err().contains("is not a valid glob"));
+    // Disabled jobs: chosen by name, glob or source, they are refused by the commands that run jobs.
+    let by_name = select(&["comm100_queue"], &[]).unwrap();
+    assert_eq!(
+        by_name.refuse_disabled().unwrap_err(),
+        "job comm100_queue is disabled: its source comm100 has `enabled: false` in chatetl.yaml; set it to true to run its jobs"
+    );
+    assert!(
+        select(&[], &["comm100"]).unwrap().refuse_disabled().unwrap_err().starts_with("source comm100 is disabled")
+    );
+    assert!(
+        select(&["comm*"], &[])
+            .unwrap()
+            .refuse_disabled()
+            .unwrap_err()
+            .starts_with("`comm*` matches only disabled jobs (comm100_queue)")
+    );
+    let mixed = select(&["*"], &[]).unwrap();
+    assert!(mixed.refuse_disabled().is_ok() && mixed.disabled.len() == 1);
+}

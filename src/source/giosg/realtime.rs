@@ -166,7 +166,8 @@ fn first_request(collection: Collection, source: &SourceConfig, job: &Job) -> Ht
     }
     HttpRequest {
         method: reqwest::Method::GET,
-        url: url_with_query(&source.base_url, path(collection), &params),
+        // api-docs 000 serves the real-time reports from their own host (`service.giosg.com`).
+        url: url_with_query(&source.realtime_base_url, path(collection), &params),
         body: None,
     }
 }
@@ -237,7 +238,8 @@ async fn fetch_one(
                 tracing::debug!(job = %job.name, pages = page_no, rows = rows.len(), "realtime snapshot fetched");
                 return Ok(None);
             };
-            let next = next_url(&calls.source.base_url, &req.url, &next).map_err(|m| FetchError::response(req, m))?;
+            let next =
+                next_url(&calls.source.realtime_base_url, &req.url, &next).map_err(|m| FetchError::response(req, m))?;
             Ok(Some(HttpRequest { method: reqwest::Method::GET, url: next, body: None }))
         })
         .await?;
@@ -518,9 +520,12 @@ mod tests {
         let source = crate::config::SourceConfig {
             name: "giosg".into(),
             kind: crate::config::SourceKind::Giosg,
-            base_url: "https://service.giosg.com".into(),
+            enabled: true,
+            base_url: "https://api.giosg.com".into(),
+            realtime_base_url: "https://service.giosg.com".into(),
             credentials: crate::config::Credentials::Token(crate::config::Secret::new("t")),
             organization_id: "o".into(),
+            unset: Vec::new(),
             account_time_zone: None,
             concurrency: 1,
             requests_per_second: 1.0,
