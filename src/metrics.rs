@@ -570,7 +570,8 @@ mod tests {
                 && *family != "chatetl_job_last_run_duration_seconds";
             assert_eq!(exp.families.contains_key(*family), shown, "{family}\n{text}");
         }
-        assert_eq!(exp.families.len(), 9 + 1);
+        // Ten counters and flags (paused included, at 0) and chatetl_up.
+        assert_eq!(exp.families.len(), 10 + 1);
     }
 
     #[test]

@@ -515,7 +515,15 @@ fn check(id: &str, job: &Job, windows: &[Window], url: &str, v: &Value) -> (Verd
         "comm100.durations" => {
             let sample = match job.endpoint {
                 Endpoint::Agents => v.get("list").and_then(|l| l.get(0)).and_then(|a| a.get("intradayLinearChatTime")),
-                _ => v.get(0).and_then(|q| q.get("avgWaitTimeinLast30Mins")),
+                Endpoint::Queue => v.get(0).and_then(|q| q.get("avgWaitTimeinLast30Mins")),
+                Endpoint::ChatSessions
+                | Endpoint::Events
+                | Endpoint::Workflow
+                | Endpoint::RealtimeRooms
+                | Endpoint::RealtimeUsers
+                | Endpoint::ChatSummary
+                | Endpoint::Today
+                | Endpoint::RightNow => None,
             };
             match sample.and_then(Value::as_str) {
                 None => unobservable("no duration in the answer"),
