@@ -129,3 +129,33 @@ async fn refused_credentials_are_a_failure_of_the_probe_not_a_finding() {
     assert!(report.findings.iter().all(|f| f.source != "giosg"));
     assert!(report.findings.iter().any(|f| f.source == "thulium" && f.verdict == Verdict::Confirmed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_count_metric_name_and_omitted_empty_buckets_are_reported_contradicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, config) = setup(dir.path()).await;
+    sim.handle.set_assumptions(chatetl::simulator::Assumptions {
+        count_metric_name: chatetl::simulator::CountMetricName::FieldCount,
+        omit_empty_buckets: true,
+    });
+    let report = probe(&config).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let find = |id: &str, endpoint: &str| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.assumption.id == id && f.endpoint == endpoint)
+            .unwrap_or_else(|| panic!("{id} on {endpoint} not checked"))
+            .clone()
+    };
+    let count = find("giosg.count_metric_name", "chat_sessions");
+    assert_eq!(count.verdict, Verdict::Contradicted, "{count:?}");
+    assert!(count.observed.contains("`chat_session_id_count`"), "{count:?}");
+    assert!(count.assumption.fix.contains("none needed for loading"), "{count:?}");
+    let empty = find("giosg.empty_buckets", "chat_sessions");
+    assert_eq!(empty.verdict, Verdict::Contradicted, "{empty:?}");
+    assert!(empty.observed.contains("empty buckets are left out"), "{empty:?}");
+    assert!(empty.assumption.fix.contains("none needed"), "{empty:?}");
+    // Events answer `count` whatever the switch (only chat_sessions is switched).
+    assert_eq!(find("giosg.count_metric_name", "events").verdict, Verdict::Confirmed);
+}
