@@ -178,6 +178,9 @@ pub struct SourceConfig {
     /// The variables of `credentials` and `organization_id` that are unset; empty when the
     /// source can be contacted.
     pub unset: Vec<UnsetVariable>,
+    /// The environment variables the credentials are read from (`GIOSG_TOKEN`), as written in
+    /// chatetl.yaml; named when the upstream refuses them. Empty for literal credentials.
+    pub credential_variables: Vec<String>,
     /// Thulium: the account's zone, in which `date_from`/`date_to` are read and `series` is
     /// written. `None` for other kinds.
     pub account_time_zone: Option<Tz>,

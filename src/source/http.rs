@@ -68,12 +68,19 @@ pub enum HttpError {
     /// No (complete) response: connection refused or reset, timeout, body cut short.
     #[error("{method} {url} failed: {cause}")]
     Transport { method: String, url: String, cause: String, timeout: bool },
-    /// An earlier request of this source was answered 401 or 403: nothing more is sent.
-    #[error(
-        "source `{source_name}`: its credentials were refused ({status} for {method} {url}); no further requests are \
-         sent until they are fixed (and, for `chatetl schedule`, the configuration reloaded)"
-    )]
-    CredentialsRefused { source_name: String, status: u16, method: String, url: String },
+    /// The upstream answered 401 or 403 to this request (`detail` is its answer) or to an
+    /// earlier one of the source (`detail` is `None`: this one was not sent). Nothing more is
+    /// sent to the source.
+    #[error("{}", refused_message(.source_name, .variables, *.status, .method, .url, .detail.as_deref()))]
+    CredentialsRefused {
+        source_name: String,
+        /// The environment variables the credentials come from, as chatetl.yaml names them.
+        variables: Vec<String>,
+        status: u16,
+        method: String,
+        url: String,
+        detail: Option<String>,
+    },
 }
 
 impl HttpError {
@@ -126,6 +133,31 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+/// The message of [`HttpError::CredentialsRefused`]: the status, URL and answer, the source, the
+/// variables its credentials come from, and what happens next.
+fn refused_message(
+    source: &str,
+    variables: &[String],
+    status: u16,
+    method: &str,
+    url: &str,
+    detail: Option<&str>,
+) -> String {
+    let from = match variables {
+        [] => String::new(),
+        names => format!(" (from {})", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
+    };
+    match detail {
+        Some(detail) => format!(
+            "upstream returned {status} for {method} {url}: {detail}; source `{source}` refused its credentials{from}, \
+             so nothing more is sent to it until they are fixed (and, for `chatetl schedule`, the configuration reloaded)"
+        ),
+        None => format!(
+            "source `{source}`: its credentials{from} were refused ({status} for {method} {url}); this request was not sent"
+        ),
+    }
+}
+
 /// What the upstream has said of a source's credentials so far.
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
@@ -140,6 +172,8 @@ enum Verdict {
 /// An HTTP client for one source.
 pub struct HttpClient {
     source: String,
+    /// The variables the credentials come from, for the refusal's message.
+    credential_variables: Vec<String>,
     client: reqwest::Client,
     auth: Credentials,
     limiter: DefaultDirectRateLimiter,
@@ -172,6 +206,7 @@ impl HttpClient {
             .allow_burst(NonZeroU32::new(rps.ceil().max(1.0) as u32).expect("at least 1"));
         Ok(HttpClient {
             source: source.name.clone(),
+            credential_variables: source.credential_variables.clone(),
             client,
             auth,
             limiter: RateLimiter::direct(quota),
@@ -199,9 +234,19 @@ impl HttpClient {
         if let Verdict::Refused { .. } = verdict {
             return Err(self.refused(&verdict));
         }
-        let result = self.send_retrying(req, tally).await;
+        let mut result = self.send_retrying(req, tally).await;
+        if let Err(HttpError::Status { status: status @ (401 | 403), method, url, detail, .. }) = &result {
+            result = Err(HttpError::CredentialsRefused {
+                source_name: self.source.clone(),
+                variables: self.credential_variables.clone(),
+                status: *status,
+                method: method.clone(),
+                url: url.clone(),
+                detail: Some(detail.clone()),
+            });
+        }
         let told = match &result {
-            Err(HttpError::Status { status: status @ (401 | 403), method, url, .. }) => {
+            Err(HttpError::CredentialsRefused { status, method, url, .. }) => {
                 Some(Verdict::Refused { status: *status, method: method.clone(), url: url.clone() })
             }
             Ok(_) | Err(HttpError::Status { status: 400..=499, .. }) => Some(Verdict::Accepted),
@@ -227,9 +272,11 @@ impl HttpClient {
         let Verdict::Refused { status, method, url } = verdict else { unreachable!("called on a refusal") };
         HttpError::CredentialsRefused {
             source_name: self.source.clone(),
+            variables: self.credential_variables.clone(),
             status: *status,
             method: method.clone(),
             url: url.clone(),
+            detail: None,
         }
     }
 

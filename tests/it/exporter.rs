@@ -579,12 +579,16 @@ async fn refused_credentials_stop_the_run_after_one_request_per_source() {
     let wh = dir.path().join("wh");
     // Two jobs of one source (three scopes each), 60 days in chunks of 10 windows.
     let jobs = [job_with("real_chats", "2024-01-01", 10), job_with("short_chats", "2024-01-01", 10)];
-    let bad = write_config(dir.path(), &sim, "not-the-key", TestWarehouse::Parquet(&wh), &jobs);
+    // The token comes from a variable (unset here, so its default applies): the error names it.
+    let token = "${CHATETL_TEST_REFUSED_TOKEN:-not-the-key}";
+    let bad = write_config(dir.path(), &sim, token, TestWarehouse::Parquet(&wh), &jobs);
     let args = ["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-02-29", "--concurrency", "4"];
     let (code, out, err) = run_cli(&bad, &args);
     assert_eq!(code, 3, "refused credentials exit 3: {out}\n{err}");
     assert_eq!(sim.handle.requests().len(), 1, "one request for the whole backfill: {:?}", sim.handle.requests());
-    assert!(err.contains("upstream returned 401") && err.contains("chat_sessions"), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("upstream returned 401 for POST http://") && line.contains("/chat_sessions"), "{line}");
+    assert!(line.contains("source `giosg` refused its credentials (from `CHATETL_TEST_REFUSED_TOKEN`)"), "{line}");
     assert!(!err.contains("not-the-key") && !out.contains("not-the-key"), "the token leaked");
     let row = out.lines().find(|l| l.starts_with("real_chats")).unwrap_or_else(|| panic!("{out}"));
     let loaded: usize = row.split_whitespace().nth(2).unwrap().parse().unwrap();
@@ -595,7 +599,12 @@ async fn refused_credentials_stop_the_run_after_one_request_per_source() {
     let (code, out, err) = run_cli(&bad, &["run", "--from", "2024-01-01", "--to", "2024-02-29"]);
     assert_eq!(code, 3, "{out}\n{err}");
     assert_eq!(sim.handle.requests().len(), 1, "{:?}", sim.handle.requests());
-    assert!(err.contains("source `giosg`: its credentials were refused (401 for POST http://"), "{err}");
+    assert!(
+        err.contains(
+            "source `giosg`: its credentials (from `CHATETL_TEST_REFUSED_TOKEN`) were refused (401 for POST http://"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

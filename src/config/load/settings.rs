@@ -190,11 +190,15 @@ fn source(
     // variable leaves the value empty (the organization: its reference as written, for `plan`)
     // and is recorded in `unset`, for the commands that contact the source to refuse.
     let mut unset = Vec::new();
+    let mut credential_variables = Vec::new();
     let mut value = |key: &str, expected: &str, what: &str| -> Option<String> {
         if !needed.contains(&key) {
             return Some(String::new());
         }
         let v = ctx.required(at, &p(key), raw_key(key), expected)?;
+        if key != "organization_id" {
+            credential_variables.extend(referenced_variables(&v.value));
+        }
         match ctx.deferrable(&p(key), v) {
             Deferrable::Text(text) if text.trim().is_empty() => {
                 ctx.error(v.referenced, &p(key), format!("expected {what}, found an empty value"));
@@ -238,6 +242,7 @@ fn source(
             realtime_base_url: realtime_base_url?.unwrap_or_else(|| base_url.clone()),
             base_url,
             unset: unset.clone(),
+            credential_variables: credential_variables.clone(),
             credentials: match kind? {
                 SourceKind::Giosg => Credentials::Token(Secret::new(token?)),
                 SourceKind::Comm100 => Credentials::Bearer(Secret::new(token?)),
@@ -255,6 +260,15 @@ fn source(
         })
     })();
     (info, source, unset)
+}
+
+/// The variables `${NAME}` and `${NAME:-default}` in `text` as written, in order.
+fn referenced_variables(text: &str) -> Vec<String> {
+    text.split("${")
+        .skip(1)
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
 #[derive(Clone, Copy)]

@@ -526,6 +526,7 @@ mod tests {
             credentials: crate::config::Credentials::Token(crate::config::Secret::new("t")),
             organization_id: "o".into(),
             unset: Vec::new(),
+            credential_variables: Vec::new(),
             account_time_zone: None,
             concurrency: 1,
             requests_per_second: 1.0,
