@@ -8,8 +8,9 @@
 //! requests and parses bodies; it never retries or pages by itself.
 //!
 //! Refused credentials fail fast: until the upstream has answered one request of the source with
-//! anything but 401/403, the source's requests go one at a time; after a 401 or 403 the client
-//! sends nothing more and every request fails at once with [`HttpError::CredentialsRefused`], so
+//! anything but 401/403, the source's requests go one at a time; after a 401 or 403 (or, for
+//! giosg, a 404 on the organization's own path: an unknown `organization_id`) the client sends
+//! nothing more and every request fails at once with [`HttpError::CredentialsRefused`], so
 //! a wrong token costs one request per source, not one per window. A new client (a new run, or a
 //! daemon's reload) asks again.
 //!
@@ -147,13 +148,14 @@ fn refused_message(
         [] => String::new(),
         names => format!(" (from {})", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
     };
+    let what = if status == 404 { "its organization_id" } else { "its credentials" };
     match detail {
         Some(detail) => format!(
-            "upstream returned {status} for {method} {url}: {detail}; source `{source}` refused its credentials{from}, \
+            "upstream returned {status} for {method} {url}: {detail}; source `{source}` refused {what}{from}, \
              so nothing more is sent to it until they are fixed (and, for `chatetl schedule`, the configuration reloaded)"
         ),
         None => format!(
-            "source `{source}`: its credentials{from} were refused ({status} for {method} {url}); this request was not sent"
+            "source `{source}`: {what}{from} were refused ({status} for {method} {url}); this request was not sent"
         ),
     }
 }
@@ -174,6 +176,9 @@ pub struct HttpClient {
     source: String,
     /// The variables the credentials come from, for the refusal's message.
     credential_variables: Vec<String>,
+    /// giosg: `/orgs/<organization_id>/`; a 404 on such a path means the organization is
+    /// unknown to these credentials (api-docs 002), a refusal like 401/403.
+    organization_path: Option<String>,
     client: reqwest::Client,
     auth: Credentials,
     limiter: DefaultDirectRateLimiter,
@@ -207,6 +212,8 @@ impl HttpClient {
         Ok(HttpClient {
             source: source.name.clone(),
             credential_variables: source.credential_variables.clone(),
+            organization_path: (source.kind == crate::config::SourceKind::Giosg && !source.organization_id.is_empty())
+                .then(|| format!("/orgs/{}/", source.organization_id)),
             client,
             auth,
             limiter: RateLimiter::direct(quota),
@@ -235,7 +242,12 @@ impl HttpClient {
             return Err(self.refused(&verdict));
         }
         let mut result = self.send_retrying(req, tally).await;
-        if let Err(HttpError::Status { status: status @ (401 | 403), method, url, detail, .. }) = &result {
+        let unknown_organization = |status: u16, url: &str| {
+            status == 404 && self.organization_path.as_ref().is_some_and(|p| url.contains(p.as_str()))
+        };
+        if let Err(HttpError::Status { status, method, url, detail, .. }) = &result
+            && (matches!(status, 401 | 403) || unknown_organization(*status, url))
+        {
             result = Err(HttpError::CredentialsRefused {
                 source_name: self.source.clone(),
                 variables: self.credential_variables.clone(),

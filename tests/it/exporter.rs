@@ -605,6 +605,20 @@ async fn refused_credentials_stop_the_run_after_one_request_per_source() {
         ),
         "{err}"
     );
+
+    // A good token with an organization it does not know: giosg answers 404, a refusal too.
+    sim.handle.clear_requests();
+    let good = write_config(&dir.path().join("org"), &sim, TOKEN, TestWarehouse::Parquet(&wh), &jobs);
+    let org = sim.handle.dataset().organizations[0].id.clone();
+    let text = std::fs::read_to_string(&good).unwrap().replace(&org, "no-such-organization");
+    std::fs::write(&good, text).unwrap();
+    let (code, out, err) = run_cli(&good, &["run", "--from", "2024-01-01", "--to", "2024-02-29"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert_eq!(sim.handle.requests().len(), 1, "{:?}", sim.handle.requests());
+    assert!(
+        err.contains("upstream returned 404 for POST http://") && err.contains("refused its organization_id"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
