@@ -618,15 +618,7 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), ASSUMPTIONS.len());
         let job_text = "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nstart: 2024-01-01\naggregations:\n  - {type: count, field: chat_session_id, column: chats}\n";
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        std::fs::write(
-            dir.path().join("chatetl.yaml"),
-            "sources:\n  giosg:\n    kind: giosg\n    base_url: https://api.giosg.com\n    token: t\n    organization_id: o\nwarehouse:\n  kind: parquet\n  path: wh\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("jobs/j.yaml"), job_text).unwrap();
-        let job = crate::config::load(&dir.path().join("chatetl.yaml")).unwrap().jobs["j"].clone();
+        let job = crate::config::testing::job(job_text);
         for a in ASSUMPTIONS {
             let (_, observed) = check(a.id, &job, &[], "http://x/y", &Value::Null);
             assert!(!observed.starts_with("no check for"), "{}: {observed}", a.id);

@@ -319,3 +319,31 @@ pub struct Job {
     /// The endpoint's own parameters.
     pub params: EndpointParams,
 }
+
+/// Jobs for unit tests, loaded from job-file texts as a user's files would be.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Job;
+
+    /// The jobs of `files` (file name, text) beside a chatetl.yaml with a giosg source
+    /// (`https://service.giosg.com`) and a Thulium one (account zone Europe/Warsaw), default zone
+    /// Europe/Helsinki.
+    pub(crate) fn jobs(files: &[(&str, &str)]) -> std::collections::BTreeMap<String, Job> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        std::fs::write(
+            dir.path().join("chatetl.yaml"),
+            "time_zone: Europe/Helsinki\nsources:\n  giosg:\n    kind: giosg\n    base_url: https://service.giosg.com\n    token: t\n    organization_id: o\n  thulium:\n    kind: thulium\n    base_url: https://x.thulium.com\n    username: u\n    password: p\n    time_zone: Europe/Warsaw\nwarehouse:\n  kind: parquet\n  path: wh\n",
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join("jobs").join(name), text).unwrap();
+        }
+        super::load(&dir.path().join("chatetl.yaml")).unwrap().jobs
+    }
+
+    /// The job of one file's `text` (without `name`: it is called `j`).
+    pub(crate) fn job(text: &str) -> Job {
+        jobs(&[("j.yaml", text)]).remove("j").unwrap()
+    }
+}

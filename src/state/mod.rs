@@ -179,25 +179,9 @@ mod tests {
 
     /// A chat_sessions job and a Thulium one, loaded from job files.
     fn jobs() -> Vec<crate::config::Job> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        std::fs::write(
-            dir.path().join("chatetl.yaml"),
-            "time_zone: Europe/Helsinki\nsources:\n  giosg:\n    kind: giosg\n    base_url: https://api.giosg.com\n    token: t\n    organization_id: o\n  thulium:\n    kind: thulium\n    base_url: https://x.thulium.com\n    username: u\n    password: p\n    time_zone: Europe/Warsaw\nwarehouse:\n  kind: parquet\n  path: wh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("jobs/a.yaml"),
-            "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nstart: 2024-01-01\naggregations:\n  - {type: count, field: chat_session_id, column: chats}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("jobs/b.yaml"),
-            "description: d\nsource: thulium\nendpoint: chat_summary\nwindow: day\nstart: 2024-01-01\ntime_zone: Europe/Warsaw\n",
-        )
-        .unwrap();
-        let config = crate::config::load(&dir.path().join("chatetl.yaml")).unwrap();
-        config.jobs.into_values().collect()
+        let a = "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nstart: 2024-01-01\naggregations:\n  - {type: count, field: chat_session_id, column: chats}\n";
+        let b = "description: d\nsource: thulium\nendpoint: chat_summary\nwindow: day\nstart: 2024-01-01\ntime_zone: Europe/Warsaw\n";
+        crate::config::testing::jobs(&[("a.yaml", a), ("b.yaml", b)]).into_values().collect()
     }
 
     fn sha(text: &str) -> String {

@@ -174,19 +174,7 @@ pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    /// A job loaded from `text` (a job file without `name`) with a giosg source.
-    pub(crate) fn job(text: &str) -> Job {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        std::fs::write(
-            dir.path().join("chatetl.yaml"),
-            "time_zone: Europe/Helsinki\nsources:\n  giosg:\n    kind: giosg\n    base_url: https://service.giosg.com\n    token: t\n    organization_id: o\nwarehouse:\n  kind: parquet\n  path: wh\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("jobs/j.yaml"), text).unwrap();
-        let config = crate::config::load(&dir.path().join("chatetl.yaml")).unwrap();
-        config.jobs["j"].clone()
-    }
+    pub(crate) use crate::config::testing::job;
 
     /// A chat_sessions job with `aggregations` (YAML flow lines), day windows and `granularity`.
     pub(crate) fn chat_job(granularity: &str, scopes: &str, aggregations: &[&str]) -> Job {

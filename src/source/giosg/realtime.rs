@@ -458,16 +458,7 @@ mod tests {
                 "description: d\nsource: giosg\nendpoint: realtime_rooms\nkind: snapshot\nrooms: [a, b]\n"
             }
         };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        std::fs::write(
-            dir.path().join("chatetl.yaml"),
-            "time_zone: Europe/Helsinki\nsources:\n  giosg:\n    kind: giosg\n    base_url: https://service.giosg.com\n    token: t\n    organization_id: o\nwarehouse:\n  kind: parquet\n  path: wh\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("jobs/j.yaml"), text).unwrap();
-        let config = crate::config::load(&dir.path().join("chatetl.yaml")).unwrap();
-        config.jobs["j"].clone()
+        crate::config::testing::job(text)
     }
 
     fn window() -> Window {
