@@ -194,6 +194,10 @@ pub struct SourceConfig {
     pub max_retries: u32,
     /// Longest wait between attempts, also the cap on `Retry-After` (default 60).
     pub max_retry_delay_secs: u64,
+    /// Largest response body read, in bytes (default 64 MiB); a larger answer fails at once.
+    pub max_response_bytes: u64,
+    /// Most pages one paged request may take (default 1000).
+    pub max_pages: u32,
 }
 
 /// Where loaded windows go.

@@ -74,6 +74,11 @@ pub(super) struct RawSource {
     pub max_retries: Option<Spanned<RawNumber>>,
     /// Longest wait between attempts (also caps `Retry-After`), at least 1; default 60.
     pub max_retry_delay_secs: Option<Spanned<RawNumber>>,
+    /// Largest response body read, in bytes, at least 1024; default 67108864 (64 MiB). A larger
+    /// answer fails its window.
+    pub max_response_bytes: Option<Spanned<RawNumber>>,
+    /// Most pages one paged request may take, at least 1; default 1000. More fail the window.
+    pub max_pages: Option<Spanned<RawNumber>>,
 }
 
 /// `warehouse`: `kind: parquet` with `path`, or `kind: postgres` with `url` and `schema`.

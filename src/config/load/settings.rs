@@ -20,6 +20,12 @@ pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] =
 /// Longest `timeout_secs` and `max_retry_delay_secs` (a day), far from any overflow.
 const MAX_DELAY_SECS: u64 = 86_400;
 
+/// Default `max_response_bytes` (64 MiB): far above any page chatetl asks for.
+const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest `max_response_bytes` (16 GiB): a body is held in memory whole.
+const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
 /// What the job files are checked against about one source.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SourceInfo {
@@ -231,6 +237,14 @@ fn source(
     let max_retries = ctx.integer(&p("max_retries"), r.max_retries.as_ref(), 0, max, 5);
     let max_retry_delay_secs =
         ctx.integer(&p("max_retry_delay_secs"), r.max_retry_delay_secs.as_ref(), 1, MAX_DELAY_SECS, 60);
+    let max_response_bytes = ctx.integer(
+        &p("max_response_bytes"),
+        r.max_response_bytes.as_ref(),
+        1024,
+        MAX_RESPONSE_BYTES,
+        DEFAULT_MAX_RESPONSE_BYTES,
+    );
+    let max_pages = ctx.integer(&p("max_pages"), r.max_pages.as_ref(), 1, max, 1000);
 
     let info = SourceInfo { kind, enabled, account_time_zone: account_time_zone.flatten() };
     let source = (|| {
@@ -257,6 +271,8 @@ fn source(
             timeout_secs: timeout_secs?,
             max_retries: u32::try_from(max_retries?).ok()?,
             max_retry_delay_secs: max_retry_delay_secs?,
+            max_response_bytes: max_response_bytes?,
+            max_pages: u32::try_from(max_pages?).ok()?,
         })
     })();
     (info, source, unset)

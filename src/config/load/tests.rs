@@ -185,6 +185,7 @@ fn config_defaults_fill_what_a_minimal_job_leaves_out() {
     assert_eq!((source.base_url.as_str(), source.organization_id.as_str()), ("http://127.0.0.1:9", "7"));
     assert_eq!((source.concurrency, source.requests_per_second, source.timeout_secs), (4, 5.0, 60));
     assert_eq!((source.max_retries, source.max_retry_delay_secs), (5, 60));
+    assert_eq!((source.max_response_bytes, source.max_pages), (64 * 1024 * 1024, 1000));
     let Warehouse::Postgres { schema, .. } = &config.warehouse else { panic!("{:?}", config.warehouse) };
     assert_eq!(schema, "public");
 
@@ -300,6 +301,31 @@ warehouse:
     for (error, expected) in errors.iter().zip(&expected) {
         assert!(error.starts_with(expected.as_str()), "expected `{expected}…`, got `{error}`");
         assert!(!error.contains("pw-secret"), "{error}");
+    }
+}
+
+#[test]
+fn config_reads_and_bounds_max_response_bytes_and_max_pages() {
+    let with = |bytes: &str, pages: &str| {
+        CONFIG.replace(
+            "max_retry_delay_secs: 60\n",
+            &format!("max_retry_delay_secs: 60\n    max_response_bytes: {bytes}\n    max_pages: {pages}\n"),
+        )
+    };
+    let env = env();
+    let dir = folder(&with("1024", "1"), &[("real_chats.yaml", REAL_CHATS)]);
+    let config = load_in(&dir, &env).unwrap();
+    assert_eq!((config.sources["giosg"].max_response_bytes, config.sources["giosg"].max_pages), (1024, 1));
+
+    let dir = folder(&with("1023", "0"), &[("real_chats.yaml", REAL_CHATS)]);
+    let errors = errors_in(&dir, &env);
+    let expected = [
+        "chatetl.yaml:14:25: sources.giosg.max_response_bytes: expected a whole number from 1024 to 17179869184, found `1023`",
+        "chatetl.yaml:15:16: sources.giosg.max_pages: expected a whole number of at least 1, found `0`",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (error, expected) in errors.iter().zip(expected) {
+        assert!(error.starts_with(expected), "expected `{expected}…`, got `{error}`");
     }
 }
 

@@ -524,6 +524,8 @@ mod tests {
             timeout_secs: 1,
             max_retries: 0,
             max_retry_delay_secs: 1,
+            max_response_bytes: 1 << 20,
+            max_pages: 1000,
         };
         let reqs = Realtime(Collection::Rooms).requests(&source, &j, &[window()]);
         assert_eq!(
