@@ -1,6 +1,6 @@
 //! Shared HTTP plumbing for every source: one [`HttpClient`] per configured source.
 //!
-//! Owns: the auth header, per-request timeouts, a concurrency limit (a semaphore) and a
+//! Owns: the auth header, per-request timeouts, a response size limit, a concurrency limit (a semaphore) and a
 //! requests-per-second limit (governor's GCRA), retries with exponential backoff and full jitter
 //! on 429, 5xx, connection errors and broken bodies (backon), honouring `Retry-After` up to
 //! `max_retry_delay_secs` and never retrying sooner than the backoff (so `Retry-After: 0` cannot
@@ -18,7 +18,15 @@
 //! that chunk's own requests and retries (so jobs running at once never mix their counts) and
 //! pages through a collection with [`Calls::pages`], the one paging loop: it stops with an error
 //! when a page asks for a page already fetched, when a page's body repeats the previous one (an
-//! upstream that ignores its paging parameter), or after [`MAX_PAGES`] pages.
+//! upstream that ignores its paging parameter), or after the source's `max_pages` pages.
+//!
+//! Every read is bounded. `timeout_secs` is each attempt's total deadline (reqwest's `timeout`):
+//! it runs from sending the request to the body's last byte, so a body that drips forever fails
+//! after it like any timeout (and is retried as a transport failure). A body is read chunk by
+//! chunk and fails with [`HttpError::TooLarge`] as soon as it passes the source's
+//! `max_response_bytes`, or before reading when its `Content-Length` says it would; that is not
+//! retried (the same request gets the same answer). Paging stops with the errors above, so no
+//! upstream can make one window read without end.
 //!
 //! To use from a new source: build an [`HttpClient`] from its [`SourceConfig`] with the vendor's
 //! credentials; the runner hands each chunk a [`Calls`] over it: [`Calls::send`] one
@@ -36,10 +44,6 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Credentials, SourceConfig};
 use crate::source::FetchError;
-
-/// Most pages one paged request may take before it fails (far more than any organization's
-/// rooms, operators or users; a server that never ends its collection would page forever).
-pub const MAX_PAGES: u32 = 10_000;
 
 /// One request, ready to send (and to print in `chatetl plan`).
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +86,12 @@ pub enum HttpError {
         url: String,
         detail: Option<String>,
     },
+    /// The body (or its `Content-Length`) passed the source's `max_response_bytes`.
+    #[error(
+        "{method} {url} answered more than {limit} bytes (the source's max_response_bytes); \
+         the answer was not read further"
+    )]
+    TooLarge { method: String, url: String, limit: u64 },
 }
 
 impl HttpError {
@@ -90,7 +100,7 @@ impl HttpError {
         match self {
             HttpError::Status { status, .. } => *status == 429 || *status >= 500,
             HttpError::Transport { .. } => true,
-            HttpError::CredentialsRefused { .. } => false,
+            HttpError::CredentialsRefused { .. } | HttpError::TooLarge { .. } => false,
         }
     }
 
@@ -102,7 +112,7 @@ impl HttpError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpError::Status { retry_after, .. } => *retry_after,
-            HttpError::Transport { .. } | HttpError::CredentialsRefused { .. } => None,
+            HttpError::Transport { .. } | HttpError::CredentialsRefused { .. } | HttpError::TooLarge { .. } => None,
         }
     }
 }
@@ -184,6 +194,8 @@ pub struct HttpClient {
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
     policy: RetryPolicy,
+    /// The source's `max_response_bytes`.
+    max_response_bytes: u64,
     verdict: std::sync::Mutex<Verdict>,
     /// Held by the one request in flight while the verdict is unknown.
     first: tokio::sync::Mutex<()>,
@@ -223,6 +235,7 @@ impl HttpClient {
                 min_delay: Duration::from_millis(200),
                 max_delay: Duration::from_secs(source.max_retry_delay_secs.max(1)),
             },
+            max_response_bytes: source.max_response_bytes,
             verdict: std::sync::Mutex::new(Verdict::Unknown),
             first: tokio::sync::Mutex::new(()),
         })
@@ -335,7 +348,7 @@ impl HttpClient {
             timeout: e.is_timeout(),
         };
         tracing::debug!(source = %self.source, %method, url = %req.url, "sending request");
-        let resp = builder.send().await.map_err(transport)?;
+        let mut resp = builder.send().await.map_err(transport)?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -343,7 +356,23 @@ impl HttpClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(transport)?;
+        let too_large =
+            || HttpError::TooLarge { method: method.clone(), url: req.url.clone(), limit: self.max_response_bytes };
+        if status.is_success() && resp.content_length().is_some_and(|n| n > self.max_response_bytes) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if (body.len() + chunk.len()) as u64 > self.max_response_bytes {
+                if status.is_success() {
+                    return Err(too_large());
+                }
+                // An error's answer is only shown (cut to 300 characters): keep its status.
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = body.freeze();
         if status.is_success() {
             return Ok(body);
         }
@@ -393,7 +422,7 @@ impl<'a> Calls<'a> {
     /// Every page of a paged request, from `first`: `read(page_no, request, body)` takes each
     /// page (numbered from 1) and returns the next page's request or `None` at the end. Fails
     /// when a page's request was sent before (the pages loop), when a body repeats the previous
-    /// page's (the upstream ignores its paging parameter), or after [`MAX_PAGES`] pages.
+    /// page's (the upstream ignores its paging parameter), or after the source's `max_pages`.
     pub async fn pages(
         &self,
         first: HttpRequest,
@@ -403,7 +432,8 @@ impl<'a> Calls<'a> {
         let mut seen = HashSet::from([key(&first)]);
         let mut previous: Option<bytes::Bytes> = None;
         let mut req = first;
-        for page_no in 1..=MAX_PAGES {
+        let max_pages = self.source.max_pages;
+        for page_no in 1..=max_pages {
             let body = self.send(&req).await?;
             if previous.as_ref().is_some_and(|p| *p == body) && !body.is_empty() {
                 let message = format!(
@@ -420,7 +450,8 @@ impl<'a> Calls<'a> {
             previous = Some(body);
             req = next;
         }
-        Err(FetchError::response(&req, format!("still more pages after {MAX_PAGES} pages; giving up")))
+        let message = format!("still more pages after {max_pages} pages (the source's max_pages); giving up");
+        Err(FetchError::response(&req, message))
     }
 
     /// The requests and retries made through these calls so far.

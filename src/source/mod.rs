@@ -77,7 +77,7 @@ impl FetchError {
             FetchError::Http(e) if e.retryable() => ErrorKind::UpstreamUnavailable,
             FetchError::Http(HttpError::Status { .. } | HttpError::CredentialsRefused { .. }) => ErrorKind::BadRequest,
             FetchError::Http(HttpError::Transport { .. }) => ErrorKind::UpstreamUnavailable,
-            FetchError::Response { .. } => ErrorKind::BadResponse,
+            FetchError::Http(HttpError::TooLarge { .. }) | FetchError::Response { .. } => ErrorKind::BadResponse,
         }
     }
 }
