@@ -1,7 +1,7 @@
 //! Fault injection and the request log, applied around every simulated API route.
 //!
-//! Owns: [`FaultConfig`] (latency, jitter, error and throttle rates, connection resets, truncated
-//! bodies, a requests-per-second limit per API key), where a request's faults come from (a
+//! Owns: [`FaultConfig`] (latency, jitter, error and throttle rates, connection resets, truncated,
+//! padded and dripping bodies, an ignored `offset`, a requests-per-second limit per API key), where a request's faults come from (a
 //! matching [`FaultRule`] set by a test, else the `x-sim-fault` header, else the server-wide
 //! flags), the per-key state of `rps_limit` (kept by governor's keyed rate limiters), and
 //! recording every request served ([`RecordedRequest`]). Authorization headers are never recorded.
@@ -56,14 +56,27 @@ pub struct FaultConfig {
     /// Adds this key (value `"unexpected"`) to every JSON object of the response (an extra
     /// field, which clients must tolerate).
     pub extra_field: Option<String>,
+    /// Appends this many spaces to a JSON answer (still valid JSON, this many bytes longer).
+    pub pad_bytes: u64,
+    /// Sends the body in pieces of [`DRIP_PIECE`] bytes with this pause (milliseconds) before
+    /// each, without a `Content-Length`: never faster than one pause, slower the longer it is.
+    pub drip_ms: u64,
+    /// Drops the request's `offset` query parameter before the API sees it, so a paged answer
+    /// (the Thulium chat summary) is the first page whatever offset was asked.
+    pub ignore_offset: bool,
 }
 
+/// The size of one piece of a `drip_ms` body.
+pub const DRIP_PIECE: usize = 256;
+
 /// A fault aimed at particular requests, for tests: the first `times` requests (all, if unset)
-/// whose path and body contain the given strings get `faults`.
+/// whose path, query string (as sent, not decoded) and body contain the given strings get
+/// `faults`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultRule {
     pub path_contains: Option<String>,
+    pub query_contains: Option<String>,
     pub body_contains: Option<String>,
     pub times: Option<u32>,
     pub faults: FaultConfig,
@@ -81,7 +94,7 @@ pub struct RecordedRequest {
     /// The status answered; 0 when the connection was reset before a response.
     pub status: u16,
     /// The fault applied, if any: `error`, `throttle`, `rate_limit`, `reset`, `truncate`,
-    /// `html`, `drop_field`, `extra_field`.
+    /// `html`, `drop_field`, `extra_field`, `ignore_offset`, `pad`, `drip` (the last applied).
     pub fault: Option<String>,
 }
 
@@ -155,7 +168,7 @@ impl RateLimiter {
 
 /// The middleware: records the request, picks and applies its faults, records the outcome.
 pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
         Err(e) => return ApiError(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")).into_response(),
@@ -174,7 +187,8 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
         fault: None,
     };
 
-    let config = match state.faults_for(&path, &body_text, header_spec.as_deref()) {
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let config = match state.faults_for(&path, &query, &body_text, header_spec.as_deref()) {
         Ok(c) => c,
         Err(msg) => {
             record.status = 400;
@@ -221,6 +235,10 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
             ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
         }
         Outcome::Serve | Outcome::Truncate => {
+            if config.ignore_offset {
+                record.fault = Some("ignore_offset".into());
+                parts.uri = without_offset(&parts.uri);
+            }
             let req = Request::from_parts(parts, Body::from(bytes));
             let mut resp = next.run(req).await;
             record.status = resp.status().as_u16();
@@ -229,12 +247,18 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
                 record.fault = Some(label.into());
                 resp = rewrite_json(resp, config.drop_field.as_deref(), config.extra_field.as_deref()).await;
             }
+            if config.pad_bytes > 0 {
+                record.fault = Some("pad".into());
+                resp = pad(resp, config.pad_bytes).await;
+            }
             if outcome == Outcome::Truncate {
                 record.fault = Some("truncate".into());
-                truncate(resp).await
-            } else {
-                resp
+                resp = truncate(resp).await;
+            } else if config.drip_ms > 0 {
+                record.fault = Some("drip".into());
+                resp = drip(resp, Duration::from_millis(config.drip_ms)).await;
             }
+            resp
         }
     };
     state.record(record);
@@ -271,6 +295,49 @@ async fn rewrite_json(resp: Response, drop: Option<&str>, add: Option<&str>) -> 
     Response::from_parts(parts, Body::from(out))
 }
 
+/// `uri` without its `offset` query parameter.
+fn without_offset(uri: &axum::http::Uri) -> axum::http::Uri {
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some("offset"))
+        .collect();
+    let text = if query.is_empty() { uri.path().to_string() } else { format!("{}?{}", uri.path(), query.join("&")) };
+    text.parse().unwrap_or_else(|_| uri.clone())
+}
+
+/// `resp` with `n` spaces after its body when it is JSON.
+async fn pad(resp: Response, n: u64) -> Response {
+    let json =
+        resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.contains("json"));
+    if !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let mut bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default().to_vec();
+    bytes.resize(bytes.len() + n as usize, b' ');
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// `resp` with its body sent in pieces of [`DRIP_PIECE`] bytes, `pause` before each, chunked.
+async fn drip(resp: Response, pause: Duration) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let full = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let pieces = futures::stream::unfold((full, true), move |(rest, first)| async move {
+        if rest.is_empty() && !first {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        let mut rest = rest;
+        let piece = rest.split_to(rest.len().min(DRIP_PIECE));
+        Some((Ok::<Bytes, std::io::Error>(piece), (rest, false)))
+    });
+    Response::from_parts(parts, Body::from_stream(pieces))
+}
+
 /// Sends the first half of `resp`'s body under the full `Content-Length`, then fails the stream
 /// so the connection closes mid-body.
 async fn truncate(resp: Response) -> Response {
@@ -298,11 +365,18 @@ async fn truncate(resp: Response) -> Response {
 impl SimState {
     /// The faults for one request: the first matching rule (using one of its `times`), else the
     /// header, else the server-wide configuration.
-    fn faults_for(&self, path: &str, body: &str, header_spec: Option<&str>) -> Result<FaultConfig, String> {
+    fn faults_for(
+        &self,
+        path: &str,
+        query: &str,
+        body: &str,
+        header_spec: Option<&str>,
+    ) -> Result<FaultConfig, String> {
         {
             let mut rules = self.inner.rules.lock().expect("rules lock");
             let hit = rules.iter_mut().position(|r| {
                 r.path_contains.as_deref().is_none_or(|p| path.contains(p))
+                    && r.query_contains.as_deref().is_none_or(|q| query.contains(q))
                     && r.body_contains.as_deref().is_none_or(|b| body.contains(b))
                     && r.times != Some(0)
             });
@@ -371,6 +445,17 @@ mod tests {
         assert_eq!(c.rps_limit, Some(10.0));
         assert!(FaultConfig::parse_header("explode=1").unwrap_err().contains("explode"));
         assert!(FaultConfig::parse_header("error_rate").is_err());
+        let c = FaultConfig::parse_header("pad_bytes=100,drip_ms=20,ignore_offset=true").unwrap();
+        assert_eq!((c.pad_bytes, c.drip_ms, c.ignore_offset), (100, 20, true));
+        assert_eq!(FaultConfig::default(), FaultConfig::parse_header("").unwrap(), "no fault by default");
+    }
+
+    #[test]
+    fn ignore_offset_drops_only_the_offset() {
+        let uri: axum::http::Uri = "/api/chats/reports/summary?limit=2&offset=4&x=offset".parse().unwrap();
+        assert_eq!(without_offset(&uri).to_string(), "/api/chats/reports/summary?limit=2&x=offset");
+        let uri: axum::http::Uri = "/a?offset=4".parse().unwrap();
+        assert_eq!(without_offset(&uri).to_string(), "/a");
     }
 
     #[test]
