@@ -196,6 +196,8 @@ pub struct HttpClient {
     policy: RetryPolicy,
     /// The source's `max_response_bytes`.
     max_response_bytes: u64,
+    /// The source's `timeout_secs`, for the message of a timeout.
+    timeout_secs: u64,
     verdict: std::sync::Mutex<Verdict>,
     /// Held by the one request in flight while the verdict is unknown.
     first: tokio::sync::Mutex<()>,
@@ -236,6 +238,7 @@ impl HttpClient {
                 max_delay: Duration::from_secs(source.max_retry_delay_secs.max(1)),
             },
             max_response_bytes: source.max_response_bytes,
+            timeout_secs: source.timeout_secs,
             verdict: std::sync::Mutex::new(Verdict::Unknown),
             first: tokio::sync::Mutex::new(()),
         })
@@ -344,7 +347,15 @@ impl HttpClient {
         let transport = |e: reqwest::Error| HttpError::Transport {
             method: method.clone(),
             url: req.url.clone(),
-            cause: error_chain(&e),
+            cause: if e.is_timeout() {
+                format!(
+                    "{} (after the source's timeout_secs, {} s, which bounds the whole answer)",
+                    error_chain(&e),
+                    self.timeout_secs
+                )
+            } else {
+                error_chain(&e)
+            },
             timeout: e.is_timeout(),
         };
         tracing::debug!(source = %self.source, %method, url = %req.url, "sending request");
