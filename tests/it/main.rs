@@ -3,6 +3,7 @@
 //! Everything runs against real parts: the simulator over HTTP on loopback, the `chatetl` binary.
 
 mod architecture;
+mod bounds;
 mod config_cli;
 mod exporter;
 mod giosg_events;
