@@ -1,7 +1,7 @@
 //! giosg: the reporting APIs of the vendor docs 000 (realtime), 001 (metric tutorial) and 002 (chat_sessions).
 //!
-//! Owns the chat_sessions query language (`query`: the request body, its dimensions and which
-//! aggregations each dimension allows, shared with events), one client module per endpoint
+//! Owns (the query language itself is [`crate::query`], shared with job-file validation) one
+//! client module per endpoint
 //! (`chat_sessions`, `events`, `workflow`: bodies for a job's windows and responses split back
 //! into windows; `realtime`: the rooms and users snapshots), the table shape the three history
 //! endpoints share ([`columns`]), and how their answers are read whatever the upstream's habits:
