@@ -5,7 +5,25 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{TOKEN, dump, serve};
+use crate::util::{Dump, TOKEN, dump, serve};
+
+/// Two days from 2024-02-01 of one organization (5 chat sessions a day, 2 Thulium users).
+fn small_dump(seed: &str) -> Dump {
+    dump(&[
+        "--seed",
+        seed,
+        "--start",
+        "2024-02-01",
+        "--days",
+        "2",
+        "--organizations",
+        "1",
+        "--sessions-per-day",
+        "5",
+        "--thulium-users",
+        "2",
+    ])
+}
 
 /// Every variable the shipped chatetl.yaml reads, and what else could leak in from the
 /// environment the tests run in.
@@ -123,20 +141,7 @@ fn status_plan_and_validate_need_only_the_warehouse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_that_contact_a_source_need_its_credentials_and_only_its() {
-    let d = dump(&[
-        "--seed",
-        "3",
-        "--start",
-        "2024-02-01",
-        "--days",
-        "2",
-        "--organizations",
-        "1",
-        "--sessions-per-day",
-        "5",
-        "--thulium-users",
-        "2",
-    ]);
+    let d = small_dump("3");
     let sim = serve(&d.path).await;
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
@@ -199,20 +204,7 @@ async fn commands_that_contact_a_source_need_its_credentials_and_only_its() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_source_is_validated_listed_and_never_run() {
-    let d = dump(&[
-        "--seed",
-        "4",
-        "--start",
-        "2024-02-01",
-        "--days",
-        "2",
-        "--organizations",
-        "1",
-        "--sessions-per-day",
-        "5",
-        "--thulium-users",
-        "2",
-    ]);
+    let d = small_dump("4");
     let sim = serve(&d.path).await;
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
@@ -279,20 +271,7 @@ async fn a_disabled_source_is_validated_listed_and_never_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_chosen_by_glob_and_by_source() {
-    let d = dump(&[
-        "--seed",
-        "5",
-        "--start",
-        "2024-02-01",
-        "--days",
-        "2",
-        "--organizations",
-        "1",
-        "--sessions-per-day",
-        "5",
-        "--thulium-users",
-        "2",
-    ]);
+    let d = small_dump("5");
     let sim = serve(&d.path).await;
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");

@@ -624,15 +624,14 @@ async fn refused_credentials_stop_the_run_after_one_request_per_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dump(&["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"]);
-    let sim = serve(&d.path).await;
     let wh = dir.path().join("wh");
-    let path =
-        write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[job_with("real_chats", "2024-01-01", 31)]);
-    let (code, out, err) = run_cli(&path, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
+    let args = ["--seed", "10", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "20"];
+    let one = one_job(&args, TestWarehouse::Parquet(&wh), job_with("real_chats", "2024-01-01", 31)).await;
+    let (sim, path) = (&one.sim, &one.path);
+    let (code, out, err) = run_cli(path, &["run", "--from", "2024-01-01", "--to", "2024-01-02"]);
     assert_eq!(code, 0, "{out}\n{err}");
     // The warehouse as the previous release left it: every stored hash of the Debug-based scheme.
-    let job = config::load(&path).unwrap().jobs["real_chats"].clone();
+    let job = config::load(path).unwrap().jobs["real_chats"].clone();
     let (old, new) = (chatetl::state::legacy_definition_hash(&job), chatetl::state::definition_hash(&job));
     assert_ne!(old, new);
     let state_file = wh.join("_chatetl/real_chats.json");
@@ -640,7 +639,7 @@ async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed()
     assert_eq!(text.matches(&new).count(), 3, "the job and its two windows: {text}");
     std::fs::write(&state_file, text.replace(&new, &old)).unwrap();
 
-    let (_, out, _) = run_cli(&path, &["status"]);
+    let (_, out, _) = run_cli(path, &["status"]);
     let line = out.lines().find(|l| l.starts_with("real_chats")).unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains(" ok ") && !line.contains("CHANGED"), "{out}");
     let text = std::fs::read_to_string(&state_file).unwrap();
@@ -648,7 +647,7 @@ async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed()
     // The windows count as loaded with the current definition: a backfill skips them.
     sim.handle.clear_requests();
     let (code, out, err) =
-        run_cli(&path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-01-02"]);
+        run_cli(path, &["backfill", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-01-02"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(sim.handle.requests().is_empty(), "nothing reloaded: {out}");
 }
