@@ -104,8 +104,14 @@ pub fn validate(path: &std::path::Path, config: Config, args: ValidateArgs) -> a
     Ok(ExitCode::SUCCESS)
 }
 
-/// The windows of `range` for `job`, or `None` when no range was given.
-fn range_windows(job: &Job, range: &RangeArgs) -> anyhow::Result<Option<Vec<Window>>> {
+/// The windows of `range` for `job` at `now`, clamped to its history and its last complete
+/// window (a note on stderr says how), and the instant after which windows are incomplete; `None`
+/// when no range was given. A range wholly outside is a usage error saying why.
+fn range_windows(
+    job: &Job,
+    range: &RangeArgs,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<(Vec<Window>, DateTime<Utc>)>> {
     let (Some(from), Some(to)) = (&range.from, &range.to) else { return Ok(None) };
     if job.kind == JobKind::Snapshot {
         return Err(UsageError(format!(
@@ -118,7 +124,63 @@ fn range_windows(job: &Job, range: &RangeArgs) -> anyhow::Result<Option<Vec<Wind
     }
     let (from, to) =
         plan::parse_range(from, to, job.time_zone).map_err(|e| UsageError(format!("job {}: {e}", job.name)))?;
-    Ok(Some(plan::windows_overlapping(job.window, job.time_zone, from, to)))
+    let settle = chrono::Duration::seconds(job.settle_secs as i64);
+    let checked = plan::clamp_range(job.window, job.time_zone, job.start, from, to, now, settle, job.include_partial)
+        .map_err(|e| UsageError(format!("job {}: {e}", job.name)))?;
+    for note in &checked.notes {
+        eprintln!("note: job {}: the range {note}", job.name);
+    }
+    Ok(Some((plan::windows_overlapping(job.window, job.time_zone, checked.from, checked.to), checked.partial_after)))
+}
+
+/// Windows of `job` that `run --failed` or `run --outdated` reloads, as the warehouse lists them.
+async fn listed_windows(runner: &Runner, job: &Job, kind: RunKind) -> anyhow::Result<Vec<Window>> {
+    Ok(match kind {
+        RunKind::Failed => runner
+            .sink
+            .window_failures(&job.name)
+            .await?
+            .values()
+            .map(|f| Window { start: f.window_start, end: f.window_end })
+            .collect(),
+        _ => {
+            let current = runner.sink.job_state(&job.name).await?.definition_hash;
+            runner
+                .sink
+                .window_loads(&job.name)
+                .await?
+                .values()
+                .filter(|l| Some(&l.definition_hash) != current.as_ref())
+                .map(|l| Window { start: l.window_start, end: l.window_end })
+                .collect()
+        }
+    })
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM: the run starts no new chunk, lets those in
+/// flight commit, records itself as interrupted and prints its summary. A second signal ends the
+/// process at once (exit 130); the next run of the job records that run as died.
+fn interrupt_token() -> anyhow::Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if n > 0 {
+                eprintln!("{name} again: stopping now");
+                std::process::exit(130);
+            }
+            eprintln!("{name}: finishing the windows in flight, then stopping (again to stop now)");
+            cancel.cancel();
+        }
+    });
+    Ok(token)
 }
 
 pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
@@ -131,7 +193,7 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     let mut planned = Vec::new();
     for job in &jobs {
-        planned.push((job, range_windows(job, &args.range)?));
+        planned.push((job, range_windows(job, &args.range, Utc::now())?.map(|(w, _)| w)));
     }
     let runner = match planned.iter().any(|(_, w)| w.is_none()) {
         true => Some(Runner::open(config.clone()).await?),
@@ -197,6 +259,11 @@ fn plan_job(config: &Config, job: &Job, windows: &[Window]) -> anyhow::Result<()
 
 pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let ranged = args.range.from.is_some();
+    let listed = match (args.failed, args.outdated) {
+        (true, _) => Some(RunKind::Failed),
+        (_, true) => Some(RunKind::Outdated),
+        _ => None,
+    };
     let selection = select(&config, &args.select)?;
     selection.refuse_disabled().map_err(UsageError)?;
     note_disabled(&selection);
@@ -215,32 +282,56 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    if args.rebuild
+        && let Some(job) = chosen.iter().find(|j| j.kind == JobKind::Snapshot)
+    {
+        return Err(UsageError(chatetl::runner::RunError::SnapshotRebuild { job: job.name.clone() }.to_string()).into());
+    }
+    let now = Utc::now();
     let mut jobs = Vec::new();
     for job in chosen {
-        let windows = range_windows(&job, &args.range)?;
+        let windows = range_windows(&job, &args.range, now)?;
         jobs.push((job, windows));
     }
     let contacted: Vec<Job> = jobs.iter().map(|(j, _)| j.clone()).collect();
     require_credentials(&config, &contacted)?;
     let runner = Runner::open(config).await?;
+    let interrupt = interrupt_token()?;
     let mut reports = Vec::new();
     let mut fatal = Vec::new();
     for (job, windows) in jobs {
+        if interrupt.is_cancelled() {
+            break;
+        }
         let mut opts = RunOptions {
             concurrency: args.concurrency,
             progress: Progress::Auto,
             force: true,
+            cancel: Some(interrupt.clone()),
             ..RunOptions::default()
         };
         let result = if args.rebuild {
             runner.rebuild(&job, Utc::now(), &opts).await
         } else {
-            let windows = match windows {
-                Some(w) => {
+            let windows = match (windows, listed) {
+                (Some((w, partial_after)), _) => {
                     opts.kind = RunKind::Range;
+                    opts.partial_after = Some(partial_after);
                     w
                 }
-                None => {
+                (None, Some(kind)) => {
+                    opts.kind = kind;
+                    let w = listed_windows(&runner, &job, kind).await?;
+                    if w.is_empty() {
+                        eprintln!(
+                            "note: job {}: no {} windows",
+                            job.name,
+                            if kind == RunKind::Failed { "failed" } else { "outdated" }
+                        );
+                    }
+                    w
+                }
+                (None, None) => {
                     let (w, partial_after) = runner.incremental_windows(&job, Utc::now()).await?;
                     opts.kind = RunKind::Incremental;
                     opts.partial_after = Some(partial_after);
@@ -254,7 +345,7 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => fatal.push((e.kind(), format!("job {}: {e:#}", job.name))),
         }
     }
-    finish(&reports, &fatal)
+    finish(&reports, &fatal, interrupt.is_cancelled())
 }
 
 pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -275,37 +366,50 @@ pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<Exit
         }
     };
     let range = RangeArgs { from: Some(args.from), to: Some(args.to) };
-    let windows = range_windows(&job, &range)?.expect("range given");
+    let (windows, partial_after) = range_windows(&job, &range, Utc::now())?.expect("range given");
     require_credentials(&config, std::slice::from_ref(&job))?;
     let runner = Runner::open(config).await?;
+    let interrupt = interrupt_token()?;
     let opts = RunOptions {
         kind: RunKind::Backfill,
         concurrency: args.concurrency,
         progress: Progress::Auto,
         force: args.force,
-        ..RunOptions::default()
+        partial_after: Some(partial_after),
+        cancel: Some(interrupt.clone()),
     };
     match runner.run(&job, windows, &opts).await {
-        Ok(report) => finish(&[report], &[]),
-        Err(e) => finish(&[], &[(e.kind(), format!("job {}: {e:#}", job.name))]),
+        Ok(report) => finish(&[report], &[], interrupt.is_cancelled()),
+        Err(e) => finish(&[], &[(e.kind(), format!("job {}: {e:#}", job.name))], interrupt.is_cancelled()),
     }
 }
 
 /// Prints the run summary and failures. The exit code is the most urgent failure's
 /// (`ErrorKind::exit_code`: 3 refused credentials, 4 a refused request or unreadable answer, 2 the
-/// configuration, 1 an outage or the warehouse), 1 for a run cut short, 0 when all went well.
-fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)]) -> anyhow::Result<ExitCode> {
+/// configuration, 1 an outage or the warehouse), 1 for a run cut short, 130 when a signal
+/// interrupted it, 0 when all went well.
+fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: bool) -> anyhow::Result<ExitCode> {
     println!("{}", summary_table(reports));
     for r in reports {
         for f in &r.failures {
             eprintln!("error: {}", f.message);
         }
-        if r.definition_changed {
-            eprintln!("warning: job {}: its definition changed since its history was loaded", r.job);
+        if !r.added_columns.is_empty() {
+            eprintln!(
+                "note: job {}: columns {} were added; windows loaded before hold null there until \
+                 `chatetl run --job {} --outdated` reloads them",
+                r.job,
+                r.added_columns.join(", "),
+                r.job
+            );
         }
     }
     for (_, f) in fatal {
         eprintln!("error: {f}");
+    }
+    if interrupted {
+        eprintln!("interrupted: the runs are recorded as interrupted; windows not loaded keep their old rows");
+        return Ok(ExitCode::from(130));
     }
     let kinds = fatal.iter().map(|(k, _)| *k).chain(reports.iter().filter_map(RunReport::error_kind));
     Ok(match ErrorKind::most_urgent(kinds) {
@@ -372,19 +476,36 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let zones: std::collections::BTreeMap<String, chrono_tz::Tz> =
         jobs.iter().map(|j| (j.name.clone(), j.time_zone)).collect();
-    let hashes: std::collections::BTreeMap<String, String> =
-        jobs.iter().map(|j| (j.name.clone(), chatetl::state::definition_hash(j))).collect();
+    let definitions: std::collections::BTreeMap<String, (chatetl::state::Definition, JobKind)> =
+        jobs.iter().map(|j| (j.name.clone(), (chatetl::state::definition(j), j.kind))).collect();
     let disabled: std::collections::BTreeSet<String> = selection.disabled.iter().map(|j| j.name.clone()).collect();
     let runner = Runner::open(config).await?;
     let statuses = runner.sink.status(&names).await?;
+    // Per job: how its definition differs from the stored one, and a rebuild in progress.
+    let mut changes = std::collections::BTreeMap::new();
+    for s in &statuses {
+        let stored = runner.sink.job_state(&s.job).await?;
+        let (definition, kind) = &definitions[&s.job];
+        let change = chatetl::state::compare(stored.definition_hash.as_deref(), stored.definition.as_ref(), definition);
+        let shadow = format!("{}{}", s.job, chatetl::sink::SHADOW_SUFFIX);
+        let rebuilding = runner.sink.job_state(&shadow).await?.definition_hash.is_some();
+        let rebuilt = if rebuilding { runner.sink.window_loads(&shadow).await?.len() } else { 0 };
+        changes.insert(s.job.clone(), (change, *kind, rebuilding.then_some(rebuilt)));
+    }
     if args.json {
         let out: Vec<serde_json::Value> = statuses
             .iter()
             .map(|s| {
+                let (change, _, rebuilding) = &changes[&s.job];
                 let mut v = serde_json::to_value(s).expect("serializable");
                 v["watermark_lag_secs"] = serde_json::json!(s.watermark.map(|w| (Utc::now() - w).num_seconds()));
-                v["definition_changed"] =
-                    serde_json::json!(s.definition_hash.is_some() && s.definition_hash.as_ref() != hashes.get(&s.job));
+                v["definition_changed"] = serde_json::json!(*change == chatetl::state::Change::Other);
+                v["definition_change"] = match change {
+                    chatetl::state::Change::Same => serde_json::json!(null),
+                    chatetl::state::Change::Added(columns) => serde_json::json!({ "add_columns": columns }),
+                    chatetl::state::Change::Other => serde_json::json!("rebuild"),
+                };
+                v["rebuild_windows_loaded"] = serde_json::json!(rebuilding);
                 v["enabled"] = serde_json::json!(!disabled.contains(&s.job));
                 v
             })
@@ -396,10 +517,28 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
         (Some(t), Some(tz)) => t.with_timezone(tz).format("%Y-%m-%d %H:%M %Z").to_string(),
         _ => "-".to_string(),
     };
-    let definition = |s: &chatetl::state::JobStatus| match (&s.definition_hash, hashes.get(&s.job)) {
-        (Some(stored), Some(now)) if stored != now => "CHANGED: run --rebuild".to_string(),
-        (Some(_), _) => "ok".to_string(),
-        (None, _) => "-".to_string(),
+    let definition = |s: &chatetl::state::JobStatus| {
+        let (change, kind, rebuilding) = &changes[&s.job];
+        let mut text = match (change, kind) {
+            (_, _) if s.definition_hash.is_none() => "-".to_string(),
+            (chatetl::state::Change::Same, _) if s.windows_outdated > 0 => format!(
+                "ok; {} windows lack {}: run --outdated",
+                s.windows_outdated,
+                if s.added_columns.is_empty() { "added columns".to_string() } else { s.added_columns.join(", ") }
+            ),
+            (chatetl::state::Change::Same, _) => "ok".to_string(),
+            (chatetl::state::Change::Added(columns), _) => {
+                format!("ADDED {}: the next run adds the columns", columns.join(", "))
+            }
+            (chatetl::state::Change::Other, JobKind::Snapshot) => {
+                "CHANGED: keep the old definition or use a new table".to_string()
+            }
+            (chatetl::state::Change::Other, JobKind::Windowed) => "CHANGED: run --rebuild".to_string(),
+        };
+        if let Some(n) = rebuilding {
+            text.push_str(&format!("; rebuild in progress ({n} windows), --rebuild resumes it"));
+        }
+        text
     };
     let rows: Vec<Vec<String>> = statuses
         .iter()
@@ -418,6 +557,7 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
                 })
                 .unwrap_or("-".into()),
                 s.windows_loaded.to_string(),
+                if s.windows_failed > 0 { format!("{}: run --failed", s.windows_failed) } else { "0".to_string() },
                 s.rows_loaded.to_string(),
                 s.last_error
                     .as_ref()
@@ -441,6 +581,7 @@ pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode
                 "requests/retries",
                 "seconds",
                 "windows",
+                "failed",
                 "rows",
                 "last error"
             ],

@@ -91,7 +91,8 @@ may be repeated; --source NAME selects the jobs of a source (both given: the job
 A glob or source that matches no job is an error.
 
 Dates (YYYY-MM-DD) are whole days in the job's time zone, both ends inclusive;
-RFC 3339 datetimes (2024-03-31T00:00:00+03:00) make a half-open range.";
+RFC 3339 datetimes (2024-03-31T00:00:00+03:00) make a half-open range. A range is clamped to the
+job's `start` and its last complete window (a note says so); one wholly outside is refused.";
 
 const PLAN_EXAMPLES: &str = "\
 Examples:
@@ -107,9 +108,12 @@ Examples:
   chatetl run --job 'real_chats*'                     # every job whose name starts with real_chats
   chatetl run --source giosg                          # every job of source giosg
   chatetl run --job real_chats --from 2024-03-01 --to 2024-03-31   # reload March
-  chatetl run --job real_chats --rebuild              # drop and reload the whole history
+  chatetl run --job real_chats --rebuild              # reload the whole history into a shadow table, then swap
+  chatetl run --job real_chats --failed               # reload exactly the windows that failed
+  chatetl run --job real_chats --outdated             # fill columns added to the job in older windows
 Exit codes: 0 every window loaded; 1 some window failed (the others are kept); 2 bad usage or configuration
-(also an unset credential variable of a source the jobs read, or a job of a disabled source).";
+(also an unset credential variable of a source the jobs read, or a job of a disabled source); 3 refused
+credentials; 4 a refused request or an unreadable answer; 130 interrupted (SIGINT/SIGTERM).";
 
 const BACKFILL_EXAMPLES: &str = "\
 Examples:
@@ -184,10 +188,19 @@ struct RunArgs {
     /// Requests (chunks) in flight per job.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
-    /// Forget the job's loaded history (its table, loads and watermark) and load all of it again
-    /// with the job's current definition (after the definition changed).
-    #[arg(long, conflicts_with_all = ["from", "to"])]
+    /// Load the job's whole history again with its current definition (after a definition
+    /// change) into a shadow table that replaces the live one when every window is loaded; the
+    /// live table keeps serving until then. An interrupted rebuild resumes. Refused for snapshot
+    /// jobs, whose captures cannot be fetched again.
+    #[arg(long, conflicts_with_all = ["from", "to", "failed", "outdated"])]
     rebuild: bool,
+    /// Reload exactly the windows whose last load attempt failed (`status` counts them).
+    #[arg(long, conflicts_with_all = ["from", "to", "outdated"])]
+    failed: bool,
+    /// Reload the windows loaded before columns were added to the job (added aggregations):
+    /// fills the new columns in that history (`status` counts them).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    outdated: bool,
 }
 
 #[derive(Debug, Args)]

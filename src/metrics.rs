@@ -106,7 +106,8 @@ impl Metrics {
             }
             m.watermark = watermark;
             m.last_run_duration_secs = Some(report.elapsed.as_secs_f64());
-            m.definition_changed = report.definition_changed;
+            // A run that loaded anything ran with a definition the warehouse accepted.
+            m.definition_changed = false;
         });
     }
 
@@ -118,6 +119,12 @@ impl Metrics {
             m.run_failures += 1;
             *m.errors.entry(kind).or_default() += 1;
         });
+    }
+
+    /// The job's runs are refused because its definition changed beyond added aggregations
+    /// (`true`), until a run succeeds again.
+    pub fn set_definition_changed(&self, job: &str, changed: bool) {
+        self.update(job, |m| m.definition_changed = changed);
     }
 
     /// The job is paused (`true`) or runs again (`false`).
@@ -452,7 +459,8 @@ mod tests {
             retries: 1,
             elapsed: Duration::from_millis(1500),
             failures,
-            definition_changed: false,
+            added_columns: Vec::new(),
+            promoted: false,
         }
     }
 
@@ -481,11 +489,11 @@ mod tests {
         metrics.register("never_run");
         let first = report("giosg_daily", 120, 4, 0);
         let mut second = report("giosg_daily", 30, 1, 2);
-        second.definition_changed = true;
         second.elapsed = Duration::from_millis(2250);
         let watermark = at(0, 0, 0, 0);
         metrics.record_run(&first, Some(at(0, 0, 0, 0) - chrono::Duration::days(1)), at(10, 0, 5, 250));
         metrics.record_run(&second, Some(watermark), at(11, 0, 7, 0));
+        metrics.set_definition_changed("giosg_daily", true);
         metrics.record_fatal("giosg_daily", ErrorKind::Credentials);
         metrics.record_skipped_tick("giosg_daily");
         metrics.record_skipped_tick("giosg_daily");

@@ -102,6 +102,76 @@ pub fn parse_range(from: &str, to: &str, tz: Tz) -> Result<(DateTime<Utc>, DateT
     Ok((start, end))
 }
 
+/// A range checked against what a job can load at `now` ([`clamp_range`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRange {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Why the range was narrowed, for a note to the user (empty when it was not).
+    pub notes: Vec<String>,
+    /// Windows ending after this instant are incomplete (`include_partial`): loaded, never
+    /// recorded as loaded.
+    pub partial_after: DateTime<Utc>,
+}
+
+/// Clamps the half-open range `[from, to)` to what a job can load at `now`: from the local start
+/// of its `history_start` to the end of its last complete window (`window.end + settle <= now`),
+/// or, with `include_partial`, to the end of the window in progress. A range wholly outside is
+/// refused with a message saying why (history not started yet, or no window of it complete yet).
+#[allow(clippy::too_many_arguments, reason = "the planner's inputs are independent scalars; callers name them")]
+pub fn clamp_range(
+    unit: WindowUnit,
+    tz: Tz,
+    history_start: NaiveDate,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+    settle: Duration,
+    include_partial: bool,
+) -> Result<CheckedRange, String> {
+    let history = local_day_start(tz, history_start);
+    let cutoff = now.checked_sub_signed(settle.max(Duration::zero())).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let first_incomplete = window_containing(unit, tz, cutoff.max(history));
+    let upper =
+        if include_partial && first_incomplete.start <= now { first_incomplete.end } else { first_incomplete.start };
+    let shown = |t: DateTime<Utc>| format_ms_in(tz, t);
+    let complete = |upper: DateTime<Utc>| {
+        if include_partial {
+            format!("the window in progress ends at {}", shown(upper))
+        } else if settle > Duration::zero() {
+            format!(
+                "the last complete window ends at {} (a window is complete {} s after it ends: settle_secs)",
+                shown(upper),
+                settle.num_seconds()
+            )
+        } else {
+            format!("the last complete window ends at {}", shown(upper))
+        }
+    };
+    if to <= history {
+        return Err(format!(
+            "the range ends at {}, before the job's history starts ({history_start}, its `start`): nothing to load",
+            shown(to)
+        ));
+    }
+    if from >= upper {
+        return Err(format!(
+            "the range starts at {}, and {}: no window of the range is complete yet, so nothing can be loaded \
+             (windows in the future would be recorded as loaded with no rows)",
+            shown(from),
+            complete(upper)
+        ));
+    }
+    let mut notes = Vec::new();
+    if from < history {
+        notes.push(format!("starts at the job's `start` ({history_start}) instead of {}", shown(from)));
+    }
+    if to > upper {
+        notes.push(format!("ends at {} instead of {}: {}", shown(upper), shown(to), complete(upper)));
+    }
+    Ok(CheckedRange { from: from.max(history), to: to.min(upper), notes, partial_after: cutoff })
+}
+
 /// What an incremental (scheduled) run loads.
 ///
 /// The watermark is where the loaded history ends: every window before it is in the warehouse (a

@@ -26,7 +26,7 @@ use crate::plan::{self, Window};
 use crate::sink::{Commit, Sink, SinkError};
 use crate::source::http::CallCounts;
 use crate::source::{ClientError, FetchError, Source};
-use crate::state::{RunRecord, definition_hash};
+use crate::state::{Change, RunRecord, WindowFailure, definition_hash};
 use crate::time::local_day_start;
 
 /// A problem that stops a whole job run (as opposed to one chunk failing).
@@ -41,13 +41,41 @@ pub enum RunError {
     /// Another process (a second daemon, a manual run) is loading this job right now.
     #[error("job {0} is being loaded by another chatetl process; try again when it finishes")]
     Locked(String),
+    /// The job's definition changed in a way that changes what its loaded rows mean; loading
+    /// more would mix two meanings in one table.
+    #[error(
+        "job {job}: its definition changed since its history was loaded (more than added aggregations), so the \
+         loaded rows mean something else; `chatetl run --job {job} --rebuild` reloads the whole history into a \
+         shadow table and swaps it in when complete (the live table keeps serving until then), or restore the \
+         previous definition"
+    )]
+    DefinitionChanged { job: String },
+    /// A snapshot job's definition changed in a way that needs its table rebuilt: its history
+    /// cannot be fetched again, so chatetl never replaces it.
+    #[error(
+        "job {job}: its definition changed since its captures were taken (more than added aggregations), and a \
+         snapshot's history cannot be fetched again, so chatetl never rebuilds it; restore the previous definition, \
+         or give the job a new `table:` to start a new history beside the old one"
+    )]
+    SnapshotDefinitionChanged { job: String },
+    /// `--rebuild` of a snapshot job: it would delete captures that cannot be fetched again.
+    #[error(
+        "job {job}: a snapshot job cannot be rebuilt: its captures cannot be fetched again, and a rebuild would \
+         delete them (its definition is unchanged, so nothing needs rebuilding; added aggregations are added as \
+         columns on the next run)"
+    )]
+    SnapshotRebuild { job: String },
 }
 
 impl RunError {
     /// Whose fault it is (a job locked by another process is a passing condition: retry).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RunError::UnknownSource { .. } | RunError::Source(_) => ErrorKind::Configuration,
+            RunError::UnknownSource { .. }
+            | RunError::Source(_)
+            | RunError::DefinitionChanged { .. }
+            | RunError::SnapshotDefinitionChanged { .. }
+            | RunError::SnapshotRebuild { .. } => ErrorKind::Configuration,
             RunError::Sink(e) => e.kind,
             RunError::Locked(_) => ErrorKind::Warehouse,
         }
@@ -90,8 +118,13 @@ pub enum RunKind {
     Demo,
     /// A tick of `chatetl schedule`: incremental.
     Scheduled,
-    /// `chatetl run --rebuild`: the whole history again, after a definition change.
+    /// `chatetl run --rebuild`: the whole history again into a shadow table, after a definition
+    /// change; resumes a rebuild that was interrupted.
     Rebuild,
+    /// `chatetl run --failed`: exactly the windows whose last load attempt failed.
+    Failed,
+    /// `chatetl run --outdated`: the windows loaded before columns were added.
+    Outdated,
 }
 
 impl RunKind {
@@ -103,6 +136,8 @@ impl RunKind {
             RunKind::Demo => "demo",
             RunKind::Scheduled => "schedule",
             RunKind::Rebuild => "rebuild",
+            RunKind::Failed => "run-failed",
+            RunKind::Outdated => "run-outdated",
         }
     }
 }
@@ -123,7 +158,8 @@ pub struct RunOptions {
     /// Chunks (requests per scope) in flight at once.
     pub concurrency: usize,
     pub progress: Progress,
-    /// Reload windows already loaded with the current definition (backfill skips them otherwise).
+    /// Reload windows already loaded with the current definition (backfill and a resumed rebuild
+    /// skip them otherwise).
     pub force: bool,
     /// Windows ending after this instant are incomplete: loaded, but not recorded as loaded.
     pub partial_after: Option<DateTime<Utc>>,
@@ -172,8 +208,10 @@ pub struct RunReport {
     pub retries: u64,
     pub elapsed: Duration,
     pub failures: Vec<ChunkFailure>,
-    /// The stored definition differs from the job file's (its history was loaded differently).
-    pub definition_changed: bool,
+    /// Value columns this run added to the job's table (added aggregations).
+    pub added_columns: Vec<String>,
+    /// A rebuild's shadow table replaced the live one at the end of this run.
+    pub promoted: bool,
 }
 
 impl RunReport {
@@ -201,6 +239,11 @@ impl Runner {
     pub async fn open(config: Config) -> Result<Runner, RunError> {
         let sink = Sink::open(&config.warehouse).await?;
         let runner = Runner::with_sink(config, sink)?;
+        for job in runner.config.jobs.values() {
+            if runner.sink.claim_legacy_state(job).await? {
+                info!(job = %job.name, target = %runner.sink.describe(), "state kept by an earlier release now belongs to this target");
+            }
+        }
         runner.adopt_definition_hashes().await?;
         Ok(runner)
     }
@@ -270,22 +313,45 @@ impl Runner {
         Ok((windows, now - settle))
     }
 
-    /// Every complete window of the job's history at `now`, after forgetting the old history
-    /// (table, loads, watermark) and storing the current definition: `run --rebuild`.
+    /// `run --rebuild`: every complete window of the job's history at `now`, loaded with the
+    /// current definition into the job's shadow table ([`crate::sink::shadow_job`]), which replaces
+    /// the live table in one atomic step once every window is loaded ([`Sink::promote`]). Until
+    /// then BI queries read the old table, whole; an interrupted or partly failed rebuild leaves
+    /// it in place, and the next `--rebuild` resumes (windows the shadow already holds with this
+    /// definition are skipped). Snapshot jobs are refused: their captures cannot be fetched again.
     pub async fn rebuild(&self, job: &Job, now: DateTime<Utc>, opts: &RunOptions) -> Result<RunReport, RunError> {
+        if job.kind == JobKind::Snapshot {
+            return Err(RunError::SnapshotRebuild { job: job.name.clone() });
+        }
         let lock = self.sink.try_lock_job(&job.name).await?.ok_or_else(|| RunError::Locked(job.name.clone()))?;
-        let reset = self.sink.reset_job(job, &definition_hash(job)).await;
+        let result = self.rebuild_locked(job, now, opts).await;
         lock.release().await;
-        reset?;
-        let windows = match job.kind {
-            // A snapshot job has no history to reload: it starts again with the current state.
-            JobKind::Snapshot => self.incremental_windows(job, now).await?.0,
-            JobKind::Windowed => {
-                plan::incremental(job.window, job.time_zone, job.start, None, now, 0, chrono::Duration::zero(), false)
-            }
-        };
-        let opts = RunOptions { kind: RunKind::Rebuild, force: true, ..opts.clone() };
-        self.run(job, windows, &opts).await
+        result
+    }
+
+    async fn rebuild_locked(&self, job: &Job, now: DateTime<Utc>, opts: &RunOptions) -> Result<RunReport, RunError> {
+        let shadow = crate::sink::shadow_job(job);
+        let definition = crate::state::definition(job);
+        let kept = self.sink.job_state(&shadow.name).await?;
+        if kept.definition_hash.as_deref() == Some(definition.hash.as_str()) {
+            info!(job = %job.name, "resuming an interrupted rebuild: windows already in the shadow table are skipped");
+        } else {
+            self.sink.reset_job(&shadow).await?;
+        }
+        let settle = chrono::Duration::seconds(job.settle_secs as i64);
+        let windows = plan::incremental(job.window, job.time_zone, job.start, None, now, 0, settle, false);
+        let opts = RunOptions { kind: RunKind::Rebuild, partial_after: Some(now - settle), ..opts.clone() };
+        let mut report = self.run_locked(&shadow, windows, &opts).await?;
+        report.job = job.name.clone();
+        if report.ok() {
+            self.sink.promote(job, &shadow).await?;
+            report.promoted = true;
+            info!(job = %job.name, windows = report.windows_loaded + report.windows_skipped, "rebuild complete: the new table replaced the old one");
+        } else {
+            warn!(job = %job.name, failed = report.windows_failed, cancelled = report.windows_cancelled,
+                "rebuild incomplete: the live table is unchanged; run --rebuild again to resume");
+        }
+        Ok(report)
     }
 
     /// Loads `windows` of `job` (any order; they are sorted and chunked), holding the job's run
@@ -301,22 +367,41 @@ impl Runner {
         let started = Instant::now();
         let source = self.source_of(job)?;
         let schema = table_schema(job);
-        let hash = definition_hash(job);
+        let definition = crate::state::definition(job);
+        let hash = definition.hash.clone();
         // A snapshot job's watermark is its latest snapshot; a windowed job's walks from `start`.
         let history_start = match job.kind {
             JobKind::Windowed => local_day_start(job.time_zone, job.start),
             JobKind::Snapshot => windows.iter().map(|w| w.start).min().unwrap_or_else(Utc::now),
         };
-        let state = self.sink.prepare(job, &schema, history_start, &hash).await?;
-        let definition_changed = state.definition_hash.as_deref().is_some_and(|h| h != hash);
-        if definition_changed {
-            error!(job = %job.name, file = %job.file.display(),
-                "the job's definition changed since its history was loaded: older windows were computed differently; reload them with `chatetl run --job {} --rebuild`", job.name);
+        // This run holds the job's lock: a run still recorded as running belongs to a process
+        // that ended without finishing it.
+        let died = self.sink.close_abandoned_runs(&job.name, Utc::now()).await?;
+        if died > 0 {
+            warn!(job = %job.name, runs = died, "runs whose process ended before they finished are recorded as died");
         }
+        let stored = self.sink.job_state(&job.name).await?;
+        let mut added_columns = Vec::new();
+        match crate::state::compare(stored.definition_hash.as_deref(), stored.definition.as_ref(), &definition) {
+            Change::Same => {}
+            Change::Added(columns) => {
+                info!(job = %job.name, columns = ?columns, "aggregations were added: adding their columns to the table");
+                self.sink.add_columns(job, &schema, &columns, &definition).await?;
+                added_columns = columns;
+            }
+            Change::Other => {
+                let (job, job_kind) = (job.name.clone(), job.kind);
+                return Err(match job_kind {
+                    JobKind::Snapshot => RunError::SnapshotDefinitionChanged { job },
+                    JobKind::Windowed => RunError::DefinitionChanged { job },
+                });
+            }
+        }
+        self.sink.prepare(job, &schema, history_start, &definition).await?;
         windows.sort();
         windows.dedup();
         let planned = windows.len();
-        if opts.kind == RunKind::Backfill && !opts.force {
+        if matches!(opts.kind, RunKind::Backfill | RunKind::Rebuild) && !opts.force {
             let loaded = self.sink.window_loads(&job.name).await?;
             windows
                 .retain(|w| !loaded.get(&w.start).is_some_and(|l| l.window_end == w.end && l.definition_hash == hash));
@@ -379,7 +464,8 @@ impl Runner {
             retries: 0,
             elapsed: Duration::ZERO,
             failures: Vec::new(),
-            definition_changed,
+            added_columns,
+            promoted: false,
         };
         let (mut done, total) = (0usize, windows.len());
         let mut calls = CallCounts::default();
@@ -408,6 +494,24 @@ impl Runner {
                     }
                     let message = format!("job {}, window {}: {error}", job.name, chunk_label(job, &chunk));
                     warn!(job = %job.name, windows = %span, %kind, retryable = kind.retryable(), error = %error, "windows failed");
+                    let failed_at = Utc::now();
+                    let failures: Vec<WindowFailure> = chunk
+                        .iter()
+                        .map(|w| WindowFailure {
+                            window_start: w.start,
+                            window_end: w.end,
+                            run_id: run_id.clone(),
+                            kind,
+                            error: message.clone(),
+                            failed_at,
+                            attempts: 1,
+                        })
+                        .collect();
+                    // The windows keep their old rows either way; a failure that cannot be
+                    // recorded only means `run --failed` will not list them.
+                    if let Err(e) = self.sink.record_failures(&job.name, &failures).await {
+                        warn!(job = %job.name, windows = %span, error = %e, "cannot record the failed windows");
+                    }
                     report.failures.push(ChunkFailure {
                         first: chunk[0],
                         last: chunk[chunk.len() - 1],

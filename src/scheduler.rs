@@ -501,6 +501,11 @@ impl Inner {
                 self.metrics.record_skipped_tick(&job.name);
                 info!(job = %job.name, tick = %at, "tick skipped: another chatetl process is loading this job");
             }
+            Err(e @ (RunError::DefinitionChanged { .. } | RunError::SnapshotDefinitionChanged { .. })) => {
+                self.metrics.record_fatal(&job.name, e.kind());
+                self.metrics.set_definition_changed(&job.name, true);
+                error!(job = %job.name, tick = %at, kind = %e.kind(), error = %e, "tick refused");
+            }
             Err(e) => {
                 self.metrics.record_fatal(&job.name, e.kind());
                 error!(job = %job.name, tick = %at, kind = %e.kind(), error = %e, "tick failed");

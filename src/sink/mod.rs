@@ -2,8 +2,11 @@
 //!
 //! Owns: the one interface the runner uses ([`Sink`]) over the warehouses of `chatetl.yaml`:
 //! PostgreSQL (`postgres`: delete-then-`COPY` of the windows in one transaction with their
-//! window loads and the watermark) and Parquet (`parquet`: one file per window, written to a temp
-//! name, fsynced and renamed into place, then the state file). A closed enum rather than a trait
+//! window loads and the watermark) and Parquet (`parquet`: one file per table and partition
+//! period, replaced atomically, with its state in an SQLite database in the warehouse folder).
+//! Both keep a job's state with the target it describes (the PostgreSQL schema, the Parquet
+//! folder), add value columns in place, and rebuild into a shadow table swapped in at the end
+//! ([`shadow_job`], [`Sink::promote`]). A closed enum rather than a trait
 //! object: adding a warehouse is one file here plus one arm per method, and the compiler finds
 //! the forgotten arm.
 
@@ -17,7 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::batch::{TableSchema, WindowBatch};
 use crate::config::{Job, Warehouse};
 use crate::error::ErrorKind;
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
+use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, WindowLoad};
 
 /// A warehouse operation that failed; the message names the table, file or statement, and the
 /// kind says whose fault it is: [`ErrorKind::Warehouse`] (the database or the disk failed; a
@@ -95,6 +98,17 @@ impl JobLock {
     }
 }
 
+/// The job a rebuild of `job` loads into: the same definition, its state under
+/// `<name>~rebuild` (`~` cannot appear in a job name, so no job collides with it) and its table
+/// `_rebuild_<table>` beside the live one (readers skip `_`-prefixed folders). [`Sink::promote`]
+/// swaps it in once every window is loaded.
+pub fn shadow_job(job: &Job) -> Job {
+    Job { name: format!("{}{SHADOW_SUFFIX}", job.name), table: format!("_rebuild_{}", job.table), ..job.clone() }
+}
+
+/// What [`shadow_job`] appends to a job's name.
+pub const SHADOW_SUFFIX: &str = "~rebuild";
+
 /// Attempts (10 ms apart) before a Parquet job lock counts as held by another process.
 const FILE_LOCK_ATTEMPTS: u32 = 20;
 
@@ -105,11 +119,13 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Connects (Postgres: and applies the state migrations) or opens the folder.
+    /// Connects (Postgres: and applies the state migrations) or opens the folder (Parquet: its
+    /// state database, converting a warehouse of an earlier layout and completing an interrupted
+    /// promotion).
     pub async fn open(warehouse: &Warehouse) -> Result<Sink, SinkError> {
         Ok(match warehouse {
             Warehouse::Postgres { url, schema } => Sink::Postgres(postgres::PostgresSink::connect(url, schema).await?),
-            Warehouse::Parquet { path } => Sink::Parquet(parquet::ParquetSink::open(path)?),
+            Warehouse::Parquet { path } => Sink::Parquet(parquet::ParquetSink::open(path).await?),
         })
     }
 
@@ -121,17 +137,81 @@ impl Sink {
         }
     }
 
-    /// Creates the job's table (or folder) if needed, registers the job, and returns its state.
+    /// Creates the job's table (or folder) if needed, registers the job (its definition and
+    /// history start) if new, stores the definition's document when the stored hash equals
+    /// `definition.hash` but no document was kept yet, and returns the job's state. A table that
+    /// lacks one of `schema`'s columns is refused ([`SinkError::definition`], naming
+    /// `run --job <job> --rebuild`).
     pub async fn prepare(
         &self,
         job: &Job,
         schema: &TableSchema,
         history_start: DateTime<Utc>,
-        definition_hash: &str,
+        definition: &Definition,
     ) -> Result<JobState, SinkError> {
         match self {
-            Sink::Postgres(s) => s.prepare(job, schema, history_start, definition_hash).await,
-            Sink::Parquet(s) => s.prepare(job, history_start, definition_hash).await,
+            Sink::Postgres(s) => s.prepare(job, schema, history_start, definition).await,
+            Sink::Parquet(s) => s.prepare(job, schema, history_start, definition).await,
+        }
+    }
+
+    /// Adds the nullable value columns `added` (of `schema`) to the job's existing table without
+    /// a moment of lost service, stores `definition` as the job's definition and appends `added`
+    /// to its `added_columns`. PostgreSQL: `ALTER TABLE … ADD COLUMN` with its comment, in one
+    /// transaction with the state. Parquet: every file of the table is rewritten with the new
+    /// columns null, so every file carries one schema at all times. Windows loaded before keep
+    /// their load's old definition hash: they are the outdated ones. Idempotent: an interrupted
+    /// call is completed by the next.
+    pub async fn add_columns(
+        &self,
+        job: &Job,
+        schema: &TableSchema,
+        added: &[String],
+        definition: &Definition,
+    ) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.add_columns(job, schema, added, definition).await,
+            Sink::Parquet(s) => s.add_columns(job, schema, added, definition).await,
+        }
+    }
+
+    /// Records failed load attempts of windows of `job` (upserting: `attempts` counts up, the
+    /// newest error wins). A later successful commit of a window removes its failure.
+    pub async fn record_failures(&self, job: &str, failures: &[WindowFailure]) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.record_failures(job, failures).await,
+            Sink::Parquet(s) => s.record_failures(job, failures).await,
+        }
+    }
+
+    /// The windows of `job` whose last load attempt failed, by window start.
+    pub async fn window_failures(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowFailure>, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.window_failures(job).await,
+            Sink::Parquet(s) => s.window_failures(job).await,
+        }
+    }
+
+    /// Marks `job`'s runs still recorded as `running` as `died` (finished at `now`, with an
+    /// error saying the process ended before the run finished); returns how many. Called by a
+    /// run that holds the job's lock, so no live process owns them.
+    pub async fn close_abandoned_runs(&self, job: &str, now: DateTime<Utc>) -> Result<u64, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.close_abandoned_runs(job, now).await,
+            Sink::Parquet(s) => s.close_abandoned_runs(job, now).await,
+        }
+    }
+
+    /// Replaces `live`'s table and state with `shadow`'s in one atomic step ([`shadow_job`]): a
+    /// reader sees the old table or the new one, never neither and never a mix. Afterwards
+    /// `live` has the shadow's table, window loads, watermark, definition and runs; the shadow's
+    /// state is gone and `live.added_columns` is empty. PostgreSQL: one transaction (drop,
+    /// rename, state). Parquet: the two folders are exchanged atomically, then the state moves;
+    /// an interrupted promotion is completed when the warehouse is next opened.
+    pub async fn promote(&self, live: &Job, shadow: &Job) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.promote(live, shadow).await,
+            Sink::Parquet(s) => s.promote(live, shadow).await,
         }
     }
 
@@ -164,12 +244,25 @@ impl Sink {
         }
     }
 
-    /// Forgets `job`'s history before a rebuild: drops its table (folder), its window loads and
-    /// watermark, and stores `definition_hash` as the definition the new history is loaded with.
-    pub async fn reset_job(&self, job: &Job, definition_hash: &str) -> Result<(), SinkError> {
+    /// Forgets everything about a shadow job ([`shadow_job`]) before a new rebuild: its table
+    /// (folder), window loads, failures, runs and its job record, so its next `prepare`
+    /// registers it afresh. Never called for a live job: live history is only ever replaced
+    /// whole, by [`Sink::promote`].
+    pub async fn reset_job(&self, job: &Job) -> Result<(), SinkError> {
         match self {
-            Sink::Postgres(s) => s.reset_job(job, definition_hash).await,
-            Sink::Parquet(s) => s.reset_job(job, definition_hash).await,
+            Sink::Postgres(s) => s.reset_job(job).await,
+            Sink::Parquet(s) => s.reset_job(job).await,
+        }
+    }
+
+    /// Claims state an earlier release kept for `job` without naming its target (PostgreSQL:
+    /// rows of the shared `chatetl` schema keyed by job name alone) when this target's schema
+    /// holds the job's table; returns whether it did. Parquet state always lived in its folder:
+    /// nothing to claim.
+    pub async fn claim_legacy_state(&self, job: &Job) -> Result<bool, SinkError> {
+        match self {
+            Sink::Postgres(s) => s.claim_legacy_state(job).await,
+            Sink::Parquet(_) => Ok(false),
         }
     }
 
@@ -177,11 +270,12 @@ impl Sink {
     pub async fn ping(&self) -> Result<(), SinkError> {
         match self {
             Sink::Postgres(s) => s.ping().await,
-            Sink::Parquet(s) => s.ping(),
+            Sink::Parquet(s) => s.ping().await,
         }
     }
 
-    /// Replaces the windows and records them; returns the rows written.
+    /// Replaces the windows and records the complete ones as loaded (removing their failures);
+    /// returns the rows written.
     pub async fn commit(&self, commit: Commit<'_>) -> Result<u64, SinkError> {
         match self {
             Sink::Postgres(s) => s.commit(commit).await,
@@ -193,7 +287,7 @@ impl Sink {
     pub async fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
         match self {
             Sink::Postgres(s) => s.window_loads(job).await,
-            Sink::Parquet(s) => s.window_loads(job),
+            Sink::Parquet(s) => s.window_loads(job).await,
         }
     }
 
@@ -201,7 +295,7 @@ impl Sink {
     pub async fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
         match self {
             Sink::Postgres(s) => s.job_state(job).await,
-            Sink::Parquet(s) => s.job_state(job),
+            Sink::Parquet(s) => s.job_state(job).await,
         }
     }
 
@@ -213,11 +307,12 @@ impl Sink {
         }
     }
 
-    /// Status of each of `jobs`.
+    /// Status of each of `jobs` (`windows_outdated` counts loads whose definition hash differs
+    /// from the job's stored one).
     pub async fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
         match self {
             Sink::Postgres(s) => s.status(jobs).await,
-            Sink::Parquet(s) => s.status(jobs),
+            Sink::Parquet(s) => s.status(jobs).await,
         }
     }
 }

@@ -16,10 +16,11 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{Commit, SinkError};
+use crate::batch::TableSchema;
 use crate::config::{Job, WindowUnit};
 use crate::plan::Window;
 use crate::state::file::{FileState, write_atomic};
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
+use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, WindowLoad};
 
 /// A folder of Parquet partitions.
 pub struct ParquetSink {
@@ -39,7 +40,7 @@ pub fn window_path(root: &Path, job: &Job, window: &Window) -> PathBuf {
 
 impl ParquetSink {
     /// Opens (creating) the warehouse folder.
-    pub fn open(root: &Path) -> Result<ParquetSink, SinkError> {
+    pub async fn open(root: &Path) -> Result<ParquetSink, SinkError> {
         std::fs::create_dir_all(root)
             .map_err(|e| SinkError::warehouse(format!("cannot create warehouse folder {}: {e}", root.display())))?;
         Ok(ParquetSink { root: root.to_path_buf(), state: FileState::new(root) })
@@ -53,9 +54,11 @@ impl ParquetSink {
     pub async fn prepare(
         &self,
         job: &Job,
+        _schema: &TableSchema,
         history_start: DateTime<Utc>,
-        definition_hash: &str,
+        definition: &Definition,
     ) -> Result<JobState, SinkError> {
+        let definition_hash = definition.hash.as_str();
         let dir = self.root.join(&job.table);
         std::fs::create_dir_all(&dir)
             .map_err(|e| SinkError::warehouse(format!("job {}: cannot create {}: {e}", job.name, dir.display())))?;
@@ -65,15 +68,15 @@ impl ParquetSink {
                     s.definition_hash = Some(definition_hash.to_string());
                     s.history_start = Some(history_start);
                 }
-                JobState { definition_hash: s.definition_hash.clone(), watermark: s.watermark }
+                JobState { definition_hash: s.definition_hash.clone(), watermark: s.watermark, ..JobState::default() }
             })
             .await
             .map_err(|e| SinkError::warehouse(format!("job {}: {e}", job.name)))
     }
 
-    pub fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
+    pub async fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
         let s = self.state.read(job).map_err(SinkError::warehouse)?;
-        Ok(JobState { definition_hash: s.definition_hash, watermark: s.watermark })
+        Ok(JobState { definition_hash: s.definition_hash, watermark: s.watermark, ..JobState::default() })
     }
 
     /// Writes each window's file, then records the loads and moves the watermark.
@@ -152,7 +155,8 @@ impl ParquetSink {
     }
 
     /// Removes the job's folder and forgets its loads and watermark.
-    pub async fn reset_job(&self, job: &Job, definition_hash: &str) -> Result<(), SinkError> {
+    pub async fn reset_job(&self, job: &Job) -> Result<(), SinkError> {
+        let definition_hash = "";
         let dir = self.root.join(&job.table);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -184,13 +188,44 @@ impl ParquetSink {
             .map_err(SinkError::warehouse)
     }
 
-    pub fn ping(&self) -> Result<(), SinkError> {
+    /// See `Sink::add_columns`.
+    pub async fn add_columns(
+        &self,
+        _job: &Job,
+        _schema: &TableSchema,
+        _added: &[String],
+        _definition: &Definition,
+    ) -> Result<(), SinkError> {
+        Err(SinkError::warehouse("add_columns: not implemented yet"))
+    }
+
+    /// See `Sink::record_failures`.
+    pub async fn record_failures(&self, _job: &str, _failures: &[WindowFailure]) -> Result<(), SinkError> {
+        Err(SinkError::warehouse("record_failures: not implemented yet"))
+    }
+
+    /// See `Sink::window_failures`.
+    pub async fn window_failures(&self, _job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowFailure>, SinkError> {
+        Err(SinkError::warehouse("window_failures: not implemented yet"))
+    }
+
+    /// See `Sink::close_abandoned_runs`.
+    pub async fn close_abandoned_runs(&self, _job: &str, _now: DateTime<Utc>) -> Result<u64, SinkError> {
+        Err(SinkError::warehouse("close_abandoned_runs: not implemented yet"))
+    }
+
+    /// See `Sink::promote`.
+    pub async fn promote(&self, _live: &Job, _shadow: &Job) -> Result<(), SinkError> {
+        Err(SinkError::warehouse("promote: not implemented yet"))
+    }
+
+    pub async fn ping(&self) -> Result<(), SinkError> {
         std::fs::metadata(&self.root)
             .map(|_| ())
             .map_err(|e| SinkError::warehouse(format!("warehouse folder {}: {e}", self.root.display())))
     }
 
-    pub fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
+    pub async fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
         Ok(self.state.read(job).map_err(SinkError::warehouse)?.windows)
     }
 
@@ -198,7 +233,7 @@ impl ParquetSink {
         self.state.update(&run.job, |s| s.upsert_run(run)).await.map_err(SinkError::warehouse)
     }
 
-    pub fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
+    pub async fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
         jobs.iter()
             .map(|job| {
                 let s = self.state.read(job).map_err(SinkError::warehouse)?;
@@ -208,6 +243,9 @@ impl ParquetSink {
                     definition_hash: s.definition_hash,
                     windows_loaded: s.windows.len() as u64,
                     rows_loaded: s.windows.values().map(|w| w.rows).sum(),
+                    windows_failed: 0,
+                    windows_outdated: 0,
+                    added_columns: Vec::new(),
                     last_error: s.runs.iter().rev().find_map(|r| r.error.clone()),
                     last_error_kind: s.runs.iter().rev().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                     last_run: s.runs.last().cloned(),

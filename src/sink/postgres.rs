@@ -28,7 +28,7 @@ use crate::batch::TableSchema;
 use crate::config::{Job, Secret};
 use crate::error::ErrorKind;
 use crate::row::ColumnType;
-use crate::state::{JobState, JobStatus, RunRecord, WindowLoad};
+use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, WindowLoad};
 
 /// The state migrations, in order.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -99,8 +99,9 @@ impl PostgresSink {
         job: &Job,
         schema: &TableSchema,
         history_start: DateTime<Utc>,
-        definition_hash: &str,
+        definition: &Definition,
     ) -> Result<JobState, SinkError> {
+        let definition_hash = definition.hash.as_str();
         let table = self.table(&schema.table);
         let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(&self.schema));
         let _ = write!(
@@ -194,7 +195,7 @@ impl PostgresSink {
             .await
             .map_err(db_err(&format!("job {job}: cannot read its state")))?;
         Ok(match row {
-            Some(r) => JobState { definition_hash: Some(r.get(0)), watermark: r.get(1) },
+            Some(r) => JobState { definition_hash: Some(r.get(0)), watermark: r.get(1), ..JobState::default() },
             None => JobState::default(),
         })
     }
@@ -300,7 +301,8 @@ impl PostgresSink {
     }
 
     /// Drops the job's table and load records; the job row keeps only the new definition hash.
-    pub async fn reset_job(&self, job: &Job, definition_hash: &str) -> Result<(), SinkError> {
+    pub async fn reset_job(&self, job: &Job) -> Result<(), SinkError> {
+        let definition_hash = "";
         let table = self.table(&job.table);
         let err = db_err("cannot reset the job's history");
         let mut tx = self.pool.begin().await.map_err(&err)?;
@@ -319,6 +321,42 @@ impl PostgresSink {
         .await
         .map_err(&err)?;
         tx.commit().await.map_err(&err)
+    }
+
+    /// See `Sink::add_columns`.
+    pub async fn add_columns(
+        &self,
+        _job: &Job,
+        _schema: &TableSchema,
+        _added: &[String],
+        _definition: &Definition,
+    ) -> Result<(), SinkError> {
+        Err(SinkError::warehouse("add_columns: not implemented yet"))
+    }
+
+    /// See `Sink::record_failures`.
+    pub async fn record_failures(&self, _job: &str, _failures: &[WindowFailure]) -> Result<(), SinkError> {
+        Err(SinkError::warehouse("record_failures: not implemented yet"))
+    }
+
+    /// See `Sink::window_failures`.
+    pub async fn window_failures(&self, _job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowFailure>, SinkError> {
+        Err(SinkError::warehouse("window_failures: not implemented yet"))
+    }
+
+    /// See `Sink::close_abandoned_runs`.
+    pub async fn close_abandoned_runs(&self, _job: &str, _now: DateTime<Utc>) -> Result<u64, SinkError> {
+        Err(SinkError::warehouse("close_abandoned_runs: not implemented yet"))
+    }
+
+    /// See `Sink::claim_legacy_state`.
+    pub async fn claim_legacy_state(&self, _job: &Job) -> Result<bool, SinkError> {
+        Ok(false)
+    }
+
+    /// See `Sink::promote`.
+    pub async fn promote(&self, _live: &Job, _shadow: &Job) -> Result<(), SinkError> {
+        Err(SinkError::warehouse("promote: not implemented yet"))
     }
 
     pub async fn ping(&self) -> Result<(), SinkError> {
@@ -444,6 +482,9 @@ impl PostgresSink {
                 definition_hash: state.definition_hash,
                 windows_loaded: totals.get::<i64, _>(0) as u64,
                 rows_loaded: totals.get::<i64, _>(1) as u64,
+                windows_failed: 0,
+                windows_outdated: 0,
+                added_columns: Vec::new(),
                 last_error: runs.iter().find_map(|r| r.error.clone()),
                 last_error_kind: runs.iter().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                 last_run: runs.into_iter().next(),

@@ -22,8 +22,78 @@ use crate::error::ErrorKind;
 pub struct JobState {
     /// Hash of the definition the history was loaded with (None: never loaded).
     pub definition_hash: Option<String>,
+    /// The canonical document behind that hash ([`Definition::document`]); None for state written
+    /// before it was kept, until the job runs once with an unchanged definition.
+    #[serde(default)]
+    pub definition: Option<serde_json::Value>,
+    /// Value columns added to the table by [`Change::Added`] since the history was (re)built:
+    /// windows loaded before (their load's definition hash differs) hold null there until
+    /// `run --outdated` reloads them.
+    #[serde(default)]
+    pub added_columns: Vec<String>,
     /// Every window ending at or before this instant is loaded.
     pub watermark: Option<DateTime<Utc>>,
+}
+
+/// A job's definition: the canonical document of what its rows mean, and its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub hash: String,
+    pub document: serde_json::Value,
+}
+
+/// How a job's definition differs from the one its history was loaded with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The same meaning (or no history yet).
+    Same,
+    /// Only aggregations were added, each a new value column (named here): the old rows keep
+    /// their meaning, and the new column is null where they were loaded before it existed.
+    Added(Vec<String>),
+    /// Anything else: the old rows mean something else, so the history must be rebuilt.
+    Other,
+}
+
+/// What changed from the stored definition (`stored_hash`, and its document when the warehouse
+/// kept it) to `current`.
+pub fn compare(stored_hash: Option<&str>, stored: Option<&serde_json::Value>, current: &Definition) -> Change {
+    let Some(hash) = stored_hash else { return Change::Same };
+    if hash == current.hash {
+        return Change::Same;
+    }
+    let Some(stored) = stored else { return Change::Other };
+    let aggregations = |doc: &serde_json::Value| doc["aggregations"].as_array().cloned().unwrap_or_default();
+    let (old, new) = (aggregations(stored), aggregations(&current.document));
+    let strip = |doc: &serde_json::Value| {
+        let mut doc = doc.clone();
+        doc["aggregations"] = serde_json::Value::Null;
+        doc
+    };
+    if strip(stored) != strip(&current.document) || !old.iter().all(|a| new.contains(a)) || new.len() == old.len() {
+        return Change::Other;
+    }
+    let old_columns: Vec<&serde_json::Value> = old.iter().map(|a| &a[2]).collect();
+    let added: Vec<String> =
+        new.iter().filter(|a| !old.contains(a)).map(|a| a[2].as_str().unwrap_or_default().to_string()).collect();
+    // A new aggregation reusing an old column's name changes what that column holds.
+    if added.iter().any(|c| old_columns.iter().any(|o| o.as_str() == Some(c.as_str()))) {
+        return Change::Other;
+    }
+    Change::Added(added)
+}
+
+/// A window whose last load attempt failed (and that no load has replaced since).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowFailure {
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub run_id: String,
+    pub kind: ErrorKind,
+    /// The whole message (`job …, window …: cause`).
+    pub error: String,
+    pub failed_at: DateTime<Utc>,
+    /// Failed attempts since the window was last loaded.
+    pub attempts: u32,
 }
 
 /// The last successful load of one window.
@@ -47,7 +117,9 @@ pub struct RunRecord {
     pub kind: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `succeeded`, `partial` (some windows failed) or `failed`.
+    /// `running`, `succeeded`, `partial` (some windows failed), `failed`, `interrupted` (stopped
+    /// by a signal or a shutdown before every window started) or `died` (its process ended
+    /// without finishing it; set by the next run of the job).
     pub status: String,
     pub windows_planned: u32,
     pub windows_loaded: u32,
@@ -71,6 +143,15 @@ pub struct JobStatus {
     pub definition_hash: Option<String>,
     pub windows_loaded: u64,
     pub rows_loaded: u64,
+    /// Windows whose last load attempt failed ([`WindowFailure`]): `run --failed` reloads them.
+    #[serde(default)]
+    pub windows_failed: u64,
+    /// Loaded windows whose load's definition hash differs from the job's stored one: loaded
+    /// before [`JobState::added_columns`] were added. `run --outdated` reloads them.
+    #[serde(default)]
+    pub windows_outdated: u64,
+    #[serde(default)]
+    pub added_columns: Vec<String>,
     pub last_run: Option<RunRecord>,
     /// The error of the last run that had one.
     pub last_error: Option<String>,
@@ -87,6 +168,11 @@ pub struct JobStatus {
 /// (`chat_sessions`, `day`, `aggregate_by`), never Rust's `Debug` output, so renaming a type or a
 /// variant in the code never marks a job as changed. serde_json writes object keys sorted.
 pub fn definition_hash(job: &crate::config::Job) -> String {
+    definition(job).hash
+}
+
+/// The canonical document of `job`'s meaning and its hash ([`definition_hash`]).
+pub fn definition(job: &crate::config::Job) -> Definition {
     let window = match job.window {
         WindowUnit::Hour => "hour",
         WindowUnit::Day => "day",
@@ -99,7 +185,7 @@ pub fn definition_hash(job: &crate::config::Job) -> String {
     if let Some(params) = job.params.canonical() {
         canonical["params"] = params;
     }
-    sha256_hex(&canonical.to_string())
+    Definition { hash: sha256_hex(&canonical.to_string()), document: canonical }
 }
 
 /// The hash chatetl stored before [`definition_hash`] became canonical (it hashed `Debug`
