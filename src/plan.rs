@@ -340,6 +340,51 @@ mod tests {
         windows.iter().map(|w| w.label(unit, tz)).collect()
     }
 
+    #[test]
+    fn a_range_is_clamped_to_history_start_and_the_last_complete_window() {
+        let tz = zone("Europe/Helsinki");
+        let start = date(2026, 11, 1);
+        // 1 December 2026, 14:30 local: 30 November is the last complete day.
+        let now = local_to_utc(tz, date(2026, 12, 1).and_hms_opt(14, 30, 0).unwrap());
+        let day = |d: NaiveDate| local_day_start(tz, d);
+        let zero = Duration::zero();
+        let r = clamp_range(Day, tz, start, day(date(2026, 10, 20)), day(date(2026, 12, 6)), now, zero, false).unwrap();
+        assert_eq!((r.from, r.to), (day(start), day(date(2026, 12, 1))));
+        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert!(r.notes[1].contains("ends at 2026-12-01T00:00:00.000+02:00 instead of"), "{:?}", r.notes);
+        // Within bounds: unchanged, no note.
+        let r = clamp_range(Day, tz, start, day(date(2026, 11, 3)), day(date(2026, 11, 5)), now, zero, false).unwrap();
+        assert_eq!((r.from, r.to, r.notes.len()), (day(date(2026, 11, 3)), day(date(2026, 11, 5)), 0));
+        // Hours: up to the last complete hour; a settle delay pushes it back.
+        let r = clamp_range(Hour, tz, start, day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, zero, false).unwrap();
+        assert_eq!(r.to, now - Duration::minutes(30));
+        let settle = Duration::minutes(45);
+        let r = clamp_range(Hour, tz, start, day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, settle, false).unwrap();
+        assert_eq!(r.to, now - Duration::minutes(90));
+        assert!(r.notes[0].contains("settle_secs"), "{:?}", r.notes);
+        // include_partial: up to the end of the window in progress; it stays incomplete.
+        let r = clamp_range(Day, tz, start, day(date(2026, 11, 30)), day(date(2026, 12, 6)), now, zero, true).unwrap();
+        assert_eq!(r.to, day(date(2026, 12, 2)));
+        assert_eq!(r.partial_after, now);
+    }
+
+    #[test]
+    fn a_range_wholly_outside_is_refused_with_the_reason() {
+        let tz = zone("Europe/Helsinki");
+        let now = local_to_utc(tz, date(2026, 12, 1).and_hms_opt(14, 30, 0).unwrap());
+        let day = |d: NaiveDate| local_day_start(tz, d);
+        let zero = Duration::zero();
+        let future = clamp_range(Day, tz, date(2026, 1, 1), day(date(2030, 1, 1)), day(date(2030, 1, 3)), now, zero, false);
+        let e = future.unwrap_err();
+        assert!(e.contains("no window of the range is complete yet") && e.contains("2026-12-01"), "{e}");
+        // Today alone is not complete either.
+        let today = clamp_range(Day, tz, date(2026, 1, 1), day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, zero, false);
+        assert!(today.is_err());
+        let past = clamp_range(Day, tz, date(2026, 1, 1), day(date(2025, 1, 1)), day(date(2025, 12, 31)), now, zero, false);
+        let e = past.unwrap_err();
+        assert!(e.contains("before the job's history starts (2026-01-01"), "{e}");
+    }
+
     /// The windows of `unit` covering local dates `first..=last`.
     fn days(unit: WindowUnit, tz: Tz, first: NaiveDate, last: NaiveDate) -> Vec<Window> {
         windows_overlapping(unit, tz, local_day_start(tz, first), local_day_start(tz, last.succ_opt().unwrap()))

@@ -290,6 +290,29 @@ mod tests {
     }
 
     #[test]
+    fn added_aggregations_are_told_from_other_changes() {
+        let base = "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nstart: 2024-01-01\naggregations:\n  - {type: count, field: chat_session_id, column: chats}\n";
+        let job = crate::config::testing::job;
+        let old = definition(&job(base));
+        let stored = |d: &Definition| (Some(d.hash.clone()), Some(d.document.clone()));
+        let (hash, doc) = stored(&old);
+        let cmp = |text: &str| compare(hash.as_deref(), doc.as_ref(), &definition(&job(text)));
+        assert_eq!(cmp(base), Change::Same);
+        let added = format!("{base}  - {{type: sum, field: sales, column: sales}}\n");
+        assert_eq!(cmp(&added), Change::Added(vec!["sales".to_string()]));
+        // Anything else: a filter, a removed or renamed aggregation, a reused column name.
+        assert_eq!(cmp(&base.replace("start: 2024-01-01", "start: 2024-01-01\nrooms: [r1]")), Change::Other);
+        assert_eq!(cmp(&base.replace("column: chats", "column: all_chats")), Change::Other);
+        let reused = base.replace("count, field: chat_session_id", "hyperUnique, field: visitor_ids");
+        assert_eq!(cmp(&reused), Change::Other);
+        // The history start and schedule are not part of the meaning.
+        assert_eq!(cmp(&base.replace("2024-01-01", "2023-06-01")), Change::Same);
+        // A stored hash without its document (an earlier release's state) cannot be compared.
+        assert_eq!(compare(hash.as_deref(), None, &definition(&job(&added))), Change::Other);
+        assert_eq!(compare(None, None, &old), Change::Same, "no history yet");
+    }
+
+    #[test]
     fn watermark_moves_only_over_contiguous_loads() {
         let mut loads = BTreeMap::new();
         loads.insert(t(2), t(3));
