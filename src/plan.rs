@@ -359,7 +359,8 @@ mod tests {
         let r = clamp_range(Hour, tz, start, day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, zero, false).unwrap();
         assert_eq!(r.to, now - Duration::minutes(30));
         let settle = Duration::minutes(45);
-        let r = clamp_range(Hour, tz, start, day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, settle, false).unwrap();
+        let r =
+            clamp_range(Hour, tz, start, day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, settle, false).unwrap();
         assert_eq!(r.to, now - Duration::minutes(90));
         assert!(r.notes[0].contains("settle_secs"), "{:?}", r.notes);
         // include_partial: up to the end of the window in progress; it stays incomplete.
@@ -374,13 +375,16 @@ mod tests {
         let now = local_to_utc(tz, date(2026, 12, 1).and_hms_opt(14, 30, 0).unwrap());
         let day = |d: NaiveDate| local_day_start(tz, d);
         let zero = Duration::zero();
-        let future = clamp_range(Day, tz, date(2026, 1, 1), day(date(2030, 1, 1)), day(date(2030, 1, 3)), now, zero, false);
+        let future =
+            clamp_range(Day, tz, date(2026, 1, 1), day(date(2030, 1, 1)), day(date(2030, 1, 3)), now, zero, false);
         let e = future.unwrap_err();
         assert!(e.contains("no window of the range is complete yet") && e.contains("2026-12-01"), "{e}");
         // Today alone is not complete either.
-        let today = clamp_range(Day, tz, date(2026, 1, 1), day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, zero, false);
+        let today =
+            clamp_range(Day, tz, date(2026, 1, 1), day(date(2026, 12, 1)), day(date(2026, 12, 2)), now, zero, false);
         assert!(today.is_err());
-        let past = clamp_range(Day, tz, date(2026, 1, 1), day(date(2025, 1, 1)), day(date(2025, 12, 31)), now, zero, false);
+        let past =
+            clamp_range(Day, tz, date(2026, 1, 1), day(date(2025, 1, 1)), day(date(2025, 12, 31)), now, zero, false);
         let e = past.unwrap_err();
         assert!(e.contains("before the job's history starts (2026-01-01"), "{e}");
     }

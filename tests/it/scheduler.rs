@@ -330,18 +330,28 @@ async fn a_changed_job_is_detected_and_an_invalid_reload_keeps_the_old_definitio
     d.tick_to(local(2024, 5, 3, 6, 30, 0), "daily_chats", 2).await;
     assert_eq!(d.metrics.snapshot()["daily_chats"].windows_loaded, 2);
 
-    // A changed query: the reload takes it, and the next run reports the change.
+    // A changed query: the reload takes it, and the next run is refused (the loaded rows mean
+    // something else now), loading nothing, with the command that rebuilds.
     std::fs::write(&job_file, good.replace("scopes: [org]", "scopes: [org]\nrooms: [room-a]")).unwrap();
     d.reload.send(()).await.unwrap();
     let a = d.wait("the valid reload is answered", |a| a.reloads == 2).await;
     assert_eq!((a.generation, a.loops), (2, 1), "the reload was taken: new loops run the changed job");
     d.tick_to(local(2024, 5, 4, 6, 30, 0), "daily_chats", 3).await;
-    assert!(d.metrics.snapshot()["daily_chats"].definition_changed);
+    let m = d.metrics.snapshot()["daily_chats"].clone();
+    assert!(m.definition_changed);
+    assert_eq!(m.windows_loaded, 2, "the refused tick loaded nothing");
+    assert_eq!(m.errors.get(&chatetl::error::ErrorKind::Configuration), Some(&1));
     d.stop().await;
     let (_, out, err) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "status"]);
-    assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains("CHANGED")), "{out}\n{err}");
+    assert!(out.lines().any(|l| l.starts_with("daily_chats") && l.contains("CHANGED: run --rebuild")), "{out}\n{err}");
+    let (code, _, err) = crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "run", "--job", "daily_chats"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`chatetl run --job daily_chats --rebuild` reloads the whole history into a shadow table"),
+        "{err}"
+    );
 
-    // --rebuild reloads the whole history with the new definition.
+    // --rebuild reloads the whole history with the new definition and swaps it in.
     let (code, out, err) =
         crate::util::chatetl(&["--config", e.path.to_str().unwrap(), "run", "--job", "daily_chats", "--rebuild"]);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -949,3 +949,46 @@ async fn bad_answers_fail_the_snapshot_clearly_and_unknown_fields_are_tolerated(
     assert!(served.iter().all(|r| r.fault.as_deref() == Some("truncate")));
     assert!(!parquet_rows(&parquet, "comm100_right_now").contains_key(&at));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_history_is_never_destroyed_by_a_rebuild_or_a_changed_definition() {
+    let f = fixture(&[]).await;
+    let db = TestDb::new().await;
+    let parquet = f.dir.path().join("wh");
+    let later = tick() + Duration::minutes(5);
+    for (sub, warehouse) in [("pg", TestWarehouse::Postgres(&db.url)), ("pq", TestWarehouse::Parquet(&parquet))] {
+        let config = f.config(sub, &warehouse, &[shipped("comm100_agents")]);
+        let read = async || match warehouse {
+            TestWarehouse::Postgres(_) => pg_rows(&db.pool().await, "comm100_agents").await,
+            TestWarehouse::Parquet(root) => parquet_rows(root, "comm100_agents"),
+        };
+        for at in [tick(), later] {
+            assert!(capture(&config, &["comm100_agents"], at).await.iter().all(RunReport::ok));
+        }
+        let before = read().await;
+        assert_eq!(before.keys().copied().collect::<Vec<_>>(), vec![tick(), later], "{sub}: two captures");
+        let c = config.to_str().unwrap();
+
+        let (code, out, err) = chatetl(&["--config", c, "run", "--job", "comm100_agents", "--rebuild"]);
+        assert_eq!(code, 2, "{sub}: --rebuild of a snapshot job is refused\n{out}\n{err}");
+        assert!(err.contains("a snapshot job cannot be rebuilt: its captures cannot be fetched again"), "{sub}: {err}");
+        assert_eq!(read().await, before, "{sub}: every capture is still there");
+
+        // A change that is more than added columns (here the department filter) is refused too,
+        // with what to do instead, and loads nothing.
+        let job = f.dir.path().join(sub).join("jobs/comm100_agents.yaml");
+        let text = std::fs::read_to_string(&job).unwrap();
+        std::fs::write(&job, format!("{text}department_id: 3fa85f64-5717-4562-b3fc-2c963f66afa6\n")).unwrap();
+        let (code, out, err) = chatetl(&["--config", c, "run", "--job", "comm100_agents"]);
+        assert_eq!(code, 2, "{sub}: a changed snapshot definition is refused\n{out}\n{err}");
+        assert!(
+            err.contains("a snapshot's history cannot be fetched again, so chatetl never rebuilds it"),
+            "{sub}: {err}"
+        );
+        assert!(err.contains("give the job a new `table:`"), "{sub}: {err}");
+        assert_eq!(read().await, before, "{sub}: every capture is still there");
+        let (_, out, _) = chatetl(&["--config", c, "status", "--job", "comm100_agents"]);
+        assert!(out.contains("CHANGED: keep the old definition or use a new table"), "{sub}: {out}");
+        std::fs::write(&job, text).unwrap();
+    }
+}
