@@ -21,18 +21,22 @@
 //!   endpoint registry (`config::Endpoint::info`).
 //! - [`plan`]: windows in a job's time zone (local days, wall-clock hours), incremental catch-up
 //!   with lookback, `--from`/`--to` ranges, and chunks of windows per request (pure).
-//! - [`state`]: watermarks, window loads and run history, the rule that moves a watermark (on
-//!   plain arguments), and the definition hash.
+//! - [`state`]: watermarks, window loads, failed windows and run history, the rule that moves a
+//!   watermark (on plain arguments), and job definitions (hash, canonical document, how two
+//!   differ).
 //! - [`source`]: one module per upstream API (giosg chat_sessions, events, workflow, realtime;
 //!   Thulium; Comm100) behind [`source::Api`], dispatched by [`source::api`]; `source::http` is
 //!   the shared client (Token, Bearer or basic auth, timeouts, retries honouring `Retry-After`,
 //!   rate and concurrency limits, per-chunk request counts, the one paging loop).
 //! - [`batch`]: a job's output schema (time column, key dimensions, typed values, from the
 //!   columns its caller passes) and the Arrow `RecordBatch` of one window or snapshot.
-//! - [`sink`]: PostgreSQL (delete-then-`COPY` in one transaction with the state) and Parquet (one
-//!   file per window, atomically renamed into place).
+//! - [`sink`]: PostgreSQL (delete-then-`COPY` in one transaction with the state, kept per target
+//!   schema) and Parquet (one file per table and month, or local day for snapshots, replaced
+//!   atomically; state in SQLite in the warehouse folder); columns added in place, rebuilds into
+//!   a shadow table swapped in at the end.
 //! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation with typed load
-//!   errors, run records.
+//!   errors, run records, failed windows, definition changes (columns added, or refused until a
+//!   shadow rebuild).
 //! - [`probe`]: `chatetl probe`: one request per endpoint a job uses, its answer checked against
 //!   every assumption the clients make where the vendors' docs are silent
 //!   (`docs/assumptions.md`).
