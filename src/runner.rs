@@ -1,10 +1,14 @@
 //! Executing a plan: windows of a job fetched, built, and committed chunk by chunk.
 //!
 //! Owns: [`Runner`] (the configuration, the open warehouse and one [`Source`] per configured
-//! source), the three ways windows are chosen (incremental from the watermark, an explicit range,
-//! a backfill that skips windows already loaded with the same definition), bounded concurrency
-//! across chunks, progress (a bar on a terminal, a log line per chunk otherwise), error isolation
-//! (a failed chunk keeps its windows' old rows and the others go on), and the run record.
+//! source), the ways windows are chosen (incremental from the watermark, an explicit range, a
+//! backfill that skips windows already loaded with the same definition, a rebuild into the job's
+//! shadow table that resumes and is promoted at the end), what a changed definition does (added
+//! aggregations become columns; anything else refuses the run until a rebuild, and snapshot jobs
+//! are never rebuilt), bounded concurrency across chunks, progress (a bar on a terminal, a log
+//! line per chunk otherwise), error isolation (a failed chunk keeps its windows' old rows and the
+//! others go on, and its windows are recorded as failed), and the run record (runs left
+//! `running` by a process that died are closed as `died` by the next run of the job).
 //!
 //! A chunk is the set of consecutive windows one request per scope covers; its windows commit
 //! together, after every scope's request succeeded, so no window is ever half-loaded.
@@ -340,7 +344,9 @@ impl Runner {
         }
         let settle = chrono::Duration::seconds(job.settle_secs as i64);
         let windows = plan::incremental(job.window, job.time_zone, job.start, None, now, 0, settle, false);
-        let opts = RunOptions { kind: RunKind::Rebuild, partial_after: Some(now - settle), ..opts.clone() };
+        // Never forced: windows the shadow already holds with this definition are skipped.
+        let opts =
+            RunOptions { kind: RunKind::Rebuild, force: false, partial_after: Some(now - settle), ..opts.clone() };
         let mut report = self.run_locked(&shadow, windows, &opts).await?;
         report.job = job.name.clone();
         if report.ok() {
