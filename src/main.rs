@@ -36,25 +36,123 @@ struct Cli {
     command: Command,
 }
 
+macro_rules! validate_examples {
+    () => {
+        "\
+Examples:
+  chatetl validate
+  chatetl validate --strict                  # unset credential variables are errors too
+  chatetl --config deploy/chatetl.postgres.yaml validate
+Unset credential variables (a source's token, username, password, organization_id) are warnings:
+only run, backfill and schedule contact the sources, and they refuse to without them."
+    };
+}
+
+macro_rules! status_examples {
+    () => {
+        "Examples:\n  chatetl status\n  chatetl status --job 'real_chats*'\n  chatetl status --json | jq '.[].watermark'"
+    };
+}
+
+/// How commands choose jobs.
+macro_rules! select_help {
+    () => {
+        "--job takes names or globs (`real_chats*`, `{real,short}_chats`; quote them for the shell) and
+may be repeated; --source NAME selects the jobs of a source (both given: the jobs matching both).
+A glob or source that matches no job is an error."
+    };
+}
+
+/// How commands choose jobs, and ranges.
+macro_rules! select_range_help {
+    () => {
+        "--job takes names or globs (`real_chats*`, `{real,short}_chats`; quote them for the shell) and
+may be repeated; --source NAME selects the jobs of a source (both given: the jobs matching both).
+A glob or source that matches no job is an error.
+
+Dates (YYYY-MM-DD) are whole days in the job's time zone, both ends inclusive;
+RFC 3339 datetimes (2024-03-31T00:00:00+03:00) make a half-open range. A range is clamped to the
+job's `start` and its last complete window (a note says so); one wholly outside is refused."
+    };
+}
+
+macro_rules! plan_examples {
+    () => {
+        "\
+Examples:
+  chatetl plan --job real_chats --from 2024-03-01 --to 2024-03-31
+  chatetl plan --job real_chats            # what the next incremental run would load
+  chatetl plan --source thulium --from 2024-03-01 --to 2024-03-01
+Requests are printed without their credentials, so plan needs none."
+    };
+}
+
+macro_rules! run_examples {
+    () => {
+        "\
+Examples:
+  chatetl run                                   # every job, from its watermark
+  chatetl run --job real_chats --job short_chats
+  chatetl run --job 'real_chats*'               # every job whose name starts with real_chats
+  chatetl run --source giosg                    # every job of source giosg
+  chatetl run --job real_chats --from 2024-03-01 --to 2024-03-31   # reload March
+  chatetl run --job real_chats --rebuild        # the whole history into a shadow table, swapped in
+  chatetl run --job real_chats --failed         # exactly the windows that failed
+  chatetl run --job real_chats --outdated       # fill columns added to the job in older windows
+Exit codes: 0 every window loaded; 1 some window failed (the others are kept), an outage or the
+warehouse; 2 bad usage or configuration (also an unset credential variable of a source the jobs
+read, or a job of a disabled source); 3 refused credentials; 4 a refused request or an unreadable
+answer; 130 interrupted (SIGINT/SIGTERM: the windows in flight commit, the run is recorded)."
+    };
+}
+
+macro_rules! backfill_examples {
+    () => {
+        "\
+Examples:
+  chatetl backfill --job real_chats --from 2023-01-01 --to 2023-12-31 --concurrency 4
+  chatetl backfill --job 'thulium*daily' --from 2024-01-01 --to 2024-06-30   # a glob must match one job
+Re-running the same command skips windows already loaded with the job's current definition
+(--force reloads them). A backfill never moves a watermark backwards."
+    };
+}
+
+macro_rules! schedule_examples {
+    () => {
+        "\
+Examples:
+  chatetl schedule                                  # health and metrics on 127.0.0.1:9464
+  chatetl schedule --listen 0.0.0.0:9464 --concurrency 2
+  curl -s localhost:9464/metrics; curl -s localhost:9464/healthz
+  kill -HUP <pid>                                   # re-read chatetl.yaml and the job files
+Each tick of a job is an incremental run: every complete window from the watermark (plus the
+job's lookback), so a daemon that was down catches up on its first tick. Schedules are cron
+expressions with six fields (seconds first), evaluated on the wall clock of the job's zone."
+    };
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check chatetl.yaml and every job file; report every problem with file:line:col.
-    #[command(after_help = VALIDATE_EXAMPLES)]
+    #[command(after_help = validate_examples!())]
     Validate(ValidateArgs),
     /// Print jobs' windows and the exact request bodies; send nothing (no credentials needed).
-    #[command(after_help = PLAN_EXAMPLES)]
+    #[command(after_help = plan_examples!(), after_long_help = concat!(plan_examples!(), "\n\n", select_range_help!()))]
     Plan(PlanArgs),
     /// Load jobs: without a range, incrementally from each watermark; with one, reload exactly it.
-    #[command(after_help = RUN_EXAMPLES)]
+    #[command(after_help = run_examples!(), after_long_help = concat!(run_examples!(), "\n\n", select_range_help!()))]
     Run(RunArgs),
     /// Load a long range in chunks, with bounded concurrency and a progress bar; resumable.
-    #[command(after_help = BACKFILL_EXAMPLES)]
+    #[command(after_help = backfill_examples!(), after_long_help = concat!(backfill_examples!(), "\n\n", select_range_help!()))]
     Backfill(BackfillArgs),
     /// Run every scheduled job on its cron schedule until SIGTERM/SIGINT (SIGHUP reloads job files).
-    #[command(after_help = SCHEDULE_EXAMPLES)]
+    #[command(after_help = schedule_examples!())]
     Schedule(ScheduleArgs),
     /// Per job: watermark, last run, rows and last error.
-    #[command(after_help = "Examples:\n  chatetl status\n  chatetl status --json | jq '.[].watermark'")]
+    #[command(
+        after_help = status_examples!(),
+        after_long_help = concat!(status_examples!(), "\n\n", select_help!())
+    )]
     Status(StatusArgs),
     /// Ask each source once per endpoint a job uses and check its answers against every
     /// assumption chatetl makes where the vendors' docs are silent (docs/assumptions.md).
@@ -69,68 +167,6 @@ enum Command {
     #[command(after_help = DEMO_EXAMPLES)]
     Demo(DemoArgs),
 }
-
-const VALIDATE_EXAMPLES: &str = "\
-Examples:
-  chatetl validate
-  chatetl validate --strict                  # unset credential variables are errors too
-  chatetl --config deploy/chatetl.postgres.yaml validate
-Unset credential variables (a source's token, username, password, organization_id) are warnings:
-only run, backfill and schedule contact the sources, and they refuse to without them.";
-
-/// How commands choose jobs.
-const SELECT_HELP: &str =
-    "--job takes names or globs (`real_chats*`, `{real,short}_chats`; quote them for the shell) and
-may be repeated; --source NAME selects the jobs of a source (both given: the jobs matching both).
-A glob or source that matches no job is an error.";
-
-/// How commands choose jobs, and ranges.
-const SELECT_RANGE_HELP: &str =
-    "--job takes names or globs (`real_chats*`, `{real,short}_chats`; quote them for the shell) and
-may be repeated; --source NAME selects the jobs of a source (both given: the jobs matching both).
-A glob or source that matches no job is an error.
-
-Dates (YYYY-MM-DD) are whole days in the job's time zone, both ends inclusive;
-RFC 3339 datetimes (2024-03-31T00:00:00+03:00) make a half-open range. A range is clamped to the
-job's `start` and its last complete window (a note says so); one wholly outside is refused.";
-
-const PLAN_EXAMPLES: &str = "\
-Examples:
-  chatetl plan --job real_chats --from 2024-03-01 --to 2024-03-31
-  chatetl plan --job real_chats            # what the next incremental run would load
-  chatetl plan --source thulium --from 2024-03-01 --to 2024-03-01
-Requests are printed without their credentials, so plan needs none.";
-
-const RUN_EXAMPLES: &str = "\
-Examples:
-  chatetl run                                         # every job, from its watermark
-  chatetl run --job real_chats --job short_chats
-  chatetl run --job 'real_chats*'                     # every job whose name starts with real_chats
-  chatetl run --source giosg                          # every job of source giosg
-  chatetl run --job real_chats --from 2024-03-01 --to 2024-03-31   # reload March
-  chatetl run --job real_chats --rebuild              # reload the whole history into a shadow table, then swap
-  chatetl run --job real_chats --failed               # reload exactly the windows that failed
-  chatetl run --job real_chats --outdated             # fill columns added to the job in older windows
-Exit codes: 0 every window loaded; 1 some window failed (the others are kept); 2 bad usage or configuration
-(also an unset credential variable of a source the jobs read, or a job of a disabled source); 3 refused
-credentials; 4 a refused request or an unreadable answer; 130 interrupted (SIGINT/SIGTERM).";
-
-const BACKFILL_EXAMPLES: &str = "\
-Examples:
-  chatetl backfill --job real_chats --from 2023-01-01 --to 2023-12-31 --concurrency 4
-  chatetl backfill --job 'thulium*daily' --from 2024-01-01 --to 2024-06-30   # a glob must match one job
-Re-running the same command skips windows already loaded with the job's current definition
-(--force reloads them). A backfill never moves a watermark backwards.";
-
-const SCHEDULE_EXAMPLES: &str = "\
-Examples:
-  chatetl schedule                                  # health and metrics on 127.0.0.1:9464
-  chatetl schedule --listen 0.0.0.0:9464 --concurrency 2
-  curl -s localhost:9464/metrics; curl -s localhost:9464/healthz
-  kill -HUP <pid>                                   # re-read chatetl.yaml and the job files
-Each tick of a job is an incremental run: every complete window from the watermark (plus the
-job's lookback), so a daemon that was down catches up on its first tick. Schedules are cron
-expressions with six fields (seconds first), evaluated on the wall clock of the job's zone.";
 
 #[cfg(feature = "simulator")]
 const DEMO_EXAMPLES: &str = "\
@@ -168,7 +204,6 @@ struct SelectArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = SELECT_RANGE_HELP)]
 struct PlanArgs {
     /// Jobs to plan; every enabled job when neither --job nor --source is given.
     #[command(flatten)]
@@ -178,7 +213,6 @@ struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = SELECT_RANGE_HELP)]
 struct RunArgs {
     /// Jobs to run; every enabled job when neither --job nor --source is given.
     #[command(flatten)]
@@ -204,7 +238,6 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = SELECT_RANGE_HELP)]
 struct BackfillArgs {
     /// The job to backfill, by name or by a glob that matches exactly one job.
     #[arg(long, value_name = "NAME|GLOB")]
@@ -240,7 +273,6 @@ struct ScheduleArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = SELECT_HELP)]
 struct StatusArgs {
     /// Jobs to show; every job (disabled ones too) when neither --job nor --source is given.
     #[command(flatten)]
@@ -555,4 +587,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn help_and_long_help_both_show_the_examples_and_run_its_exit_codes() {
+        let mut cli = Cli::command();
+        cli.build();
+        for name in ["validate", "plan", "run", "backfill", "schedule", "status", "probe"] {
+            let sub = cli.find_subcommand_mut(name).unwrap_or_else(|| panic!("no subcommand {name}"));
+            let (short, long) = (sub.render_help().to_string(), sub.render_long_help().to_string());
+            for (which, text) in [("-h", &short), ("--help", &long)] {
+                assert!(text.contains("chatetl "), "{name} {which} shows no example:\n{text}");
+            }
+            if matches!(name, "run" | "backfill" | "plan") {
+                assert!(long.contains("A range is clamped"), "{name} --help explains ranges:\n{long}");
+            }
+        }
+        let run = cli.find_subcommand_mut("run").unwrap().render_long_help().to_string();
+        assert!(run.contains("130 interrupted") && run.contains("3 refused credentials"), "{run}");
+        for line in run.lines() {
+            assert!(line.chars().count() <= 100, "a help line wider than 100 columns wraps: {line}");
+        }
+    }
 }
