@@ -13,8 +13,9 @@
 //! A chunk is the set of consecutive windows one request per scope covers; its windows commit
 //! together, after every scope's request succeeded, so no window is ever half-loaded.
 
+pub mod progress;
+
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -435,7 +436,7 @@ impl Runner {
         self.sink.record_run(&record).await?;
         info!(job = %job.name, run_id = %run_id, windows = windows.len(), skipped, chunks = chunks.len(), kind = record.kind, "run started");
 
-        let bar = progress_bar(opts.progress, windows.len() as u64, &job.name);
+        let bar = progress::bar(opts.progress, windows.len() as u64, &job.name);
         let ctx = ChunkContext {
             job,
             schema: &schema,
@@ -632,20 +633,4 @@ fn chunk_label(job: &Job, chunk: &[Window]) -> String {
 pub fn table_schema(job: &Job) -> TableSchema {
     let (dims, metrics) = crate::source::columns(job);
     TableSchema::new(job, dims, metrics, &crate::source::bucket_name(job))
-}
-
-fn progress_bar(progress: Progress, len: u64, job: &str) -> Option<indicatif::ProgressBar> {
-    if progress != Progress::Auto || !std::io::stderr().is_terminal() || len == 0 {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>20} [{bar:40}] {pos}/{len} windows {elapsed_precise} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(job.to_string());
-    Some(bar)
 }
