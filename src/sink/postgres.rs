@@ -106,6 +106,60 @@ fn ddl_err(what: &str) -> impl Fn(sqlx::Error) -> SinkError + '_ {
     }
 }
 
+/// `"schema"."table"`.
+fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// The DDL that creates the schema `target`, `schema`'s table in it (natural key included), its date index
+/// and every comment; each statement is a no-op or a refresh on a table that exists.
+fn table_ddl(target: &str, schema: &TableSchema) -> String {
+    let table = qualified(target, &schema.table);
+    let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(target));
+    let _ = write!(
+        ddl,
+        "CREATE TABLE IF NOT EXISTS {table} (\n  {} timestamptz NOT NULL,\n  {} date NOT NULL,\n",
+        schema.time_column, schema.date_column
+    );
+    for d in &schema.dims {
+        let _ = writeln!(ddl, "  {} text,", quote_ident(&d.name));
+    }
+    for m in &schema.metrics {
+        let _ = writeln!(ddl, "  {} {},", quote_ident(&m.name), sql_type(m.ty));
+    }
+    let key: Vec<String> = std::iter::once(schema.time_column.to_string())
+        .chain(schema.dims.iter().map(|d| quote_ident(&d.name)))
+        .collect();
+    // See the module doc: nullable dimensions rule out a primary key.
+    let key_kind = if schema.dims.is_empty() { "PRIMARY KEY" } else { "UNIQUE NULLS NOT DISTINCT" };
+    let _ = write!(
+        ddl,
+        "  _window_start timestamptz NOT NULL,\n  _loaded_at timestamptz NOT NULL,\n  _run_id text NOT NULL,\n  CONSTRAINT {} {key_kind} ({})\n);\n",
+        quote_ident(&key_name(&schema.table)),
+        key.join(", ")
+    );
+    let _ = writeln!(
+        ddl,
+        "CREATE INDEX IF NOT EXISTS {} ON {table} ({});",
+        quote_ident(&date_index_name(&schema.table, schema.date_column)),
+        schema.date_column
+    );
+    let _ = writeln!(ddl, "COMMENT ON TABLE {table} IS {};", quote_literal(&schema.description));
+    let mut comments = vec![
+        (schema.time_column, schema.time_comment.clone()),
+        (schema.date_column, format!("local date of {} in {}", schema.time_column, schema.time_zone.name())),
+        ("_window_start", "start of the load window this row was replaced with".to_string()),
+        ("_loaded_at", "when chatetl loaded this row".to_string()),
+        ("_run_id", "the chatetl run that loaded this row".to_string()),
+    ];
+    comments.extend(schema.dims.iter().map(|d| (d.name.as_str(), d.comment.clone())));
+    comments.extend(schema.metrics.iter().map(|m| (m.name.as_str(), m.comment.clone())));
+    for (col, text) in comments {
+        let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{} IS {};", quote_ident(col), quote_literal(&text));
+    }
+    ddl
+}
+
 /// The SQL type of a value column.
 fn sql_type(ty: ColumnType) -> &'static str {
     match ty {
@@ -198,56 +252,7 @@ impl PostgresSink {
     }
 
     fn table(&self, table: &str) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
-    }
-
-    /// The DDL that creates the schema, `schema`'s table (natural key included), its date index
-    /// and every comment; each statement is a no-op or a refresh on a table that exists.
-    fn table_ddl(&self, schema: &TableSchema) -> String {
-        let table = self.table(&schema.table);
-        let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(&self.schema));
-        let _ = write!(
-            ddl,
-            "CREATE TABLE IF NOT EXISTS {table} (\n  {} timestamptz NOT NULL,\n  {} date NOT NULL,\n",
-            schema.time_column, schema.date_column
-        );
-        for d in &schema.dims {
-            let _ = writeln!(ddl, "  {} text,", quote_ident(&d.name));
-        }
-        for m in &schema.metrics {
-            let _ = writeln!(ddl, "  {} {},", quote_ident(&m.name), sql_type(m.ty));
-        }
-        let key: Vec<String> = std::iter::once(schema.time_column.to_string())
-            .chain(schema.dims.iter().map(|d| quote_ident(&d.name)))
-            .collect();
-        // See the module doc: nullable dimensions rule out a primary key.
-        let key_kind = if schema.dims.is_empty() { "PRIMARY KEY" } else { "UNIQUE NULLS NOT DISTINCT" };
-        let _ = write!(
-            ddl,
-            "  _window_start timestamptz NOT NULL,\n  _loaded_at timestamptz NOT NULL,\n  _run_id text NOT NULL,\n  CONSTRAINT {} {key_kind} ({})\n);\n",
-            quote_ident(&key_name(&schema.table)),
-            key.join(", ")
-        );
-        let _ = writeln!(
-            ddl,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} ({});",
-            quote_ident(&date_index_name(&schema.table, schema.date_column)),
-            schema.date_column
-        );
-        let _ = writeln!(ddl, "COMMENT ON TABLE {table} IS {};", quote_literal(&schema.description));
-        let mut comments = vec![
-            (schema.time_column, schema.time_comment.clone()),
-            (schema.date_column, format!("local date of {} in {}", schema.time_column, schema.time_zone.name())),
-            ("_window_start", "start of the load window this row was replaced with".to_string()),
-            ("_loaded_at", "when chatetl loaded this row".to_string()),
-            ("_run_id", "the chatetl run that loaded this row".to_string()),
-        ];
-        comments.extend(schema.dims.iter().map(|d| (d.name.as_str(), d.comment.clone())));
-        comments.extend(schema.metrics.iter().map(|m| (m.name.as_str(), m.comment.clone())));
-        for (col, text) in comments {
-            let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{} IS {};", quote_ident(col), quote_literal(&text));
-        }
-        ddl
+        qualified(&self.schema, table)
     }
 
     /// Creates the schema and table if missing (or adds what an older release's table lacks:
@@ -300,7 +305,10 @@ impl PostgresSink {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err(&what))?;
-            sqlx::raw_sql(AssertSqlSafe(self.table_ddl(schema))).execute(&mut *tx).await.map_err(db_err(&what))?;
+            sqlx::raw_sql(AssertSqlSafe(table_ddl(&self.schema, schema)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(&what))?;
         }
         // A new job is registered with its definition; a job whose definition is unchanged but
         // was stored without its document (an earlier release) gets the document.
@@ -971,4 +979,47 @@ pub fn write_csv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
         out.extend_from_slice(line.as_bytes());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Column;
+
+    fn schema(dims: Vec<Column>) -> TableSchema {
+        TableSchema {
+            table: "t".into(),
+            description: "it's a table".into(),
+            time_zone: chrono_tz::Europe::Helsinki,
+            time_column: "captured_at",
+            date_column: "captured_date",
+            time_comment: "when".into(),
+            dims,
+            metrics: vec![Column::new("n", ColumnType::Int, "how many")],
+        }
+    }
+
+    #[test]
+    fn a_table_without_dimensions_has_a_primary_key_and_one_with_them_a_unique_key() {
+        let plain = table_ddl("analytics", &schema(Vec::new()));
+        assert!(plain.contains("CONSTRAINT \"t_natural_key\" PRIMARY KEY (captured_at)"), "{plain}");
+        let dims = table_ddl("analytics", &schema(vec![Column::new("agent_id", ColumnType::Text, "who")]));
+        assert!(
+            dims.contains("CONSTRAINT \"t_natural_key\" UNIQUE NULLS NOT DISTINCT (captured_at, \"agent_id\")"),
+            "{dims}"
+        );
+        for ddl in [plain, dims] {
+            assert!(ddl.contains(
+                "CREATE INDEX IF NOT EXISTS \"t_captured_date_idx\" ON \"analytics\".\"t\" (captured_date);"
+            ));
+            assert!(ddl.contains("COMMENT ON TABLE \"analytics\".\"t\" IS 'it''s a table';"), "{ddl}");
+        }
+    }
+
+    #[test]
+    fn one_job_name_in_two_targets_has_two_locks() {
+        assert_ne!(lock_key("analytics", "real_chats"), lock_key("chatetl_demo", "real_chats"));
+        assert_ne!(lock_key("a", "b_c"), lock_key("a_b", "c"), "the separator cannot occur in a name");
+        assert_eq!(lock_key("analytics", "real_chats"), lock_key("analytics", "real_chats"));
+    }
 }
