@@ -19,8 +19,8 @@ use serde_json::Value;
 use sqlx::Row as _;
 
 use crate::util::{
-    Dump, Row, TOKEN, Table, TestDb, TestWarehouse, assert_tables_match, chatetl, dump, pg_table, read_dump, serve,
-    shipped_jobs, write_config,
+    Dump, Row, TOKEN, TestDb, TestWarehouse, assert_tables_match, chatetl, dump, dump_sums, pg_table, read_dump,
+    real_chat, serve, shipped_jobs, write_config,
 };
 
 const HEL: chrono_tz::Tz = chrono_tz::Europe::Helsinki;
@@ -228,36 +228,6 @@ async fn job_locks_released(pool: &sqlx::PgPool) {
     }
 }
 
-/// A real chat (the shipped `real_chats` filters, with `min_user_messages` for its bound).
-fn real_chat(r: &Row, min_user_messages: f64) -> bool {
-    matches!(r.s("chat_type"), "visitor" | "external")
-        && r.n("user_message_count") >= min_user_messages
-        && r.n("visitor_message_count") >= 1.0
-}
-
-/// (local date, scope, team or user) → the sum of `value` over the dump's rows of `org` that
-/// `keep` accepts, on `days`; the org scope has a row every day.
-fn sums(rows: &[Row], org: &str, days: &[NaiveDate], keep: impl Fn(&Row) -> bool, value: fn(&Row) -> f64) -> Table {
-    let mut out = Table::new();
-    for d in days {
-        out.insert((d.to_string(), "org".into(), None), Some(0.0));
-    }
-    for r in rows.iter().filter(|r| r.s("owner_organization_id") == org && keep(r)) {
-        let date = r.time.with_timezone(&HEL).date_naive();
-        if !days.contains(&date) {
-            continue;
-        }
-        let who = match r.s("scope") {
-            "team" => Some(r.s("team_id").to_string()),
-            "user" => Some(r.s("user_id").to_string()),
-            _ => None,
-        };
-        let v = out.entry((date.to_string(), r.s("scope").to_string(), who)).or_insert(Some(0.0));
-        *v = Some(v.unwrap() + value(r));
-    }
-    out
-}
-
 fn dump_rows(e: &Env) -> (String, Vec<Row>) {
     let (orgs, rows) = read_dump(&e.dump.path);
     (orgs[0]["id"].as_str().unwrap().to_string(), rows)
@@ -436,12 +406,15 @@ async fn state_of_the_release_before_targets_is_claimed_by_the_schema_holding_th
     let repeated = "SELECT count(*) FROM (SELECT 1 FROM chatetl.jobs GROUP BY target, job HAVING count(*) > 1) d";
     assert_eq!(scalar_i64(&pool, repeated).await, 0, "one row per (target, job)");
     assert_eq!(unclaimed("jobs").await.as_deref(), Some("short_chats"), "reporting holds no short_chats table");
+    let loads = "SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'";
+    assert_eq!(scalar_i64(&pool, loads).await, 5 + 2, "analytics' five and reporting's two: none copied");
 
     // Reloading the claimed windows replaces their rows whole: the simulator's values, no repeats.
     let (code, out, err) = e.cli(&["run", "--job", "real_chats", "--from", "2024-05-01", "--to", "2024-05-05"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let (org, rows) = dump_rows(&e);
-    let want = sums(&rows, &org, &span(start, start + chrono::Duration::days(4)), |r| real_chat(r, 2.0), |_| 1.0);
+    let want =
+        dump_sums(&rows, &org, HEL, &span(start, start + chrono::Duration::days(4)), |r| real_chat(r, 2.0), |_| 1.0);
     assert_tables_match("real_chats", &pg_table(&pool, "real_chats", "real_chats").await, &want, false);
 }
 
@@ -492,7 +465,7 @@ async fn an_added_aggregation_becomes_a_column_while_readers_read_and_outdated_f
     assert!(reads > 20, "the reader read throughout: {reads}");
     let (org, rows) = dump_rows(&e);
     let days = span(start, days_ago(1));
-    let want = sums(&rows, &org, &days, |r| real_chat(r, 2.0), |r| r.n("sales"));
+    let want = dump_sums(&rows, &org, HEL, &days, |r| real_chat(r, 2.0), |r| r.n("sales"));
     assert_tables_match("real_chat_sales", &pg_table(&pool, "real_chats", "real_chat_sales").await, &want, false);
 }
 
@@ -542,6 +515,7 @@ async fn rebuilds_killed_at_any_instant_keep_the_live_table_whole_and_the_last_o
         // What status says agrees with both tables.
         let s = status_of(&e.path, "real_chats");
         assert_eq!(s["windows_loaded"], 20, "{s}");
+        assert_eq!(s["rows_loaded"], scalar_i64(&pool, "SELECT count(*) FROM analytics.real_chats").await, "{s}");
         let in_shadow = scalar_i64(&pool, shadow_windows).await;
         assert_eq!(s["rebuild_windows_loaded"], in_shadow, "{s}");
         assert!(in_shadow > rebuilt, "each attempt resumes and adds windows: {in_shadow} after {rebuilt}");
@@ -587,7 +561,7 @@ async fn rebuilds_killed_at_any_instant_keep_the_live_table_whole_and_the_last_o
         .unwrap();
     assert!(granted, "the grant was copied to the rebuilt table");
     let (org, rows) = dump_rows(&e);
-    let want = sums(&rows, &org, &span(start, days_ago(1)), |r| real_chat(r, 3.0), |_| 1.0);
+    let want = dump_sums(&rows, &org, HEL, &span(start, days_ago(1)), |r| real_chat(r, 3.0), |_| 1.0);
     assert_tables_match("real_chats", &pg_table(&pool, "real_chats", "real_chats").await, &want, false);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}; DROP ROLE {role}"))).execute(&pool).await.unwrap();
 }
