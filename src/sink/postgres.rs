@@ -111,8 +111,8 @@ fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
-/// The DDL that creates the schema `target`, `schema`'s table in it (natural key included), its date index
-/// and every comment; each statement is a no-op or a refresh on a table that exists.
+/// The DDL that creates the schema `target`, `schema`'s table in it (natural key included), its
+/// date index and every comment; each statement is a no-op or a refresh on a table that exists.
 fn table_ddl(target: &str, schema: &TableSchema) -> String {
     let table = qualified(target, &schema.table);
     let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(target));

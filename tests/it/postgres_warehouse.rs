@@ -390,6 +390,11 @@ async fn state_of_the_release_before_targets_is_claimed_by_the_schema_holding_th
     let index =
         "SELECT count(*) FROM pg_indexes WHERE schemaname = 'analytics' AND indexname = 'real_chats_bucket_date_idx'";
     assert_eq!(scalar_i64(&pool, index).await, 1, "the old table got its date index");
+    let kept = "SELECT count(*) FROM chatetl.jobs WHERE target = 'analytics' AND job = 'real_chats' \
+        AND definition->>'version' = '2' AND definition_hash = $1";
+    let kept: i64 =
+        sqlx::query_scalar(kept).bind(chatetl::state::definition_hash(&job)).fetch_one(&pool).await.unwrap();
+    assert_eq!(kept, 1, "the unchanged definition's document is kept from its first run on");
 
     // A second target on the same database starts fresh and leaves analytics alone.
     let reporting = e.path.with_file_name("reporting.yaml");
