@@ -1,14 +1,44 @@
-//! The PostgreSQL warehouse: one typed table per job in the configured schema, state in the
-//! `chatetl` schema of the same database.
+//! The PostgreSQL warehouse: one typed table per job in the configured schema (the *target*),
+//! state in the `chatetl` schema of the same database, every state row keyed by (target, job).
 //!
 //! Owns: connecting and applying `migrations/` (embedded at compile time, tracked in
-//! `chatetl._sqlx_migrations`), creating each job's table with its natural key and comments, and
-//! [`PostgresSink::commit`]: in ONE transaction, delete the windows' rows, `COPY` the new rows
-//! (CSV with an explicit column list), upsert the window loads, and move the watermark over
-//! contiguous loads. A failure anywhere rolls all of it back, so a window is replaced whole or
-//! not at all and the watermark never passes uncommitted data.
+//! `chatetl._sqlx_migrations`); each job's table with its natural key, its date index and its
+//! comments; [`PostgresSink::commit`]: in ONE transaction, delete the windows' rows, `COPY` the
+//! new rows (CSV with an explicit column list), upsert the window loads, remove the windows'
+//! failures and move the watermark over contiguous loads (a failure anywhere rolls all of it
+//! back, so a window is replaced whole or not at all and the watermark never passes uncommitted
+//! data); adding value columns in place ([`PostgresSink::add_columns`]); swapping a rebuilt
+//! shadow table in ([`PostgresSink::promote`]); and claiming state an earlier release kept per
+//! job name ([`PostgresSink::claim_legacy_state`]).
 //!
-//! Requires PostgreSQL 15 or later (`UNIQUE NULLS NOT DISTINCT` on the natural key).
+//! # State per target
+//! The target is the schema the job's tables live in, so a demo (`chatetl_demo`) and a
+//! production configuration (`analytics`) on one database never share a watermark, a load
+//! record, a run or a job lock ([`lock_key`]). Every query here filters by it. Rows written
+//! before migration 0003 have target NULL; the first target whose schema holds the job's table
+//! claims them (when two schemas hold it, as a demo beside production under the old release
+//! could, the first to open does; the other starts fresh and reloads what it backfills).
+//!
+//! # Tables BI users can lean on
+//! - Natural key: the time column and the key dimensions. Dimensions are nullable by meaning (an
+//!   org-scope row has no team or user), and a PRIMARY KEY's columns are NOT NULL, so a table
+//!   with dimensions gets `UNIQUE NULLS NOT DISTINCT` (two org rows of one bucket still collide)
+//!   and a table without any (`comm100_today`) a PRIMARY KEY on its time column. Both are named
+//!   `<table>_natural_key`.
+//! - `<table>_<date column>_idx` on `bucket_date` / `captured_date` serves the README's filters
+//!   (`WHERE bucket_date >= current_date - 30`); `prepare` adds it to tables created before it.
+//! - `COMMENT ON` the table and every column; the state tables' comments are in the migrations.
+//!
+//! # Changing a table without losing service
+//! Added value columns are `ALTER TABLE … ADD COLUMN` (nullable: no rewrite) in one transaction
+//! with the state. A rebuild loads `_rebuild_<table>` beside the live table under the job
+//! `<name>~rebuild`; [`PostgresSink::promote`] then drops the live table and renames the shadow
+//! (its key and index too) in one transaction: a reader waiting on the lock sees the new table
+//! when it gets it, never an empty one. Grants on the live table are copied to the new one. DDL
+//! waits at most [`LOCK_TIMEOUT`] for readers, so a long BI query makes it fail (retryable)
+//! rather than queue every other reader behind it.
+//!
+//! Requires PostgreSQL 15 or later (`UNIQUE NULLS NOT DISTINCT`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,10 +50,11 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row as _, SqlSafeStr};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Transaction};
+use tracing::{info, warn};
 
-use super::{Commit, SinkError};
+use super::{Commit, SHADOW_SUFFIX, SinkError};
 use crate::batch::TableSchema;
 use crate::config::{Job, Secret};
 use crate::error::ErrorKind;
@@ -34,7 +65,14 @@ use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, Wi
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "state", include_str!("../../migrations/0001_state.sql")),
     (2, "error kind", include_str!("../../migrations/0002_error_kind.sql")),
+    (3, "state per target", include_str!("../../migrations/0003_state_per_target.sql")),
 ];
+
+/// How long DDL on a job's table (added columns, a promotion) waits for readers' locks.
+pub const LOCK_TIMEOUT: &str = "10s";
+
+/// The error recorded for a run whose process ended before it finished.
+const DIED: &str = "the process ended before the run finished";
 
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(name: &str) -> String {
@@ -50,7 +88,130 @@ fn db_err(what: &str) -> impl Fn(sqlx::Error) -> SinkError + '_ {
     move |e| SinkError::warehouse(format!("{what}: {e}"))
 }
 
-/// A connection pool to the warehouse database.
+/// [`db_err`] for DDL on a job's table, saying what to do about the two failures a user can
+/// cause: a query holding the table past [`LOCK_TIMEOUT`] (passes: retry) and views depending on
+/// a table a promotion drops (does not: a configuration problem).
+fn ddl_err(what: &str) -> impl Fn(sqlx::Error) -> SinkError + '_ {
+    move |e| {
+        let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+        match code.as_deref() {
+            Some("55P03") => SinkError::warehouse(format!(
+                "{what}: another session held the table for more than {LOCK_TIMEOUT} (a long query?); retrying later helps: {e}"
+            )),
+            Some("2BP01") => SinkError::definition(format!(
+                "{what}: other objects (views?) depend on the table, so it cannot be replaced; drop them, rerun, and recreate them: {e}"
+            )),
+            _ => SinkError::warehouse(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// `"schema"."table"`.
+fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// The DDL that creates the schema `target`, `schema`'s table in it (natural key included), its
+/// date index and every comment; each statement is a no-op or a refresh on a table that exists.
+fn table_ddl(target: &str, schema: &TableSchema) -> String {
+    let table = qualified(target, &schema.table);
+    let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(target));
+    let _ = write!(
+        ddl,
+        "CREATE TABLE IF NOT EXISTS {table} (\n  {} timestamptz NOT NULL,\n  {} date NOT NULL,\n",
+        schema.time_column, schema.date_column
+    );
+    for d in &schema.dims {
+        let _ = writeln!(ddl, "  {} text,", quote_ident(&d.name));
+    }
+    for m in &schema.metrics {
+        let _ = writeln!(ddl, "  {} {},", quote_ident(&m.name), sql_type(m.ty));
+    }
+    let key: Vec<String> = std::iter::once(schema.time_column.to_string())
+        .chain(schema.dims.iter().map(|d| quote_ident(&d.name)))
+        .collect();
+    // See the module doc: nullable dimensions rule out a primary key.
+    let key_kind = if schema.dims.is_empty() { "PRIMARY KEY" } else { "UNIQUE NULLS NOT DISTINCT" };
+    let _ = write!(
+        ddl,
+        "  _window_start timestamptz NOT NULL,\n  _loaded_at timestamptz NOT NULL,\n  _run_id text NOT NULL,\n  CONSTRAINT {} {key_kind} ({})\n);\n",
+        quote_ident(&key_name(&schema.table)),
+        key.join(", ")
+    );
+    let _ = writeln!(
+        ddl,
+        "CREATE INDEX IF NOT EXISTS {} ON {table} ({});",
+        quote_ident(&date_index_name(&schema.table, schema.date_column)),
+        schema.date_column
+    );
+    let _ = writeln!(ddl, "COMMENT ON TABLE {table} IS {};", quote_literal(&schema.description));
+    let mut comments = vec![
+        (schema.time_column, schema.time_comment.clone()),
+        (schema.date_column, format!("local date of {} in {}", schema.time_column, schema.time_zone.name())),
+        ("_window_start", "start of the load window this row was replaced with".to_string()),
+        ("_loaded_at", "when chatetl loaded this row".to_string()),
+        ("_run_id", "the chatetl run that loaded this row".to_string()),
+    ];
+    comments.extend(schema.dims.iter().map(|d| (d.name.as_str(), d.comment.clone())));
+    comments.extend(schema.metrics.iter().map(|m| (m.name.as_str(), m.comment.clone())));
+    for (col, text) in comments {
+        let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{} IS {};", quote_ident(col), quote_literal(&text));
+    }
+    ddl
+}
+
+/// The SQL type of a value column.
+fn sql_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Int => "bigint",
+        ColumnType::Float => "double precision",
+        ColumnType::Text => "text",
+        ColumnType::Bool => "boolean",
+        ColumnType::Json => "jsonb",
+    }
+}
+
+/// The name of a table's natural key constraint (and its index). A rebuild's are named after the
+/// shadow table and renamed by [`PostgresSink::promote`], as every index named after it is.
+fn key_name(table: &str) -> String {
+    format!("{table}_natural_key")
+}
+
+/// The name of a table's index on its date column.
+fn date_index_name(table: &str, date_column: &str) -> String {
+    format!("{table}_{date_column}_idx")
+}
+
+/// The live job a name belongs to (a shadow job's name without [`SHADOW_SUFFIX`]).
+fn live_name(job: &str) -> &str {
+    job.strip_suffix(SHADOW_SUFFIX).unwrap_or(job)
+}
+
+/// The columns of `runs` read into a [`RunRecord`] by [`run_record`], in its order.
+const RUN_COLUMNS: &str = "run_id, job, kind, started_at, finished_at, status, windows_planned, windows_loaded, \
+     windows_skipped, windows_failed, rows, requests, retries, error, error_kind";
+
+fn run_record(r: PgRow) -> RunRecord {
+    RunRecord {
+        run_id: r.get(0),
+        job: r.get(1),
+        kind: r.get(2),
+        started_at: r.get(3),
+        finished_at: r.get(4),
+        status: r.get(5),
+        windows_planned: r.get::<i32, _>(6) as u32,
+        windows_loaded: r.get::<i32, _>(7) as u32,
+        windows_skipped: r.get::<i32, _>(8) as u32,
+        windows_failed: r.get::<i32, _>(9) as u32,
+        rows: r.get::<i64, _>(10) as u64,
+        requests: r.get::<i32, _>(11) as u32,
+        retries: r.get::<i32, _>(12) as u32,
+        error: r.get(13),
+        error_kind: r.get::<Option<String>, _>(14).as_deref().and_then(ErrorKind::parse),
+    }
+}
+
+/// A connection pool to the warehouse database, writing the tables of one schema (the target).
 pub struct PostgresSink {
     pool: PgPool,
     schema: String,
@@ -80,6 +241,7 @@ impl PostgresSink {
         Ok(PostgresSink { pool, schema: schema.to_string() })
     }
 
+    /// The schema of the job tables: the target every state row of this sink is keyed by.
     pub fn schema(&self) -> &str {
         &self.schema
     }
@@ -90,10 +252,12 @@ impl PostgresSink {
     }
 
     fn table(&self, table: &str) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
+        qualified(&self.schema, table)
     }
 
-    /// Creates the schema and table if missing, checks its columns, registers the job.
+    /// Creates the schema and table if missing (or adds what an older release's table lacks:
+    /// its date index, refreshed comments), refuses a table lacking columns, registers the job
+    /// and keeps its definition document.
     pub async fn prepare(
         &self,
         job: &Job,
@@ -101,66 +265,21 @@ impl PostgresSink {
         history_start: DateTime<Utc>,
         definition: &Definition,
     ) -> Result<JobState, SinkError> {
-        let definition_hash = definition.hash.as_str();
         let table = self.table(&schema.table);
-        let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(&self.schema));
-        let _ = write!(
-            ddl,
-            "CREATE TABLE IF NOT EXISTS {table} (\n  {} timestamptz NOT NULL,\n  {} date NOT NULL,\n",
-            schema.time_column, schema.date_column
+        let index = format!(
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&date_index_name(&schema.table, schema.date_column))
         );
-        for d in &schema.dims {
-            let _ = writeln!(ddl, "  {} text,", quote_ident(&d.name));
-        }
-        for m in &schema.metrics {
-            let ty = match m.ty {
-                ColumnType::Int => "bigint",
-                ColumnType::Float => "double precision",
-                ColumnType::Text => "text",
-                ColumnType::Bool => "boolean",
-                ColumnType::Json => "jsonb",
-            };
-            let _ = writeln!(ddl, "  {} {ty},", quote_ident(&m.name));
-        }
-        let key: Vec<String> = std::iter::once(schema.time_column.to_string())
-            .chain(schema.dims.iter().map(|d| quote_ident(&d.name)))
-            .collect();
-        let _ = write!(
-            ddl,
-            "  _window_start timestamptz NOT NULL,\n  _loaded_at timestamptz NOT NULL,\n  _run_id text NOT NULL,\n  CONSTRAINT {} UNIQUE NULLS NOT DISTINCT ({})\n);\n",
-            quote_ident(&format!("{}_natural_key", schema.table)),
-            key.join(", ")
-        );
-        let _ = writeln!(ddl, "COMMENT ON TABLE {table} IS {};", quote_literal(&schema.description));
-        let mut comments = vec![
-            (schema.time_column, schema.time_comment.clone()),
-            (schema.date_column, format!("local date of {} in {}", schema.time_column, schema.time_zone.name())),
-            ("_window_start", "start of the load window this row was replaced with".to_string()),
-            ("_loaded_at", "when chatetl loaded this row".to_string()),
-            ("_run_id", "the chatetl run that loaded this row".to_string()),
-        ];
-        comments.extend(schema.dims.iter().map(|d| (d.name.as_str(), d.comment.clone())));
-        comments.extend(schema.metrics.iter().map(|m| (m.name.as_str(), m.comment.clone())));
-        for (col, text) in comments {
-            let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{} IS {};", quote_ident(col), quote_literal(&text));
-        }
-        let what = format!("job {}: cannot create table {table}", job.name);
+        let what = format!("job {}: cannot prepare table {table}", job.name);
         let mut tx = self.pool.begin().await.map_err(db_err(&what))?;
-        // A table with the same comment was created by this code for this job: skip the DDL
-        // (a daemon prepares on every tick). Otherwise create it or refresh its comments.
-        let comment: Option<String> = sqlx::query_scalar("SELECT obj_description(to_regclass($1), 'pg_class')")
-            .bind(&table)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err(&what))?;
-        if comment.as_deref() != Some(schema.description.as_str()) {
-            // Concurrent CREATE ... IF NOT EXISTS can collide in the catalog; serialize DDL.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chatetl.ddl'))")
-                .execute(&mut *tx)
+        let (comment, indexed): (Option<String>, bool) =
+            sqlx::query_as("SELECT obj_description(to_regclass($1), 'pg_class'), to_regclass($2) IS NOT NULL")
+                .bind(&table)
+                .bind(&index)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(db_err(&what))?;
-            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(db_err(&what))?;
-        }
         let existing: Vec<String> = sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
         )
@@ -170,47 +289,80 @@ impl PostgresSink {
         .await
         .map_err(db_err(&what))?;
         let missing: Vec<String> = schema.column_names().into_iter().filter(|c| !existing.contains(c)).collect();
-        if !missing.is_empty() {
+        if !existing.is_empty() && !missing.is_empty() {
             return Err(SinkError::definition(format!(
-                "job {}: table {table} exists without columns {missing:?} (the job's aggregations changed?); rename or drop the table and reload",
-                job.name
+                "job {}: table {table} exists without columns {missing:?} of the job's definition; \
+                 `chatetl run --job {} --rebuild` loads the whole history into a new table beside it and swaps it in",
+                job.name,
+                live_name(&job.name)
             )));
         }
-        sqlx::query("INSERT INTO chatetl.jobs (job, definition_hash, history_start) VALUES ($1, $2, $3) ON CONFLICT (job) DO NOTHING")
-            .bind(&job.name)
-            .bind(definition_hash)
-            .bind(history_start)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(&what))?;
+        // A table with this comment and its date index was made by this code for this job: skip
+        // the DDL (a daemon prepares on every tick). Otherwise create it or complete it.
+        if comment.as_deref() != Some(schema.description.as_str()) || !indexed {
+            // Concurrent CREATE ... IF NOT EXISTS can collide in the catalog; serialize DDL.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chatetl.ddl'))")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(&what))?;
+            sqlx::raw_sql(AssertSqlSafe(table_ddl(&self.schema, schema)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(&what))?;
+        }
+        // A new job is registered with its definition; a job whose definition is unchanged but
+        // was stored without its document (an earlier release) gets the document.
+        sqlx::query(
+            "INSERT INTO chatetl.jobs (target, job, definition_hash, definition, history_start)
+             VALUES ($1, $2, $3, $4::jsonb, $5)
+             ON CONFLICT (target, job) DO UPDATE SET definition = EXCLUDED.definition, updated_at = now()
+             WHERE chatetl.jobs.definition IS NULL AND chatetl.jobs.definition_hash = EXCLUDED.definition_hash",
+        )
+        .bind(&self.schema)
+        .bind(&job.name)
+        .bind(&definition.hash)
+        .bind(definition.document.to_string())
+        .bind(history_start)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(&what))?;
         tx.commit().await.map_err(db_err(&what))?;
         self.job_state(&job.name).await
     }
 
-    /// The stored state of `job`.
+    /// The stored state of `job` in this target.
     pub async fn job_state(&self, job: &str) -> Result<JobState, SinkError> {
-        let row = sqlx::query("SELECT definition_hash, watermark FROM chatetl.jobs WHERE job = $1")
-            .bind(job)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err(&format!("job {job}: cannot read its state")))?;
-        Ok(match row {
-            Some(r) => JobState { definition_hash: Some(r.get(0)), watermark: r.get(1), ..JobState::default() },
-            None => JobState::default(),
-        })
+        let what = format!("job {job}: cannot read its state");
+        let row = sqlx::query(
+            "SELECT definition_hash, definition::text, added_columns, watermark FROM chatetl.jobs
+             WHERE target = $1 AND job = $2",
+        )
+        .bind(&self.schema)
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err(&what))?;
+        let Some(r) = row else { return Ok(JobState::default()) };
+        let definition = r
+            .get::<Option<String>, _>(1)
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| SinkError::warehouse(format!("{what}: chatetl.jobs.definition is not JSON: {e}")))?;
+        Ok(JobState { definition_hash: Some(r.get(0)), definition, added_columns: r.get(2), watermark: r.get(3) })
     }
 
     /// Replaces the windows of `c` and records them, in one transaction.
     pub async fn commit(&self, c: Commit<'_>) -> Result<u64, SinkError> {
         let table = self.table(&c.schema.table);
         let first = c.windows.first().map(|w| w.window.start.to_rfc3339()).unwrap_or_default();
-        let what = format!("cannot replace the windows from {first} in {table}");
+        let what = format!("job {}: cannot replace the windows from {first} in {table}", c.job.name);
         let err = db_err(&what);
         let mut tx = self.pool.begin().await.map_err(&err)?;
         // Lock the job's row first: commits of one job take turns (fetching still overlaps), so
         // they cannot deadlock on the window_loads foreign key and move the watermark one at a time.
         let current: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE job = $1 FOR UPDATE")
+            sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = $1 AND job = $2 FOR UPDATE")
+                .bind(&self.schema)
                 .bind(&c.job.name)
                 .fetch_one(&mut *tx)
                 .await
@@ -241,14 +393,16 @@ impl PostgresSink {
             copy.finish().await.map_err(&err)?;
         }
         let now = Utc::now();
-        for w in c.windows.iter().filter(|w| c.complete(&w.window)) {
+        let complete: Vec<_> = c.windows.iter().filter(|w| c.complete(&w.window)).collect();
+        for w in &complete {
             sqlx::query(
-                "INSERT INTO chatetl.window_loads (job, window_start, window_end, rows, requests, run_id, definition_hash, loaded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (job, window_start) DO UPDATE SET window_end = EXCLUDED.window_end, rows = EXCLUDED.rows,
+                "INSERT INTO chatetl.window_loads (target, job, window_start, window_end, rows, requests, run_id, definition_hash, loaded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (target, job, window_start) DO UPDATE SET window_end = EXCLUDED.window_end, rows = EXCLUDED.rows,
                    requests = EXCLUDED.requests, run_id = EXCLUDED.run_id, definition_hash = EXCLUDED.definition_hash,
                    loaded_at = EXCLUDED.loaded_at",
             )
+            .bind(&self.schema)
             .bind(&c.job.name)
             .bind(w.window.start)
             .bind(w.window.end)
@@ -261,20 +415,32 @@ impl PostgresSink {
             .await
             .map_err(&err)?;
         }
+        let starts: Vec<DateTime<Utc>> = complete.iter().map(|w| w.window.start).collect();
+        sqlx::query("DELETE FROM chatetl.window_failures WHERE target = $1 AND job = $2 AND window_start = ANY($3)")
+            .bind(&self.schema)
+            .bind(&c.job.name)
+            .bind(&starts)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
         let from = current.unwrap_or(c.history_start);
-        let loads: BTreeMap<DateTime<Utc>, DateTime<Utc>> =
-            sqlx::query("SELECT window_start, window_end FROM chatetl.window_loads WHERE job = $1 AND window_start >= $2 ORDER BY window_start")
-                .bind(&c.job.name)
-                .bind(from)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(&err)?
-                .into_iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
+        let loads: BTreeMap<DateTime<Utc>, DateTime<Utc>> = sqlx::query(
+            "SELECT window_start, window_end FROM chatetl.window_loads
+             WHERE target = $1 AND job = $2 AND window_start >= $3 ORDER BY window_start",
+        )
+        .bind(&self.schema)
+        .bind(&c.job.name)
+        .bind(from)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
         let next = c.next_watermark(current, &loads);
         if next != current {
-            sqlx::query("UPDATE chatetl.jobs SET watermark = $2, updated_at = now() WHERE job = $1")
+            sqlx::query("UPDATE chatetl.jobs SET watermark = $3, updated_at = now() WHERE target = $1 AND job = $2")
+                .bind(&self.schema)
                 .bind(&c.job.name)
                 .bind(next)
                 .execute(&mut *tx)
@@ -285,11 +451,13 @@ impl PostgresSink {
         Ok(rows)
     }
 
-    /// Takes the job's session advisory lock on a connection detached from the pool.
+    /// Takes the job's session advisory lock (for this target) on a connection detached from
+    /// the pool.
     pub async fn try_lock_job(&self, job: &str) -> Result<Option<AdvisoryLock>, SinkError> {
-        let err = db_err("cannot take the job's advisory lock");
+        let what = format!("job {job}: cannot take its advisory lock");
+        let err = db_err(&what);
         let mut conn = self.pool.acquire().await.map_err(&err)?.detach();
-        let key = lock_key(job);
+        let key = lock_key(&self.schema, job);
         let got: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await.map_err(&err)?;
         if got {
@@ -300,63 +468,289 @@ impl PostgresSink {
         }
     }
 
-    /// Drops the job's table and load records; the job row keeps only the new definition hash.
+    /// See `Sink::reset_job`: drops the shadow's table and forgets its job row, window loads
+    /// and failures (by the foreign keys' cascade) and its runs, in one transaction.
     pub async fn reset_job(&self, job: &Job) -> Result<(), SinkError> {
-        let definition_hash = "";
         let table = self.table(&job.table);
-        let err = db_err("cannot reset the job's history");
-        let mut tx = self.pool.begin().await.map_err(&err)?;
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(&mut *tx).await.map_err(&err)?;
-        sqlx::query("DELETE FROM chatetl.window_loads WHERE job = $1")
-            .bind(&job.name)
+        let what = format!("job {}: cannot reset the rebuild's table {table} and state", job.name);
+        let mut tx = self.pool.begin().await.map_err(db_err(&what))?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
             .execute(&mut *tx)
             .await
+            .map_err(ddl_err(&what))?;
+        for sql in [
+            "DELETE FROM chatetl.runs WHERE target = $1 AND job = $2",
+            "DELETE FROM chatetl.jobs WHERE target = $1 AND job = $2",
+        ] {
+            sqlx::query(sql).bind(&self.schema).bind(&job.name).execute(&mut *tx).await.map_err(db_err(&what))?;
+        }
+        tx.commit().await.map_err(db_err(&what))
+    }
+
+    /// See `Sink::add_columns`: the columns (with their comments) and the state, in one
+    /// transaction; a missing table only updates the state (`prepare` creates it whole).
+    pub async fn add_columns(
+        &self,
+        job: &Job,
+        schema: &TableSchema,
+        added: &[String],
+        definition: &Definition,
+    ) -> Result<(), SinkError> {
+        let table = self.table(&schema.table);
+        let what = format!("job {}: cannot add columns {} to {table}", job.name, added.join(", "));
+        let err = db_err(&what);
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        let stored: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT added_columns FROM chatetl.jobs WHERE target = $1 AND job = $2 FOR UPDATE")
+                .bind(&self.schema)
+                .bind(&job.name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(&err)?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table)
+            .fetch_one(&mut *tx)
+            .await
             .map_err(&err)?;
+        if exists {
+            let mut ddl = format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';\n");
+            for name in added {
+                let column = schema.metrics.iter().find(|m| &m.name == name).ok_or_else(|| {
+                    SinkError::definition(format!("{what}: the job's definition has no value column {name}"))
+                })?;
+                let col = quote_ident(name);
+                let _ = writeln!(ddl, "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {};", sql_type(column.ty));
+                let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{col} IS {};", quote_literal(&column.comment));
+            }
+            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(ddl_err(&what))?;
+        }
+        let mut columns = stored.unwrap_or_default();
+        columns.extend(added.iter().filter(|c| !columns.contains(c)).cloned().collect::<Vec<_>>());
         sqlx::query(
-            "UPDATE chatetl.jobs SET definition_hash = $2, watermark = NULL, updated_at = now() WHERE job = $1",
+            "UPDATE chatetl.jobs SET definition_hash = $3, definition = $4::jsonb, added_columns = $5, updated_at = now()
+             WHERE target = $1 AND job = $2",
         )
+        .bind(&self.schema)
         .bind(&job.name)
-        .bind(definition_hash)
+        .bind(&definition.hash)
+        .bind(definition.document.to_string())
+        .bind(&columns)
         .execute(&mut *tx)
         .await
         .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        info!(job = %job.name, table = %table, columns = ?added, table_existed = exists, "value columns added");
+        Ok(())
+    }
+
+    /// See `Sink::record_failures`: one upsert per window, in one transaction.
+    pub async fn record_failures(&self, job: &str, failures: &[WindowFailure]) -> Result<(), SinkError> {
+        let what = format!("job {job}: cannot record its failed windows");
+        let err = db_err(&what);
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        for f in failures {
+            sqlx::query(
+                "INSERT INTO chatetl.window_failures (target, job, window_start, window_end, run_id, kind, error, failed_at, attempts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (target, job, window_start) DO UPDATE SET window_end = EXCLUDED.window_end,
+                   run_id = EXCLUDED.run_id, kind = EXCLUDED.kind, error = EXCLUDED.error, failed_at = EXCLUDED.failed_at,
+                   attempts = chatetl.window_failures.attempts + EXCLUDED.attempts",
+            )
+            .bind(&self.schema)
+            .bind(job)
+            .bind(f.window_start)
+            .bind(f.window_end)
+            .bind(&f.run_id)
+            .bind(f.kind.as_str())
+            .bind(&f.error)
+            .bind(f.failed_at)
+            .bind(f.attempts.max(1) as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        }
         tx.commit().await.map_err(&err)
     }
 
-    /// See `Sink::add_columns`.
-    pub async fn add_columns(
-        &self,
-        _job: &Job,
-        _schema: &TableSchema,
-        _added: &[String],
-        _definition: &Definition,
-    ) -> Result<(), SinkError> {
-        Err(SinkError::warehouse("add_columns: not implemented yet"))
-    }
-
-    /// See `Sink::record_failures`.
-    pub async fn record_failures(&self, _job: &str, _failures: &[WindowFailure]) -> Result<(), SinkError> {
-        Err(SinkError::warehouse("record_failures: not implemented yet"))
-    }
-
     /// See `Sink::window_failures`.
-    pub async fn window_failures(&self, _job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowFailure>, SinkError> {
-        Err(SinkError::warehouse("window_failures: not implemented yet"))
+    pub async fn window_failures(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowFailure>, SinkError> {
+        let rows = sqlx::query(
+            "SELECT window_start, window_end, run_id, kind, error, failed_at, attempts FROM chatetl.window_failures
+             WHERE target = $1 AND job = $2",
+        )
+        .bind(&self.schema)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err(&format!("job {job}: cannot read its failed windows")))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let failure = WindowFailure {
+                    window_start: r.get(0),
+                    window_end: r.get(1),
+                    run_id: r.get(2),
+                    // A kind this release does not know (written by a newer one) is still a failure.
+                    kind: ErrorKind::parse(r.get(3)).unwrap_or(ErrorKind::Warehouse),
+                    error: r.get(4),
+                    failed_at: r.get(5),
+                    attempts: r.get::<i32, _>(6) as u32,
+                };
+                (failure.window_start, failure)
+            })
+            .collect())
     }
 
     /// See `Sink::close_abandoned_runs`.
-    pub async fn close_abandoned_runs(&self, _job: &str, _now: DateTime<Utc>) -> Result<u64, SinkError> {
-        Err(SinkError::warehouse("close_abandoned_runs: not implemented yet"))
+    pub async fn close_abandoned_runs(&self, job: &str, now: DateTime<Utc>) -> Result<u64, SinkError> {
+        let done = sqlx::query(
+            "UPDATE chatetl.runs SET status = 'died', finished_at = $3, error = $4
+             WHERE target = $1 AND job = $2 AND status = 'running'",
+        )
+        .bind(&self.schema)
+        .bind(job)
+        .bind(now)
+        .bind(DIED)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err(&format!("job {job}: cannot close its abandoned runs")))?;
+        Ok(done.rows_affected())
     }
 
-    /// See `Sink::claim_legacy_state`.
-    pub async fn claim_legacy_state(&self, _job: &Job) -> Result<bool, SinkError> {
-        Ok(false)
+    /// See `Sink::claim_legacy_state`: when this schema holds the job's table and this target
+    /// has no state of its own for the job, gives the job's legacy rows (target NULL) of every
+    /// state table to this target, in one transaction.
+    pub async fn claim_legacy_state(&self, job: &Job) -> Result<bool, SinkError> {
+        let table = self.table(&job.table);
+        let what = format!("job {}: cannot claim the state an earlier release kept for it", job.name);
+        let err = db_err(&what);
+        let legacy: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM chatetl.jobs WHERE target IS NULL AND job = $1)")
+                .bind(&job.name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(&err)?;
+        if !legacy {
+            return Ok(false);
+        }
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        let holds_table: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&err)?;
+        if !holds_table {
+            return Ok(false);
+        }
+        // The row lock of this UPDATE makes a concurrent claim wait, then find nothing to claim.
+        let claimed = sqlx::query(
+            "UPDATE chatetl.jobs SET target = $1, updated_at = now() WHERE target IS NULL AND job = $2
+             AND NOT EXISTS (SELECT 1 FROM chatetl.jobs WHERE target = $1 AND job = $2)",
+        )
+        .bind(&self.schema)
+        .bind(&job.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?
+        .rows_affected();
+        if claimed == 0 {
+            warn!(job = %job.name, target = %self.schema, "state kept by an earlier release is left alone: this target has its own");
+            return Ok(false);
+        }
+        for sql in [
+            "UPDATE chatetl.window_loads SET target = $1 WHERE target IS NULL AND job = $2",
+            "UPDATE chatetl.runs SET target = $1 WHERE target IS NULL AND job = $2",
+        ] {
+            sqlx::query(sql).bind(&self.schema).bind(&job.name).execute(&mut *tx).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
     }
 
-    /// See `Sink::promote`.
-    pub async fn promote(&self, _live: &Job, _shadow: &Job) -> Result<(), SinkError> {
-        Err(SinkError::warehouse("promote: not implemented yet"))
+    /// See `Sink::promote`: in one transaction, the shadow table replaces the live one (its
+    /// key and index renamed, the live table's grants copied) and the shadow's state becomes the
+    /// live job's.
+    pub async fn promote(&self, live: &Job, shadow: &Job) -> Result<(), SinkError> {
+        let (live_table, shadow_table) = (self.table(&live.table), self.table(&shadow.table));
+        let what = format!("job {}: cannot replace {live_table} with the rebuilt {shadow_table}", live.name);
+        let err = db_err(&what);
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")))
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let locked: Vec<String> = sqlx::query_scalar(
+            "SELECT job FROM chatetl.jobs WHERE target = $1 AND job IN ($2, $3) ORDER BY job FOR UPDATE",
+        )
+        .bind(&self.schema)
+        .bind(&live.name)
+        .bind(&shadow.name)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
+        let has_table: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&shadow_table)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&err)?;
+        if !locked.contains(&shadow.name) || !has_table {
+            return Err(SinkError::warehouse(format!(
+                "{what}: the rebuild's table or state is missing; run --rebuild again"
+            )));
+        }
+        let grants = copy_grants(&mut tx, &live_table, &shadow_table).await.map_err(&err)?;
+        // The shadow's key and index are named after its table: they take the live names.
+        let indexes: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT c.relname::text, EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid
+               AND k.conrelid = i.indrelid)
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass($1)",
+        )
+        .bind(&shadow_table)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
+        let mut ddl = format!(
+            "DROP TABLE IF EXISTS {live_table};\nALTER TABLE {shadow_table} RENAME TO {};\n",
+            quote_ident(&live.table)
+        );
+        for (name, constraint) in indexes {
+            let Some(rest) = name.strip_prefix(shadow.table.as_str()) else { continue };
+            let new_name = quote_ident(&format!("{}{rest}", live.table));
+            let _ = if constraint {
+                writeln!(ddl, "ALTER TABLE {live_table} RENAME CONSTRAINT {} TO {new_name};", quote_ident(&name))
+            } else {
+                writeln!(ddl, "ALTER INDEX {} RENAME TO {new_name};", self.table(&name))
+            };
+        }
+        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(ddl_err(&what))?;
+        // The live job takes the shadow's definition, watermark and history start (a job never
+        // loaded before gets its row here), then its loads and runs; the shadow's row goes,
+        // and with it (cascade) its failures, which a complete rebuild left none of.
+        for sql in [
+            "INSERT INTO chatetl.jobs (target, job, definition_hash, definition, watermark, history_start, added_columns)
+             SELECT target, $2, definition_hash, definition, watermark, history_start, '{}' FROM chatetl.jobs
+             WHERE target = $1 AND job = $3
+             ON CONFLICT (target, job) DO UPDATE SET definition_hash = EXCLUDED.definition_hash,
+               definition = EXCLUDED.definition, watermark = EXCLUDED.watermark,
+               history_start = EXCLUDED.history_start, added_columns = '{}', updated_at = now()",
+            "DELETE FROM chatetl.window_failures WHERE target = $1 AND job = $2 AND window_start IN
+               (SELECT window_start FROM chatetl.window_loads WHERE target = $1 AND job = $3)",
+            "DELETE FROM chatetl.window_loads WHERE target = $1 AND job = $2",
+            "UPDATE chatetl.window_loads SET job = $2 WHERE target = $1 AND job = $3",
+            "UPDATE chatetl.runs SET job = $2 WHERE target = $1 AND job = $3",
+            "DELETE FROM chatetl.jobs WHERE target = $1 AND job = $3",
+        ] {
+            sqlx::query(sql)
+                .bind(&self.schema)
+                .bind(&live.name)
+                .bind(&shadow.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        info!(job = %live.name, table = %live_table, grants, "the rebuilt table replaced the live one");
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), SinkError> {
@@ -364,12 +758,13 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Every window load of `job`.
+    /// Every window load of `job` in this target.
     pub async fn window_loads(&self, job: &str) -> Result<BTreeMap<DateTime<Utc>, WindowLoad>, SinkError> {
         let rows = sqlx::query(
             "SELECT window_start, window_end, rows, requests, run_id, definition_hash, loaded_at
-             FROM chatetl.window_loads WHERE job = $1",
+             FROM chatetl.window_loads WHERE target = $1 AND job = $2",
         )
+        .bind(&self.schema)
         .bind(job)
         .fetch_all(&self.pool)
         .await
@@ -393,11 +788,21 @@ impl PostgresSink {
 
     /// See `Sink::adopt_definition_hash`; one transaction.
     pub async fn adopt_definition_hash(&self, job: &str, from: &str, to: &str) -> Result<(), SinkError> {
-        let err = db_err("cannot update the stored definition hash");
+        let what = format!("job {job}: cannot update its stored definition hash");
+        let err = db_err(&what);
         let mut tx = self.pool.begin().await.map_err(&err)?;
         for table in ["chatetl.jobs", "chatetl.window_loads"] {
-            let sql = format!("UPDATE {table} SET definition_hash = $3 WHERE job = $1 AND definition_hash = $2");
-            sqlx::query(AssertSqlSafe(sql)).bind(job).bind(from).bind(to).execute(&mut *tx).await.map_err(&err)?;
+            let sql = format!(
+                "UPDATE {table} SET definition_hash = $4 WHERE target = $1 AND job = $2 AND definition_hash = $3"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(&self.schema)
+                .bind(job)
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
         }
         tx.commit().await.map_err(&err)
     }
@@ -405,9 +810,9 @@ impl PostgresSink {
     /// Inserts or updates a run record.
     pub async fn record_run(&self, run: &RunRecord) -> Result<(), SinkError> {
         sqlx::query(
-            "INSERT INTO chatetl.runs (run_id, job, kind, started_at, finished_at, status, windows_planned, windows_loaded,
-               windows_skipped, windows_failed, rows, requests, retries, error, error_kind)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            "INSERT INTO chatetl.runs (run_id, target, job, kind, started_at, finished_at, status, windows_planned,
+               windows_loaded, windows_skipped, windows_failed, rows, requests, retries, error, error_kind)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (run_id) DO UPDATE SET finished_at = EXCLUDED.finished_at, status = EXCLUDED.status,
                windows_planned = EXCLUDED.windows_planned, windows_loaded = EXCLUDED.windows_loaded,
                windows_skipped = EXCLUDED.windows_skipped, windows_failed = EXCLUDED.windows_failed, rows = EXCLUDED.rows,
@@ -415,6 +820,7 @@ impl PostgresSink {
                error_kind = EXCLUDED.error_kind",
         )
         .bind(&run.run_id)
+        .bind(&self.schema)
         .bind(&run.job)
         .bind(&run.kind)
         .bind(run.started_at)
@@ -435,56 +841,46 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Status of each of `jobs`.
+    /// Status of each of `jobs` in this target.
     pub async fn status(&self, jobs: &[String]) -> Result<Vec<JobStatus>, SinkError> {
         let mut out = Vec::new();
         for job in jobs {
             let state = self.job_state(job).await?;
-            let err = db_err("cannot read run history");
-            let totals =
-                sqlx::query("SELECT count(*), coalesce(sum(rows), 0)::bigint FROM chatetl.window_loads WHERE job = $1")
-                    .bind(job)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(&err)?;
-            let runs = sqlx::query(
-                "SELECT run_id, job, kind, started_at, finished_at, status, windows_planned, windows_loaded, windows_skipped,
-                   windows_failed, rows, requests, retries, error, error_kind
-                 FROM chatetl.runs WHERE job = $1 ORDER BY started_at DESC LIMIT 50",
+            let what = format!("job {job}: cannot read its status");
+            let err = db_err(&what);
+            // Outdated: loaded with another definition than the job's (before columns were added).
+            let totals = sqlx::query(
+                "SELECT count(*), coalesce(sum(l.rows), 0)::bigint,
+                   count(*) FILTER (WHERE l.definition_hash IS DISTINCT FROM j.definition_hash),
+                   (SELECT count(*) FROM chatetl.window_failures f WHERE f.target = $1 AND f.job = $2)
+                 FROM chatetl.window_loads l LEFT JOIN chatetl.jobs j ON j.target = l.target AND j.job = l.job
+                 WHERE l.target = $1 AND l.job = $2",
             )
+            .bind(&self.schema)
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(&err)?;
+            let runs: Vec<RunRecord> = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM chatetl.runs WHERE target = $1 AND job = $2 ORDER BY started_at DESC LIMIT 50"
+            )))
+            .bind(&self.schema)
             .bind(job)
             .fetch_all(&self.pool)
             .await
-            .map_err(&err)?;
-            let runs: Vec<RunRecord> = runs
-                .into_iter()
-                .map(|r| RunRecord {
-                    run_id: r.get(0),
-                    job: r.get(1),
-                    kind: r.get(2),
-                    started_at: r.get(3),
-                    finished_at: r.get(4),
-                    status: r.get(5),
-                    windows_planned: r.get::<i32, _>(6) as u32,
-                    windows_loaded: r.get::<i32, _>(7) as u32,
-                    windows_skipped: r.get::<i32, _>(8) as u32,
-                    windows_failed: r.get::<i32, _>(9) as u32,
-                    rows: r.get::<i64, _>(10) as u64,
-                    requests: r.get::<i32, _>(11) as u32,
-                    retries: r.get::<i32, _>(12) as u32,
-                    error: r.get(13),
-                    error_kind: r.get::<Option<String>, _>(14).as_deref().and_then(ErrorKind::parse),
-                })
-                .collect();
+            .map_err(&err)?
+            .into_iter()
+            .map(run_record)
+            .collect();
             out.push(JobStatus {
                 job: job.clone(),
                 watermark: state.watermark,
                 definition_hash: state.definition_hash,
                 windows_loaded: totals.get::<i64, _>(0) as u64,
                 rows_loaded: totals.get::<i64, _>(1) as u64,
-                windows_failed: 0,
-                windows_outdated: 0,
-                added_columns: Vec::new(),
+                windows_failed: totals.get::<i64, _>(3) as u64,
+                windows_outdated: totals.get::<i64, _>(2) as u64,
+                added_columns: state.added_columns,
                 last_error: runs.iter().find_map(|r| r.error.clone()),
                 last_error_kind: runs.iter().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                 last_run: runs.into_iter().next(),
@@ -494,10 +890,30 @@ impl PostgresSink {
     }
 }
 
-/// The advisory lock key of a job: 64 bits of the sha256 of `chatetl.job:<name>`.
-fn lock_key(job: &str) -> i64 {
+/// Grants the privileges others hold on `from` (not its owner's own) on `to` as well, so a
+/// rebuilt table serves the BI roles the live one did; returns how many.
+async fn copy_grants(tx: &mut Transaction<'_, Postgres>, from: &str, to: &str) -> Result<usize, sqlx::Error> {
+    let grants: Vec<String> = sqlx::query_scalar(
+        "SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, $2::text,
+           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+           CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+         FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut **tx)
+    .await?;
+    for grant in &grants {
+        sqlx::raw_sql(AssertSqlSafe(grant.clone())).execute(&mut **tx).await?;
+    }
+    Ok(grants.len())
+}
+
+/// The advisory lock key of a job in a target: 64 bits of the sha256 of
+/// `chatetl.job\0<target>\0<name>` (NUL appears in neither a schema nor a job name).
+fn lock_key(target: &str, job: &str) -> i64 {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("chatetl.job:{job}").as_bytes());
+    let digest = Sha256::digest(format!("chatetl.job\0{target}\0{job}").as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
@@ -563,4 +979,47 @@ pub fn write_csv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
         out.extend_from_slice(line.as_bytes());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Column;
+
+    fn schema(dims: Vec<Column>) -> TableSchema {
+        TableSchema {
+            table: "t".into(),
+            description: "it's a table".into(),
+            time_zone: chrono_tz::Europe::Helsinki,
+            time_column: "captured_at",
+            date_column: "captured_date",
+            time_comment: "when".into(),
+            dims,
+            metrics: vec![Column::new("n", ColumnType::Int, "how many")],
+        }
+    }
+
+    #[test]
+    fn a_table_without_dimensions_has_a_primary_key_and_one_with_them_a_unique_key() {
+        let plain = table_ddl("analytics", &schema(Vec::new()));
+        assert!(plain.contains("CONSTRAINT \"t_natural_key\" PRIMARY KEY (captured_at)"), "{plain}");
+        let dims = table_ddl("analytics", &schema(vec![Column::new("agent_id", ColumnType::Text, "who")]));
+        assert!(
+            dims.contains("CONSTRAINT \"t_natural_key\" UNIQUE NULLS NOT DISTINCT (captured_at, \"agent_id\")"),
+            "{dims}"
+        );
+        for ddl in [plain, dims] {
+            assert!(ddl.contains(
+                "CREATE INDEX IF NOT EXISTS \"t_captured_date_idx\" ON \"analytics\".\"t\" (captured_date);"
+            ));
+            assert!(ddl.contains("COMMENT ON TABLE \"analytics\".\"t\" IS 'it''s a table';"), "{ddl}");
+        }
+    }
+
+    #[test]
+    fn one_job_name_in_two_targets_has_two_locks() {
+        assert_ne!(lock_key("analytics", "real_chats"), lock_key("chatetl_demo", "real_chats"));
+        assert_ne!(lock_key("a", "b_c"), lock_key("a_b", "c"), "the separator cannot occur in a name");
+        assert_eq!(lock_key("analytics", "real_chats"), lock_key("analytics", "real_chats"));
+    }
 }

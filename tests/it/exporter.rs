@@ -421,13 +421,15 @@ async fn an_interrupted_backfill_resumes_without_redoing_finished_windows() {
     );
     assert!(out.contains("skipped"), "{out}");
     let pool = db.pool().await;
-    let windows: i64 = sqlx::query_scalar("SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let windows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM chatetl.window_loads WHERE target = 'analytics' AND job = 'real_chats'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(windows, 60);
     let wm: Option<chrono::DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE job = 'real_chats'")
+        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics' AND job = 'real_chats'")
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -717,10 +719,12 @@ async fn a_killed_backfill_keeps_its_commits_and_the_rerun_loads_only_the_rest()
         .unwrap();
     let pool = db.pool().await;
     let loaded = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads WHERE job = 'real_chats'")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM chatetl.window_loads WHERE target = 'analytics' AND job = 'real_chats'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0)
     };
     // Kill it (SIGKILL: no chance to clean up) once a few chunks are committed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

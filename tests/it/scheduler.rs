@@ -301,7 +301,10 @@ async fn two_daemons_on_one_database_load_each_window_once() {
     assert_eq!(ma.skipped_ticks + mb.skipped_ticks, 1, "the other daemon found the job locked");
     assert_eq!(e.sim.handle.requests().len(), 1, "one request for the two days, from one daemon");
     let pool = db.pool().await;
-    let loads: i64 = sqlx::query_scalar("SELECT count(*) FROM chatetl.window_loads").fetch_one(&pool).await.unwrap();
+    let loads: i64 = sqlx::query_scalar("SELECT count(*) FROM chatetl.window_loads WHERE target = 'analytics'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(loads, 2);
     a.stop().await;
     b.stop().await;
@@ -380,7 +383,10 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     e.sim.handle.set_faults(FaultConfig { latency_ms: 150, ..FaultConfig::default() });
     let pool = db.pool().await;
     let loaded = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads").fetch_one(&pool).await.unwrap_or(0)
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chatetl.window_loads WHERE target = 'analytics'")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
     };
     // What the warehouse table holds: (rows, days with rows).
     let in_table = || async {
@@ -415,8 +421,10 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     assert!(status.success(), "exits 0 on SIGTERM: {status}");
     let committed = loaded().await;
     assert!(committed < 40, "stopped before the catch-up finished: {committed}");
-    let wm: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
+    let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let expected = chatetl::time::local_day_start(HEL, start + chrono::Duration::days(committed));
     assert_eq!(wm, Some(expected), "the watermark covers exactly the committed windows");
     let (rows_before_restart, days_with_rows) = in_table().await;
@@ -461,8 +469,10 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     let pid = daemon.id().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(daemon.wait().unwrap().success());
-    let wm: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs").fetch_one(&pool).await.unwrap();
+    let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(wm, Some(chatetl::time::local_day_start(HEL, today)));
 }
 

@@ -595,7 +595,7 @@ async fn a_retaken_tick_replaces_its_snapshot_and_a_new_tick_appends() {
     // The watermark of a snapshot job is the end of its latest snapshot.
     let pool = db.pool().await;
     let wm: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE job = 'comm100_agents'")
+        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics' AND job = 'comm100_agents'")
             .fetch_one(&pool)
             .await
             .unwrap();

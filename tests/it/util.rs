@@ -428,3 +428,34 @@ pub fn write_dataset(dir: &Path, records: &[Value]) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Whether a dump row is a real chat as the shipped `real_chats` job filters them, with
+/// `min_user_messages` for its user message bound (2 as shipped).
+pub fn real_chat(r: &Row, min_user_messages: f64) -> bool {
+    matches!(r.s("chat_type"), "visitor" | "external")
+        && r.n("user_message_count") >= min_user_messages
+        && r.n("visitor_message_count") >= 1.0
+}
+
+/// The giosg-shaped [`Table`] of a sum over a dump: `value` summed over the rows of `org` that
+/// `keep` accepts, by local date in `tz` (on `days`), scope and team or user; the org scope has
+/// a row (0 when nothing matched) every day. A count is the sum of 1.
+pub fn dump_sums(
+    rows: &[Row],
+    org: &str,
+    tz: chrono_tz::Tz,
+    days: &[chrono::NaiveDate],
+    keep: impl Fn(&Row) -> bool,
+    value: fn(&Row) -> f64,
+) -> Table {
+    let mut out: Table = days.iter().map(|d| ((d.to_string(), "org".to_string(), None), Some(0.0))).collect();
+    for r in rows.iter().filter(|r| r.s("owner_organization_id") == org && keep(r)) {
+        let (date, scope) = (r.time.with_timezone(&tz).date_naive(), r.s("scope"));
+        let who = matches!(scope, "team" | "user").then(|| r.s(&format!("{scope}_id")).to_string());
+        if days.contains(&date) {
+            let sum = out.entry((date.to_string(), scope.to_string(), who)).or_insert(Some(0.0));
+            *sum = sum.map(|s| s + value(r));
+        }
+    }
+    out
+}
