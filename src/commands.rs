@@ -693,32 +693,71 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// `chatetl schedule`: listens first, then opens the warehouse, retrying (with /healthz saying
+/// why it is not ready) while it does not answer, so a database that starts after chatetl does
+/// not take the service down; then runs the scheduler until SIGTERM/SIGINT.
 pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::{Arc, RwLock};
+
+    use chatetl::metrics::{HealthCheck, Metrics};
     use chatetl::scheduler::{Clock, Scheduler, SchedulerOptions};
     use tokio_util::sync::CancellationToken;
 
-    let runner = Runner::open(config).await?;
-    let opts = SchedulerOptions {
-        concurrency: args.concurrency,
-        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
-    };
-    let scheduler = Scheduler::new(path, runner, Clock::System, opts);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .map_err(|e| UsageError(format!("cannot listen on {} (--listen): {e}", args.listen)))?;
     eprintln!("chatetl schedule: health and metrics on http://{}", listener.local_addr()?);
-
+    let metrics = Arc::new(Metrics::new());
+    // What /healthz answers: why the daemon is not running yet, then the scheduler's check.
+    let waiting: Arc<RwLock<Result<(), String>>> =
+        Arc::new(RwLock::new(Err("starting: opening the warehouse".to_string())));
+    let current: Arc<RwLock<Option<HealthCheck>>> = Arc::new(RwLock::new(None));
+    let health: HealthCheck = {
+        let (waiting, current) = (waiting.clone(), current.clone());
+        Arc::new(move || match current.read().expect("health lock").clone() {
+            Some(check) => check(),
+            None => {
+                let state = waiting.read().expect("health lock").clone();
+                Box::pin(async move { state })
+            }
+        })
+    };
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     spawn_signal_handlers(shutdown.clone(), reload_tx)?;
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(chatetl::metrics::serve(
-        listener,
-        scheduler.metrics(),
-        scheduler.health_check(),
-        server_stop.clone().cancelled_owned(),
-    ));
-    scheduler.run(shutdown, reload_rx).await;
+    let server =
+        tokio::spawn(chatetl::metrics::serve(listener, metrics.clone(), health, server_stop.clone().cancelled_owned()));
+
+    let mut delay = std::time::Duration::from_secs(1);
+    let runner = loop {
+        match Runner::open(config.clone()).await {
+            Ok(runner) => break Some(runner),
+            Err(e) if e.kind() == ErrorKind::Warehouse => {
+                tracing::warn!(error = %e, retry_in_secs = delay.as_secs(), "the warehouse does not answer yet; retrying");
+                *waiting.write().expect("health lock") =
+                    Err(format!("waiting for the warehouse (next attempt in {} s): {e}", delay.as_secs()));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(e) => {
+                server_stop.cancel();
+                return Err(e.into());
+            }
+        }
+    };
+    if let Some(runner) = runner {
+        let opts = SchedulerOptions {
+            concurrency: args.concurrency,
+            shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+        };
+        let scheduler = Scheduler::with_metrics(path, runner, Clock::System, opts, metrics);
+        *current.write().expect("health lock") = Some(scheduler.health_check());
+        scheduler.run(shutdown, reload_rx).await;
+    }
     server_stop.cancel();
     server.await??;
     Ok(ExitCode::SUCCESS)

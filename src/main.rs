@@ -456,7 +456,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+            // A typed error's kind decides (a malformed warehouse url is a configuration error).
+            let kind = e
+                .downcast_ref::<chatetl::runner::RunError>()
+                .map(|r| r.kind())
+                .or_else(|| e.downcast_ref::<chatetl::sink::SinkError>().map(|s| s.kind));
+            match (e.downcast_ref::<UsageError>(), kind) {
+                (Some(_), _) => ExitCode::from(2),
+                (None, Some(kind)) => ExitCode::from(kind.exit_code()),
+                (None, None) => ExitCode::FAILURE,
+            }
         }
     }
 }

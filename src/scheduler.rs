@@ -235,6 +235,19 @@ struct Inner {
     /// Cancelled at shutdown: no new chunk starts.
     stop_runs: CancellationToken,
     stopping: CancellationToken,
+    /// The last warehouse check, which /healthz reports without waiting on the warehouse.
+    warehouse: Mutex<WarehouseCheck>,
+}
+
+/// How often the warehouse is checked for /healthz, and how long one check may take.
+const WAREHOUSE_CHECK_EVERY: Duration = Duration::from_secs(5);
+const WAREHOUSE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The outcome of the last warehouse check and when it was made.
+struct WarehouseCheck {
+    checked_at: std::time::Instant,
+    /// Since when, and why, the warehouse does not answer (None: it answered last time).
+    failing: Option<(std::time::Instant, String)>,
 }
 
 /// Removes a job from the running set however its run ends (even when aborted).
@@ -258,7 +271,18 @@ impl Drop for RunningGuard {
 impl Scheduler {
     /// A scheduler for the jobs of `runner`'s configuration, read from `config_path` on reload.
     pub fn new(config_path: PathBuf, runner: Runner, clock: Clock, opts: SchedulerOptions) -> Scheduler {
-        let metrics = Arc::new(Metrics::new());
+        Scheduler::with_metrics(config_path, runner, clock, opts, Arc::new(Metrics::new()))
+    }
+
+    /// [`Scheduler::new`] recording into `metrics`, which an endpoint may already serve (the
+    /// daemon listens before its warehouse answers).
+    pub fn with_metrics(
+        config_path: PathBuf,
+        runner: Runner,
+        clock: Clock,
+        opts: SchedulerOptions,
+        metrics: Arc<Metrics>,
+    ) -> Scheduler {
         for job in runner.config.jobs.keys() {
             metrics.register(job);
         }
@@ -275,6 +299,8 @@ impl Scheduler {
                 runs: Mutex::new(JoinSet::new()),
                 stop_runs: CancellationToken::new(),
                 stopping: CancellationToken::new(),
+                // The runner just opened the warehouse: it answered.
+                warehouse: Mutex::new(WarehouseCheck { checked_at: std::time::Instant::now(), failing: None }),
             }),
         }
     }
@@ -288,7 +314,9 @@ impl Scheduler {
         self.inner.activity.subscribe()
     }
 
-    /// 200 while the scheduler runs and the warehouse answers.
+    /// 200 while the scheduler runs and the warehouse answered its last check (made every
+    /// [`WAREHOUSE_CHECK_EVERY`] by [`Scheduler::run`]); answers at once, never waiting on the
+    /// warehouse, and says since when and why it does not answer.
     pub fn health_check(&self) -> HealthCheck {
         let inner = self.inner.clone();
         Arc::new(move || {
@@ -297,16 +325,54 @@ impl Scheduler {
                 if inner.stopping.is_cancelled() {
                     return Err("shutting down".to_string());
                 }
-                let runner = inner.runner.read().expect("runner lock").clone();
-                runner.sink.ping().await.map_err(|e| e.to_string())
+                let check = inner.warehouse.lock().expect("warehouse check lock");
+                match &check.failing {
+                    None => Ok(()),
+                    Some((since, why)) => Err(format!(
+                        "the warehouse does not answer, for {} s now (checked {} s ago): {why}",
+                        since.elapsed().as_secs(),
+                        check.checked_at.elapsed().as_secs()
+                    )),
+                }
             })
         })
+    }
+
+    /// Checks the warehouse every [`WAREHOUSE_CHECK_EVERY`] until `stop`, for /healthz.
+    async fn check_warehouse(inner: Arc<Inner>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WAREHOUSE_CHECK_EVERY) => {}
+            }
+            let runner = inner.runner.read().expect("runner lock").clone();
+            let result = match tokio::time::timeout(WAREHOUSE_CHECK_TIMEOUT, runner.sink.ping()).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", WAREHOUSE_CHECK_TIMEOUT.as_secs())),
+            };
+            let now = std::time::Instant::now();
+            let mut check = inner.warehouse.lock().expect("warehouse check lock");
+            check.checked_at = now;
+            match (result, check.failing.take()) {
+                (Ok(()), Some((since, _))) => {
+                    info!(down_secs = since.elapsed().as_secs(), "the warehouse answers again");
+                }
+                (Ok(()), None) => {}
+                (Err(why), failing) => {
+                    if failing.is_none() {
+                        warn!(error = %why, "the warehouse does not answer");
+                    }
+                    check.failing = Some((failing.map_or(now, |(since, _)| since), why));
+                }
+            }
+        }
     }
 
     /// Runs until `shutdown` is cancelled; each message on `reload` re-reads the job files.
     /// Returns once runs in flight finished or the grace period ended.
     pub async fn run(self, shutdown: CancellationToken, mut reload: mpsc::Receiver<()>) {
         let inner = self.inner;
+        let checker = tokio::spawn(Scheduler::check_warehouse(inner.clone(), inner.stopping.clone()));
         let mut loops = start_loops(&inner, inner.clock.now(), &HashMap::new());
         inner.activity.send_modify(|a| {
             a.generation += 1;
@@ -332,6 +398,7 @@ impl Scheduler {
             "shutting down: no new ticks; waiting for runs in flight"
         );
         inner.stopping.cancel();
+        let _ = checker.await;
         loops.stop().await;
         inner.stop_runs.cancel();
         let mut runs = std::mem::take(&mut *inner.runs.lock().expect("runs lock"));

@@ -50,7 +50,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Transaction};
 use tracing::{info, warn};
 
@@ -84,8 +84,17 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// How long connecting (or waiting for a free connection) may take before it fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn db_err(what: &str) -> impl Fn(sqlx::Error) -> SinkError + '_ {
-    move |e| SinkError::warehouse(format!("{what}: {e}"))
+    move |e| match e {
+        sqlx::Error::PoolTimedOut => SinkError::warehouse(format!(
+            "{what}: the postgres warehouse gave no connection within {} s (is the server up and reachable?)",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+        e => SinkError::warehouse(format!("{what}: {e}")),
+    }
 }
 
 /// [`db_err`] for DDL on a job's table, saying what to do about the two failures a user can
@@ -219,13 +228,52 @@ pub struct PostgresSink {
 
 impl PostgresSink {
     /// Connects and applies the state migrations.
+    ///
+    /// A malformed url is a configuration error; a server that does not answer within
+    /// [`CONNECT_TIMEOUT`] a warehouse error naming host, port, database and user (never the
+    /// password) and what to check.
     pub async fn connect(url: &Secret, schema: &str) -> Result<PostgresSink, SinkError> {
+        let options: PgConnectOptions = url.expose().parse().map_err(|e: sqlx::Error| {
+            // The parser's message quotes no part of the url; the url itself is never shown.
+            SinkError::definition(format!(
+                "the postgres warehouse url is not valid ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ))
+        })?;
+        let place = format!(
+            "{}:{}, database {}, user {}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("(the user's)"),
+            options.get_username()
+        );
+        let unreachable = |cause: String| {
+            SinkError::warehouse(format!(
+                "cannot connect to the postgres warehouse at {place}: {cause}; check that the server is running and \
+                 reachable from this host, and the host, port, database and user of the warehouse url"
+            ))
+        };
+        // One connection first, for the real cause (refused, unknown database, authentication):
+        // the pool retries those silently until its timeout.
+        match tokio::time::timeout(CONNECT_TIMEOUT, <sqlx::PgConnection as sqlx::Connection>::connect_with(&options))
+            .await
+        {
+            Err(_) => return Err(unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(url.expose())
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
             .await
-            .map_err(|e| SinkError::warehouse(format!("cannot connect to the postgres warehouse: {e}")))?;
+            .map_err(|e| {
+                unreachable(match e {
+                    sqlx::Error::PoolTimedOut => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                    e => e.to_string(),
+                })
+            })?;
         let mut migrator = Migrator::with_migrations(
             MIGRATIONS
                 .iter()

@@ -9,6 +9,7 @@ mod exporter;
 mod giosg_events;
 mod history;
 mod jobs;
+mod operations;
 mod postgres_warehouse;
 mod probe;
 mod readme;

@@ -50,3 +50,41 @@ async fn every_sql_query_of_the_readme_runs_as_written_against_the_demo_in_postg
         .get(0);
     assert!(jobs >= 10, "{jobs} jobs of the demo");
 }
+
+/// The Python `scripts/test` installs pyarrow and duckdb into.
+fn python() -> String {
+    std::env::var("CHATETL_TEST_PYTHON").expect("CHATETL_TEST_PYTHON is set: run the suite with scripts/test")
+}
+
+#[test]
+fn the_readme_parquet_one_liners_run_as_written_against_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = chatetl(&[
+        "demo",
+        "--out",
+        dir.path().join("warehouse").to_str().unwrap(),
+        "--days",
+        "3",
+        "--sessions-per-day",
+        "40",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let readme = readme();
+    let lines: Vec<&str> =
+        readme.lines().filter(|l| l.starts_with("duckdb -c \"") || l.starts_with("python3 -c \"")).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in lines {
+        let (tool, rest) = line.split_once(" -c \"").unwrap();
+        let quoted = &rest[..rest.rfind('"').expect("a closing quote")];
+        // The duckdb CLI is not on every machine: its SQL runs through duckdb's Python module.
+        let script = match tool {
+            "duckdb" => format!("import duckdb; print(duckdb.sql({quoted:?}))"),
+            _ => quoted.to_string(),
+        };
+        let output =
+            std::process::Command::new(python()).arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "README line fails: {line}\n{stderr}");
+        assert!(stdout.contains("org"), "README line prints the org scope's rows: {line}\n{stdout}");
+    }
+}

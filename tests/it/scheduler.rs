@@ -449,8 +449,11 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
         }
     });
     let url = rx.recv_timeout(Duration::from_secs(20)).expect("the daemon prints its endpoint");
-    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
-    assert_eq!(health.status(), 200, "the scheduler runs and the warehouse answers");
+    // The daemon listens before it opens the warehouse: ready once it has.
+    eventually("/healthz: the scheduler runs and the warehouse answers", PATIENCE, || async {
+        (reqwest::get(format!("{url}/healthz")).await.unwrap().status() == 200).then_some(())
+    })
+    .await;
     eventually("the next start completes the catch-up", patience, || async { (loaded().await >= 40).then_some(()) })
         .await;
     // This process's counters against the warehouse: the days it added to the table, the rows
