@@ -377,6 +377,7 @@ pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<Exit
         force: args.force,
         partial_after: Some(partial_after),
         cancel: Some(interrupt.clone()),
+        observer: None,
     };
     match runner.run(&job, windows, &opts).await {
         Ok(report) => finish(&[report], &[], interrupt.is_cancelled()),

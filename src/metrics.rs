@@ -31,20 +31,28 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::error::ErrorKind;
-use crate::runner::RunReport;
+use crate::runner::{ChunkDone, RunReport};
+use crate::source::http::{RequestStatsSnapshot, StatsRegistry};
 
 /// The content type of `GET /metrics`: the OpenMetrics text format, version 1.0.0.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Per-job counters and gauges, updated by the scheduler after each run and read by /metrics.
+/// Per-job counters and gauges, updated by the scheduler as chunks and runs finish, and each
+/// source's request counts; read by /metrics.
 #[derive(Default)]
 pub struct Metrics {
     jobs: Mutex<BTreeMap<String, JobMetrics>>,
+    requests: Mutex<Option<StatsRegistry>>,
 }
 
 /// What the daemon knows of one job; the counters are totals since the process started.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobMetrics {
+    /// The job's source and endpoint, its samples' `source` and `endpoint` labels.
+    pub source: String,
+    pub endpoint: String,
+    /// When the job's next tick fires.
+    pub next_run: Option<DateTime<Utc>>,
     /// End of the last run that had no failed window.
     pub last_success: Option<DateTime<Utc>>,
     /// The job's watermark after its last run.
@@ -80,25 +88,56 @@ impl Metrics {
         Metrics::default()
     }
 
-    /// Registers jobs so they appear (with zero counters) before their first run.
-    pub fn register(&self, job: &str) {
-        self.update(job, |_| {});
+    /// Registers a job of `source` and `endpoint` so it appears (with zero counters) before its
+    /// first run.
+    pub fn register(&self, job: &str, source: &str, endpoint: &str) {
+        self.update(job, |m| {
+            m.source = source.to_string();
+            m.endpoint = endpoint.to_string();
+        });
     }
 
-    /// Adds a finished run's report: its counters to the totals, one run (and one run failure
-    /// unless `report.ok()`), `last_success = finished_at` when it is ok, and its duration and
-    /// definition flag. `watermark` is the job's watermark after the run and replaces the last.
+    /// Shows these sources' request counts and durations (the daemon's runners share them).
+    pub fn set_request_stats(&self, stats: StatsRegistry) {
+        *self.requests.lock().unwrap_or_else(PoisonError::into_inner) = Some(stats);
+    }
+
+    /// What the warehouse remembers of a job, read when the daemon starts, so freshness gauges
+    /// are there before its first tick: its watermark and the end of its last successful run.
+    pub fn record_state(&self, job: &str, watermark: Option<DateTime<Utc>>, last_success: Option<DateTime<Utc>>) {
+        self.update(job, |m| {
+            m.watermark = m.watermark.or(watermark);
+            m.last_success = m.last_success.or(last_success);
+        });
+    }
+
+    /// When the job's next tick fires.
+    pub fn set_next_run(&self, job: &str, at: Option<DateTime<Utc>>) {
+        self.update(job, |m| m.next_run = at);
+    }
+
+    /// A chunk finished (committed or failed): its windows, rows, requests and retries are added
+    /// at once, so the counters move during a long run, and a failure counts an error of its kind.
+    pub fn record_chunk(&self, job: &str, chunk: &ChunkDone) {
+        self.update(job, |m| {
+            m.windows_loaded += chunk.windows_loaded;
+            m.windows_failed += chunk.windows_failed;
+            m.rows_loaded += chunk.rows;
+            m.requests += chunk.requests;
+            m.retries += chunk.retries;
+            if let Some(kind) = chunk.failure {
+                *m.errors.entry(kind).or_default() += 1;
+            }
+        });
+    }
+
+    /// A run finished (its chunks were counted by [`Metrics::record_chunk`]): one run (and one
+    /// run failure unless `report.ok()`), `last_success = finished_at` when it is ok, and its
+    /// duration and definition flag. `watermark` is the job's watermark after the run and
+    /// replaces the last.
     pub fn record_run(&self, report: &RunReport, watermark: Option<DateTime<Utc>>, finished_at: DateTime<Utc>) {
         self.update(&report.job, |m| {
-            m.windows_loaded += report.windows_loaded as u64;
-            m.rows_loaded += report.rows;
-            m.windows_failed += report.windows_failed as u64;
             m.runs += 1;
-            m.requests += report.requests;
-            m.retries += report.retries;
-            for f in &report.failures {
-                *m.errors.entry(f.kind).or_default() += 1;
-            }
             if report.ok() {
                 m.last_success = Some(finished_at);
             } else {
@@ -150,7 +189,13 @@ impl Metrics {
     /// watermark lag (`now` - watermark) are seconds to the millisecond.
     pub fn render_openmetrics(&self, now: DateTime<Utc>) -> String {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Scrape { jobs: self.snapshot(), now }));
+        let requests =
+            self.requests.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(StatsRegistry::snapshot);
+        registry.register_collector(Box::new(Scrape {
+            jobs: self.snapshot(),
+            requests: requests.unwrap_or_default(),
+            now,
+        }));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
@@ -265,6 +310,11 @@ const FAMILIES: &[Family] = &[
         sample: Sample::Counter(|m| m.skipped_ticks),
     },
     Family {
+        name: "chatetl_job_next_run_timestamp_seconds",
+        help: "When the job's next scheduled tick fires, in seconds since the Unix epoch.",
+        sample: Sample::Gauge(|m, _| m.next_run.map(timestamp_seconds)),
+    },
+    Family {
         name: "chatetl_job_last_run_duration_seconds",
         help: "Duration of the job's last finished run in seconds.",
         sample: Sample::Gauge(|m, _| m.last_run_duration_secs),
@@ -286,6 +336,7 @@ const FAMILIES: &[Family] = &[
 #[derive(Debug)]
 struct Scrape {
     jobs: BTreeMap<String, JobMetrics>,
+    requests: BTreeMap<String, RequestStatsSnapshot>,
     now: DateTime<Utc>,
 }
 
@@ -304,7 +355,8 @@ impl Collector for Scrape {
             }
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.sample.metric_type())?;
             for (job, value) in samples {
-                let labels = [("job", job)];
+                let m = &self.jobs[job];
+                let labels = [("chatetl_job", job), ("source", m.source.as_str()), ("endpoint", m.endpoint.as_str())];
                 let sample = metric.encode_family(&labels)?;
                 match value {
                     Value::Counter(v) => ConstCounter::new(v).encode(sample)?,
@@ -325,10 +377,56 @@ impl Collector for Scrape {
                 MetricType::Counter,
             )?;
             for (job, kind, n) in errors {
-                let labels = [("job", job), ("kind", kind.as_str())];
+                let m = &self.jobs[job];
+                let labels = [
+                    ("chatetl_job", job),
+                    ("source", m.source.as_str()),
+                    ("endpoint", m.endpoint.as_str()),
+                    ("kind", kind.as_str()),
+                ];
                 ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
             }
         }
+        if self.requests.values().any(|r| r.count > 0) {
+            let mut metric = encoder.encode_descriptor(
+                "chatetl_source_requests",
+                "Upstream request attempts since the process started, by source and status class (2xx, 4xx, 5xx, \
+                 or error when no answer came: a timeout, a refused or dropped connection).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (source, stats) in &self.requests {
+                for (class, n) in &stats.by_class {
+                    ConstCounter::new(*n)
+                        .encode(metric.encode_family(&[("source", source.as_str()), ("class", class)])?)?;
+                }
+            }
+            let mut metric = encoder.encode_descriptor(
+                "chatetl_source_request_duration_seconds",
+                "Duration of upstream request attempts, from sending to the last byte of the answer (or the failure).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (source, stats) in self.requests.iter().filter(|(_, r)| r.count > 0) {
+                metric.encode_family(&[("source", source.as_str())])?.encode_histogram::<Vec<(String, String)>>(
+                    stats.sum_seconds,
+                    stats.count,
+                    &stats.buckets,
+                    None,
+                )?;
+            }
+        }
+        let info = ConstGauge::new(1_i64);
+        info.encode(
+            encoder
+                .encode_descriptor(
+                    "chatetl_build_info",
+                    "1, labelled with the running chatetl's version.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?,
+        )?;
         let up = ConstGauge::new(1_i64);
         up.encode(encoder.encode_descriptor(
             "chatetl_up",
@@ -410,13 +508,16 @@ mod tests {
         openmetrics_parser::openmetrics::parse_openmetrics(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
-    /// The value of family `name`'s sample labelled `job="<job>"` (or with no labels).
+    /// The value of family `name`'s sample labelled `chatetl_job="<job>"` (or with no labels).
     fn value(exp: &Exposition, name: &str, job: Option<&str>) -> Option<f64> {
         let family = exp.families.get(name).unwrap_or_else(|| panic!("no family {name}"));
-        let wanted: Vec<(String, String)> = job.map(|j| ("job".to_string(), j.to_string())).into_iter().collect();
         let sample = family.iter_samples().find(|s| {
             let labels = s.get_labelset().unwrap();
-            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>() == wanted
+            let got: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            match job {
+                Some(j) => got.iter().any(|(k, v)| k == "chatetl_job" && v == j),
+                None => got.is_empty(),
+            }
         })?;
         match &sample.value {
             OpenMetricsValue::Counter(c) => Some(c.value.as_f64()),
@@ -477,26 +578,52 @@ mod tests {
         ("chatetl_job_requests", OpenMetricsType::Counter),
         ("chatetl_job_retries", OpenMetricsType::Counter),
         ("chatetl_job_skipped_ticks", OpenMetricsType::Counter),
+        ("chatetl_job_next_run_timestamp_seconds", OpenMetricsType::Gauge),
         ("chatetl_job_last_run_duration_seconds", OpenMetricsType::Gauge),
         ("chatetl_job_definition_changed", OpenMetricsType::Gauge),
         ("chatetl_job_paused", OpenMetricsType::Gauge),
     ];
 
+    /// A chunk of `loaded` windows with `rows`, or a failed one of `failed` windows.
+    fn chunk(loaded: u64, failed: u64, rows: u64, requests: u64, retries: u64) -> ChunkDone {
+        ChunkDone {
+            windows_loaded: loaded,
+            windows_failed: failed,
+            rows,
+            requests,
+            retries,
+            failure: (failed > 0).then_some(ErrorKind::UpstreamUnavailable),
+        }
+    }
+
     #[test]
     fn exposition_parses_strictly_and_shows_what_was_recorded() {
         let metrics = Metrics::new();
-        metrics.register("giosg_daily");
-        metrics.register("never_run");
-        let first = report("giosg_daily", 120, 4, 0);
+        metrics.register("giosg_daily", "giosg", "chat_sessions");
+        metrics.register("never_run", "thulium", "chat_summary");
+        let stats = StatsRegistry::default();
+        stats.of("giosg").record("2xx", Duration::from_millis(40));
+        stats.of("giosg").record("2xx", Duration::from_millis(300));
+        stats.of("giosg").record("5xx", Duration::from_secs(3));
+        metrics.set_request_stats(stats);
+        // Chunks count as they finish: a first run of one chunk, then a chunk loaded and one failed.
+        metrics.record_chunk("giosg_daily", &chunk(4, 0, 120, 3, 1));
         let mut second = report("giosg_daily", 30, 1, 2);
         second.elapsed = Duration::from_millis(2250);
         let watermark = at(0, 0, 0, 0);
-        metrics.record_run(&first, Some(at(0, 0, 0, 0) - chrono::Duration::days(1)), at(10, 0, 5, 250));
+        metrics.record_run(
+            &report("giosg_daily", 120, 4, 0),
+            Some(watermark - chrono::Duration::days(1)),
+            at(10, 0, 5, 250),
+        );
+        metrics.record_chunk("giosg_daily", &chunk(1, 0, 30, 2, 0));
+        metrics.record_chunk("giosg_daily", &chunk(0, 2, 0, 1, 1));
         metrics.record_run(&second, Some(watermark), at(11, 0, 7, 0));
         metrics.set_definition_changed("giosg_daily", true);
         metrics.record_fatal("giosg_daily", ErrorKind::Credentials);
         metrics.record_skipped_tick("giosg_daily");
         metrics.record_skipped_tick("giosg_daily");
+        metrics.set_next_run("giosg_daily", Some(at(13, 0, 0, 0)));
         let now = at(12, 30, 0, 500);
 
         let text = metrics.render_openmetrics(now);
@@ -506,20 +633,28 @@ mod tests {
         types.sort_by_key(|(name, _)| *name);
         let mut expected_types: Vec<_> = JOB_FAMILIES.to_vec();
         expected_types.push(("chatetl_up", OpenMetricsType::Gauge));
+        expected_types.push(("chatetl_build_info", OpenMetricsType::Gauge));
         expected_types.push(("chatetl_job_errors", OpenMetricsType::Counter));
+        expected_types.push(("chatetl_source_requests", OpenMetricsType::Counter));
+        expected_types.push(("chatetl_source_request_duration_seconds", OpenMetricsType::Histogram));
         expected_types.sort_by_key(|(name, _)| *name);
         assert_eq!(types, expected_types);
         assert!(exp.families.values().all(|f| !f.help.is_empty()), "every family has a HELP");
 
         let v = |name: &str| value(&exp, name, Some("giosg_daily"));
+        let labels = "{chatetl_job=\"giosg_daily\",source=\"giosg\",endpoint=\"chat_sessions\"}";
         // The second run failed, so the last success is the first run's end, milliseconds kept.
         assert_eq!(v("chatetl_job_last_success_timestamp_seconds"), Some(1_709_287_205.25));
-        assert!(text.contains("chatetl_job_last_success_timestamp_seconds{job=\"giosg_daily\"} 1709287205.25\n"));
+        assert!(
+            text.contains(&format!("chatetl_job_last_success_timestamp_seconds{labels} 1709287205.25\n")),
+            "{text}"
+        );
         assert_eq!(v("chatetl_job_watermark_timestamp_seconds"), Some(watermark.timestamp() as f64));
         assert_eq!(v("chatetl_job_watermark_lag_seconds"), Some((12 * 3600 + 30 * 60) as f64 + 0.5));
-        assert!(text.contains("chatetl_job_watermark_lag_seconds{job=\"giosg_daily\"} 45000.5\n"), "{text}");
+        assert!(text.contains(&format!("chatetl_job_watermark_lag_seconds{labels} 45000.5\n")), "{text}");
+        assert_eq!(v("chatetl_job_next_run_timestamp_seconds"), Some(at(13, 0, 0, 0).timestamp() as f64));
         assert_eq!(v("chatetl_job_windows_loaded"), Some(5.0));
-        assert_eq!(v("chatetl_job_rows_loaded"), Some((first.rows + second.rows) as f64));
+        assert_eq!(v("chatetl_job_rows_loaded"), Some(150.0));
         assert_eq!(v("chatetl_job_windows_failed"), Some(2.0));
         assert_eq!(v("chatetl_job_runs"), Some(3.0));
         assert_eq!(v("chatetl_job_run_failures"), Some(2.0));
@@ -529,16 +664,36 @@ mod tests {
         assert_eq!(v("chatetl_job_last_run_duration_seconds"), Some(2.25));
         assert_eq!(v("chatetl_job_definition_changed"), Some(1.0));
         // The sample names are unchanged (`_total` on counters), and counters are integers.
-        assert!(text.contains("\nchatetl_job_rows_loaded_total{job=\"giosg_daily\"} 150\n"), "{text}");
+        assert!(text.contains(&format!("\nchatetl_job_rows_loaded_total{labels} 150\n")), "{text}");
         assert!(text.ends_with("\nchatetl_up 1\n# EOF\n"), "{text}");
         // Errors by kind tell the refused credentials of the fatal run from the failed chunk's
         // outage; kinds never seen have no sample.
-        assert!(text.contains("\nchatetl_job_errors_total{job=\"giosg_daily\",kind=\"credentials\"} 1\n"), "{text}");
+        let errors = "chatetl_job_errors_total{chatetl_job=\"giosg_daily\",source=\"giosg\",endpoint=\"chat_sessions\"";
+        assert!(text.contains(&format!("\n{errors},kind=\"credentials\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("\n{errors},kind=\"upstream_unavailable\"}} 1\n")), "{text}");
         assert!(
-            text.contains("\nchatetl_job_errors_total{job=\"giosg_daily\",kind=\"upstream_unavailable\"} 1\n"),
+            !text.contains("kind=\"warehouse\"")
+                && !text.contains("chatetl_job=\"never_run\",source=\"thulium\",endpoint=\"chat_summary\",kind"),
             "{text}"
         );
-        assert!(!text.contains("kind=\"warehouse\"") && !text.contains("job=\"never_run\",kind"), "{text}");
+        // Requests per source and status class, and their durations.
+        assert!(text.contains("\nchatetl_source_requests_total{source=\"giosg\",class=\"2xx\"} 2\n"), "{text}");
+        assert!(text.contains("\nchatetl_source_requests_total{source=\"giosg\",class=\"5xx\"} 1\n"), "{text}");
+        assert!(
+            text.contains("\nchatetl_source_request_duration_seconds_bucket{le=\"0.05\",source=\"giosg\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nchatetl_source_request_duration_seconds_bucket{le=\"2.5\",source=\"giosg\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nchatetl_source_request_duration_seconds_count{source=\"giosg\"} 3\n"), "{text}");
+        assert!(
+            text.contains(&format!("\nchatetl_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        // No sample says `job`: Prometheus keeps that label for its own scrape target.
+        assert!(!text.contains("{job=") && !text.contains(",job="), "{text}");
 
         // The registered job that never ran: zero counters, no gauges without a value.
         for (family, _) in JOB_FAMILIES {
@@ -546,30 +701,53 @@ mod tests {
                 "chatetl_job_last_success_timestamp_seconds"
                 | "chatetl_job_watermark_timestamp_seconds"
                 | "chatetl_job_watermark_lag_seconds"
+                | "chatetl_job_next_run_timestamp_seconds"
                 | "chatetl_job_last_run_duration_seconds" => None,
                 _ => Some(0.0),
             };
             assert_eq!(value(&exp, family, Some("never_run")), expected, "{family}");
         }
         assert_eq!(value(&exp, "chatetl_up", None), Some(1.0));
-        // 14 families of giosg_daily, 10 of never_run, two error kinds, chatetl_up.
-        assert_eq!(sample_count(&exp), 14 + 10 + 2 + 1);
+        // 15 families of giosg_daily, 10 of never_run, two error kinds, two request classes, one
+        // histogram, build info, chatetl_up.
+        assert_eq!(sample_count(&exp), 15 + 10 + 2 + 2 + 1 + 1 + 1);
 
         let snapshot = metrics.snapshot();
-        assert_eq!(snapshot["never_run"], JobMetrics::default());
+        assert_eq!(
+            snapshot["never_run"],
+            JobMetrics { source: "thulium".into(), endpoint: "chat_summary".into(), ..JobMetrics::default() }
+        );
         assert_eq!(snapshot["giosg_daily"].last_success, Some(at(10, 0, 5, 250)));
         assert_eq!(snapshot["giosg_daily"].watermark, Some(watermark));
+    }
+
+    #[test]
+    fn the_stored_state_fills_the_freshness_gauges_before_any_run() {
+        let metrics = Metrics::new();
+        metrics.register("giosg_daily", "giosg", "chat_sessions");
+        let (watermark, success) = (at(0, 0, 0, 0), at(6, 30, 2, 0));
+        metrics.record_state("giosg_daily", Some(watermark), Some(success));
+        let exp = parse(&metrics.render_openmetrics(at(12, 0, 0, 0)));
+        let v = |name: &str| value(&exp, name, Some("giosg_daily"));
+        assert_eq!(v("chatetl_job_watermark_timestamp_seconds"), Some(watermark.timestamp() as f64));
+        assert_eq!(v("chatetl_job_watermark_lag_seconds"), Some(12.0 * 3600.0));
+        assert_eq!(v("chatetl_job_last_success_timestamp_seconds"), Some(success.timestamp() as f64));
+        assert_eq!(v("chatetl_job_runs"), Some(0.0), "no run counted");
     }
 
     #[test]
     fn families_without_samples_are_left_out() {
         let metrics = Metrics::new();
         let exp = parse(&metrics.render_openmetrics(at(0, 0, 0, 0)));
-        assert_eq!(exp.families.keys().collect::<Vec<_>>(), ["chatetl_up"], "no jobs: only up");
-        assert_eq!(sample_count(&exp), 1);
+        assert_eq!(
+            exp.families.keys().collect::<Vec<_>>(),
+            ["chatetl_build_info", "chatetl_up"],
+            "no jobs: only up and build info"
+        );
+        assert_eq!(sample_count(&exp), 2);
 
         // A job that never ran has its counters and flag, and no gauge without a value.
-        metrics.register("never_run");
+        metrics.register("never_run", "giosg", "chat_sessions");
         let text = metrics.render_openmetrics(at(0, 0, 0, 0));
         let exp = parse(&text);
         for (family, _) in JOB_FAMILIES {
@@ -578,8 +756,8 @@ mod tests {
                 && *family != "chatetl_job_last_run_duration_seconds";
             assert_eq!(exp.families.contains_key(*family), shown, "{family}\n{text}");
         }
-        // Ten counters and flags (paused included, at 0) and chatetl_up.
-        assert_eq!(exp.families.len(), 10 + 1);
+        // Ten counters and flags (paused included, at 0), build info and chatetl_up.
+        assert_eq!(exp.families.len(), 10 + 2);
     }
 
     #[test]
@@ -588,7 +766,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.record_skipped_tick(job);
         let text = metrics.render_openmetrics(at(0, 0, 0, 0));
-        assert!(text.contains("chatetl_job_skipped_ticks_total{job=\"we\\\"ird\\\\job\\nname\"} 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "chatetl_job_skipped_ticks_total{chatetl_job=\"we\\\"ird\\\\job\\nname\",source=\"\",endpoint=\"\"} 1\n"
+            ),
+            "{text}"
+        );
         assert_eq!(value(&parse(&text), "chatetl_job_skipped_ticks", Some(job)), Some(1.0));
     }
 
@@ -625,7 +808,7 @@ mod tests {
     #[tokio::test]
     async fn server_answers_metrics_and_healthz_and_stops_on_shutdown() {
         let metrics = Arc::new(Metrics::new());
-        metrics.register("giosg_daily");
+        metrics.register("giosg_daily", "giosg", "chat_sessions");
         let failing = Arc::new(Mutex::new(None));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -674,6 +857,7 @@ mod tests {
     #[test]
     fn a_fatal_run_counts_a_run_and_a_failure_and_keeps_the_last_success() {
         let metrics = Metrics::new();
+        metrics.record_chunk("j", &chunk(1, 0, 7, 1, 0));
         metrics.record_run(&report("j", 7, 1, 0), None, at(1, 0, 0, 0));
         metrics.record_fatal("j", ErrorKind::Warehouse);
         let m = &metrics.snapshot()["j"];

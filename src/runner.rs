@@ -29,7 +29,7 @@ use crate::config::{Config, Job, JobKind, WindowUnit};
 use crate::error::ErrorKind;
 use crate::plan::{self, Window};
 use crate::sink::{Commit, Sink, SinkError};
-use crate::source::http::CallCounts;
+use crate::source::http::{CallCounts, StatsRegistry};
 use crate::source::{ClientError, FetchError, Source};
 use crate::state::{Change, RunRecord, WindowFailure, definition_hash};
 use crate::time::local_day_start;
@@ -171,6 +171,30 @@ pub struct RunOptions {
     /// Once cancelled, no new chunk starts; chunks in flight finish (or are dropped by the caller,
     /// which rolls their transactions back).
     pub cancel: Option<CancellationToken>,
+    /// Told of every chunk as it finishes (a daemon's live metrics).
+    pub observer: Option<ChunkObserver>,
+}
+
+/// What one finished chunk did: its windows loaded or failed, rows, requests and retries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChunkDone {
+    pub windows_loaded: u64,
+    pub windows_failed: u64,
+    pub rows: u64,
+    pub requests: u64,
+    pub retries: u64,
+    /// The kind of its failure, when it failed.
+    pub failure: Option<ErrorKind>,
+}
+
+/// Called with the job's name and each [`ChunkDone`] of a run, as the chunk finishes.
+#[derive(Clone)]
+pub struct ChunkObserver(pub Arc<dyn Fn(&str, &ChunkDone) + Send + Sync>);
+
+impl std::fmt::Debug for ChunkObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkObserver")
+    }
 }
 
 impl Default for RunOptions {
@@ -182,6 +206,7 @@ impl Default for RunOptions {
             force: false,
             partial_after: None,
             cancel: None,
+            observer: None,
         }
     }
 }
@@ -236,6 +261,8 @@ pub struct Runner {
     pub config: Config,
     pub sink: Arc<Sink>,
     sources: BTreeMap<String, Arc<Source>>,
+    /// Each source's request counts, kept by a daemon across reloads.
+    request_stats: StatsRegistry,
 }
 
 impl Runner {
@@ -275,12 +302,27 @@ impl Runner {
 
     /// A runner for a new configuration over the same open warehouse (a reload).
     pub fn with_shared_sink(config: Config, sink: Arc<Sink>) -> Result<Runner, RunError> {
+        Runner::with_shared_parts(config, sink, StatsRegistry::default())
+    }
+
+    /// [`Runner::with_shared_sink`], its sources counting their requests in `request_stats`
+    /// (the previous runner's, so a daemon's counts survive a reload).
+    pub fn with_shared_parts(
+        config: Config,
+        sink: Arc<Sink>,
+        request_stats: StatsRegistry,
+    ) -> Result<Runner, RunError> {
         let sources = config
             .sources
             .iter()
-            .map(|(name, s)| Ok((name.clone(), Arc::new(Source::new(s)?))))
+            .map(|(name, s)| Ok((name.clone(), Arc::new(Source::with_stats(s, request_stats.of(name))?))))
             .collect::<Result<_, RunError>>()?;
-        Ok(Runner { config, sink, sources })
+        Ok(Runner { config, sink, sources, request_stats })
+    }
+
+    /// Each source's request counts (by status class) and durations.
+    pub fn request_stats(&self) -> &StatsRegistry {
+        &self.request_stats
     }
 
     /// The source of `job`.
@@ -479,6 +521,22 @@ impl Runner {
         while let Some((chunk, counts, result)) = outcomes.next().await {
             done += chunk.len();
             calls += counts;
+            if let Some(observer) = &opts.observer {
+                let n = chunk.len() as u64;
+                let (loaded, rows, failure) = match &result {
+                    Ok(rows) => (n, *rows, None),
+                    Err(e) => (0, 0, Some(e.kind())),
+                };
+                let done = ChunkDone {
+                    windows_loaded: loaded,
+                    windows_failed: n - loaded,
+                    rows,
+                    requests: u64::from(counts.requests),
+                    retries: u64::from(counts.retries),
+                    failure,
+                };
+                (observer.0)(&job.name, &done);
+            }
             let span = format!(
                 "{} .. {}",
                 chunk[0].label(job.window, job.time_zone),

@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config, Job, JobKind};
 use crate::error::ErrorKind;
 use crate::metrics::{HealthCheck, Metrics};
-use crate::runner::{Progress, RunError, RunKind, RunOptions, Runner};
+use crate::runner::{ChunkDone, ChunkObserver, Progress, RunError, RunKind, RunOptions, Runner};
 use crate::schedule_time::Schedule;
 use crate::state::{RunRecord, definition_hash};
 
@@ -283,9 +283,10 @@ impl Scheduler {
         opts: SchedulerOptions,
         metrics: Arc<Metrics>,
     ) -> Scheduler {
-        for job in runner.config.jobs.keys() {
-            metrics.register(job);
+        for job in runner.config.jobs.values() {
+            metrics.register(&job.name, &job.source, job.endpoint.name());
         }
+        metrics.set_request_stats(runner.request_stats().clone());
         Scheduler {
             inner: Arc::new(Inner {
                 config_path,
@@ -372,6 +373,7 @@ impl Scheduler {
     /// Returns once runs in flight finished or the grace period ended.
     pub async fn run(self, shutdown: CancellationToken, mut reload: mpsc::Receiver<()>) {
         let inner = self.inner;
+        inner.record_stored_state().await;
         let checker = tokio::spawn(Scheduler::check_warehouse(inner.clone(), inner.stopping.clone()));
         let mut loops = start_loops(&inner, inner.clock.now(), &HashMap::new());
         inner.activity.send_modify(|a| {
@@ -489,6 +491,7 @@ async fn job_loop(
 ) -> Option<(String, PendingTick)> {
     let mut next = first;
     loop {
+        inner.metrics.set_next_run(&job.name, Some(next));
         tokio::select! {
             // A stopped loop never ticks, even when its fire time has come too: the fire time
             // goes to the loop that replaces it.
@@ -504,6 +507,7 @@ async fn job_loop(
         let after = next.max(inner.clock.now());
         let Some(n) = schedule.next_after(after) else {
             info!(job = %job.name, "schedule has no further fire times");
+            inner.metrics.set_next_run(&job.name, None);
             return None;
         };
         next = n;
@@ -536,6 +540,24 @@ impl Inner {
         });
     }
 
+    /// Every job's watermark and last success as the warehouse has them, into the metrics, so
+    /// freshness gauges (and alerts on them) work from start-up, not from each job's first tick.
+    async fn record_stored_state(&self) {
+        let runner = self.runner.read().expect("runner lock").clone();
+        let names: Vec<String> = runner.config.jobs.keys().cloned().collect();
+        match runner.sink.status(&names).await {
+            Ok(statuses) => {
+                for s in statuses {
+                    let last_success = s.last_success.or_else(|| {
+                        s.last_run.as_ref().filter(|r| r.status == "succeeded").and_then(|r| r.finished_at)
+                    });
+                    self.metrics.record_state(&s.job, s.watermark, last_success);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the jobs' state for the metrics; they fill in as jobs run"),
+        }
+    }
+
     async fn run_once(&self, job: &Job, at: DateTime<Utc>) {
         let runner = self.runner.read().expect("runner lock").clone();
         // A snapshot is captured at its tick (a retried tick replaces it); history runs up to now.
@@ -550,6 +572,10 @@ impl Inner {
                 force: true,
                 partial_after: Some(partial_after),
                 cancel: Some(self.stop_runs.clone()),
+                observer: Some(ChunkObserver({
+                    let metrics = self.metrics.clone();
+                    Arc::new(move |job: &str, chunk: &ChunkDone| metrics.record_chunk(job, chunk))
+                })),
             };
             runner.run(job, windows, &opts).await
         }
@@ -627,15 +653,15 @@ impl Inner {
         };
         let old = self.runner.read().expect("runner lock").clone();
         let changes = describe_changes(&old.config, &config);
-        let runner = match Runner::with_shared_sink(config, old.sink.clone()) {
+        let runner = match Runner::with_shared_parts(config, old.sink.clone(), old.request_stats().clone()) {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "reload failed, keeping the running definitions");
                 return false;
             }
         };
-        for job in runner.config.jobs.keys() {
-            self.metrics.register(job);
+        for job in runner.config.jobs.values() {
+            self.metrics.register(&job.name, &job.source, job.endpoint.name());
         }
         let since = self.clock.now();
         let pending = loops.stop().await;

@@ -246,6 +246,7 @@ impl ParquetSink {
                     windows_failed: 0,
                     windows_outdated: 0,
                     added_columns: Vec::new(),
+                    last_success: None,
                     last_error: s.runs.iter().rev().find_map(|r| r.error.clone()),
                     last_error_kind: s.runs.iter().rev().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                     last_run: s.runs.last().cloned(),

@@ -900,7 +900,9 @@ impl PostgresSink {
             let totals = sqlx::query(
                 "SELECT count(*), coalesce(sum(l.rows), 0)::bigint,
                    count(*) FILTER (WHERE l.definition_hash IS DISTINCT FROM j.definition_hash),
-                   (SELECT count(*) FROM chatetl.window_failures f WHERE f.target = $1 AND f.job = $2)
+                   (SELECT count(*) FROM chatetl.window_failures f WHERE f.target = $1 AND f.job = $2),
+                   (SELECT max(r.finished_at) FROM chatetl.runs r
+                     WHERE r.target = $1 AND r.job = $2 AND r.status = 'succeeded')
                  FROM chatetl.window_loads l LEFT JOIN chatetl.jobs j ON j.target = l.target AND j.job = l.job
                  WHERE l.target = $1 AND l.job = $2",
             )
@@ -929,6 +931,7 @@ impl PostgresSink {
                 windows_failed: totals.get::<i64, _>(3) as u64,
                 windows_outdated: totals.get::<i64, _>(2) as u64,
                 added_columns: state.added_columns,
+                last_success: totals.get(4),
                 last_error: runs.iter().find_map(|r| r.error.clone()),
                 last_error_kind: runs.iter().find(|r| r.error.is_some()).and_then(|r| r.error_kind),
                 last_run: runs.into_iter().next(),

@@ -28,14 +28,19 @@
 //! retried (the same request gets the same answer). Paging stops with the errors above, so no
 //! upstream can make one window read without end.
 //!
+//! Every attempt is also counted in the source's [`RequestStats`] (by status class, with its
+//! duration), which a daemon's `/metrics` shows live; the stats outlive a reload of the
+//! configuration ([`StatsRegistry`]).
+//!
 //! To use from a new source: build an [`HttpClient`] from its [`SourceConfig`] with the vendor's
 //! credentials; the runner hands each chunk a [`Calls`] over it: [`Calls::send`] one
 //! [`HttpRequest`] (the body comes back whole) or [`Calls::pages`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
@@ -181,6 +186,91 @@ enum Verdict {
     Refused { status: u16, method: String, url: String },
 }
 
+/// Upper bounds (seconds) of the request-duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// A source's requests so far: attempts by status class (`2xx` … `5xx`, or `error` when no
+/// answer came: a timeout, a refused or dropped connection) and a histogram of their durations
+/// (from sending to the last byte of the body, or to the failure).
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    by_class: Mutex<BTreeMap<&'static str, u64>>,
+    /// Attempts per bucket of [`DURATION_BUCKETS`] (not cumulative), the last one for longer.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    micros: AtomicU64,
+}
+
+/// A copy of [`RequestStats`] at one instant.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RequestStatsSnapshot {
+    pub by_class: BTreeMap<&'static str, u64>,
+    /// (upper bound, attempts that took longer than the previous bound and at most this one),
+    /// ending with +Inf; the encoder makes them cumulative.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl RequestStats {
+    pub(crate) fn record(&self, class: &'static str, took: Duration) {
+        *self.by_class.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(class).or_default() += 1;
+        let secs = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RequestStatsSnapshot {
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        RequestStatsSnapshot {
+            by_class: self.by_class.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+            sum_seconds: self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// The [`RequestStats`] of every source by name, shared by the runners a daemon builds on each
+/// reload so the counts keep growing across them.
+#[derive(Debug, Clone, Default)]
+pub struct StatsRegistry(Arc<Mutex<BTreeMap<String, Arc<RequestStats>>>>);
+
+impl StatsRegistry {
+    /// The stats of source `name`, created empty on first use.
+    pub fn of(&self, name: &str) -> Arc<RequestStats> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every source's stats at this instant, by name.
+    pub fn snapshot(&self) -> BTreeMap<String, RequestStatsSnapshot> {
+        let sources = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        sources.into_iter().map(|(name, stats)| (name, stats.snapshot())).collect()
+    }
+}
+
+/// The status class of an attempt's outcome.
+fn status_class(result: &Result<bytes::Bytes, HttpError>) -> &'static str {
+    let status = match result {
+        Ok(_) | Err(HttpError::TooLarge { .. }) => return "2xx",
+        Err(HttpError::Status { status, .. }) => *status,
+        Err(_) => return "error",
+    };
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// An HTTP client for one source.
 pub struct HttpClient {
     source: String,
@@ -201,6 +291,7 @@ pub struct HttpClient {
     verdict: std::sync::Mutex<Verdict>,
     /// Held by the one request in flight while the verdict is unknown.
     first: tokio::sync::Mutex<()>,
+    stats: Arc<RequestStats>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -210,8 +301,9 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client with the source's credentials, limits and timeouts.
-    pub fn new(source: &SourceConfig) -> Result<HttpClient, String> {
+    /// A client with the source's credentials, limits and timeouts, counting its attempts in
+    /// `stats`.
+    pub fn new(source: &SourceConfig, stats: Arc<RequestStats>) -> Result<HttpClient, String> {
         let auth = source.credentials.clone();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(source.timeout_secs))
@@ -241,6 +333,7 @@ impl HttpClient {
             timeout_secs: source.timeout_secs,
             verdict: std::sync::Mutex::new(Verdict::Unknown),
             first: tokio::sync::Mutex::new(()),
+            stats,
         })
     }
 
@@ -329,10 +422,20 @@ impl HttpClient {
             .await
     }
 
+    /// One attempt, after the rate and concurrency limits let it go, counted in the chunk's
+    /// tally and the source's stats.
     async fn attempt(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
         self.limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
         let _permit = self.permits.acquire().await.expect("semaphore never closed");
         tally.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.exchange(req).await;
+        self.stats.record(status_class(&result), started.elapsed());
+        result
+    }
+
+    /// Sends `req` once and reads its whole answer.
+    async fn exchange(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
         let method = req.method.to_string();
         let mut builder = self.client.request(req.method.clone(), &req.url);
         builder = match &self.auth {

@@ -167,8 +167,13 @@ pub struct ClientError {
 
 impl Source {
     pub fn new(config: &SourceConfig) -> Result<Source, ClientError> {
-        let client =
-            HttpClient::new(config).map_err(|message| ClientError { source_name: config.name.clone(), message })?;
+        Source::with_stats(config, Default::default())
+    }
+
+    /// A source counting its requests in `stats` (a daemon's, kept across reloads).
+    pub fn with_stats(config: &SourceConfig, stats: std::sync::Arc<http::RequestStats>) -> Result<Source, ClientError> {
+        let client = HttpClient::new(config, stats)
+            .map_err(|message| ClientError { source_name: config.name.clone(), message })?;
         Ok(Source { config: config.clone(), client })
     }
 

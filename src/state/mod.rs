@@ -152,6 +152,9 @@ pub struct JobStatus {
     pub windows_outdated: u64,
     #[serde(default)]
     pub added_columns: Vec<String>,
+    /// When the job's last run that loaded every window it planned (`succeeded`) finished.
+    #[serde(default)]
+    pub last_success: Option<DateTime<Utc>>,
     pub last_run: Option<RunRecord>,
     /// The error of the last run that had one.
     pub last_error: Option<String>,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow_schema::DataType;
 use chatetl::config::{self, Config};
@@ -531,10 +532,23 @@ async fn exit_codes_status_and_metrics_tell_refused_credentials_from_an_outage()
         (out, v[0]["last_error_kind"].as_str().map(String::from))
     };
     // Every job's metrics as the daemon records them, from a run of the library's runner.
-    let scrape = |report: &chatetl::runner::RunReport| {
-        let metrics = chatetl::metrics::Metrics::new();
-        metrics.record_run(report, None, Utc::now());
+    // A run as the daemon makes it: its chunks counted into the metrics as they finish.
+    let observed_run = async |runner: &chatetl::runner::Runner, job: &chatetl::config::Job, windows| {
+        let metrics = Arc::new(chatetl::metrics::Metrics::new());
+        metrics.register(&job.name, &job.source, job.endpoint.name());
+        let m = metrics.clone();
+        let observer = chatetl::runner::ChunkObserver(Arc::new(move |job: &str, c: &chatetl::runner::ChunkDone| {
+            m.record_chunk(job, c)
+        }));
+        let opts = chatetl::runner::RunOptions { observer: Some(observer), ..opts(RunKind::Range) };
+        let report = runner.run(job, windows, &opts).await.unwrap();
+        metrics.record_run(&report, None, Utc::now());
         metrics.render_openmetrics(Utc::now())
+    };
+    let errors = |kind: &str| {
+        format!(
+            "chatetl_job_errors_total{{chatetl_job=\"real_chats\",source=\"giosg\",endpoint=\"chat_sessions\",kind=\"{kind}\"}} 1"
+        )
     };
 
     // An outage: every request answers 503, after its retries.
@@ -550,9 +564,8 @@ async fn exit_codes_status_and_metrics_tell_refused_credentials_from_an_outage()
     let (config, runner) = open_runner(&good).await;
     let (from, to) = chatetl::plan::parse_range("2024-01-01", "2024-01-01", HEL).unwrap();
     let windows = chatetl::plan::windows_overlapping(chatetl::config::WindowUnit::Day, HEL, from, to);
-    let report = runner.run(&config.jobs["real_chats"], windows.clone(), &opts(RunKind::Range)).await.unwrap();
-    let text = scrape(&report);
-    assert!(text.contains("chatetl_job_errors_total{job=\"real_chats\",kind=\"upstream_unavailable\"} 1"), "{text}");
+    let text = observed_run(&runner, &config.jobs["real_chats"], windows.clone()).await;
+    assert!(text.contains(&errors("upstream_unavailable")), "{text}");
     assert!(!text.contains("kind=\"credentials\""), "{text}");
     sim.handle.clear_rules();
 
@@ -563,9 +576,8 @@ async fn exit_codes_status_and_metrics_tell_refused_credentials_from_an_outage()
     assert_eq!(kind.as_deref(), Some("credentials"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("real_chats") && l.contains("[credentials]")), "{table}");
     let (config, runner) = open_runner(&bad).await;
-    let report = runner.run(&config.jobs["real_chats"], windows, &opts(RunKind::Range)).await.unwrap();
-    let text = scrape(&report);
-    assert!(text.contains("chatetl_job_errors_total{job=\"real_chats\",kind=\"credentials\"} 1"), "{text}");
+    let text = observed_run(&runner, &config.jobs["real_chats"], windows).await;
+    assert!(text.contains(&errors("credentials")), "{text}");
     assert!(!text.contains("kind=\"upstream_unavailable\""), "{text}");
 
     // Once the upstream answers again, the run succeeds and exits 0.

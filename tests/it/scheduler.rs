@@ -227,9 +227,9 @@ async fn hourly_and_daily_jobs_advance_tick_by_tick_across_the_spring_dst_change
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
     server.abort();
     let sample = |name: &str, job: &str| -> f64 {
-        let prefix = format!("{name}{{job=\"{job}\"}} ");
+        let prefix = format!("{name}{{chatetl_job=\"{job}\",");
         let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix} in\n{text}"));
-        line[prefix.len()..].parse().unwrap()
+        line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let value = line.rsplit(' ').next().unwrap();
@@ -364,8 +364,8 @@ async fn a_changed_job_is_detected_and_an_invalid_reload_keeps_the_old_definitio
 
 /// The sample of `name` for job daily_chats in a /metrics text (`name{job="daily_chats"} value`).
 fn metric(text: &str, name: &str) -> Option<f64> {
-    let prefix = format!("{name}{{job=\"daily_chats\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+    let prefix = format!("{name}{{chatetl_job=\"daily_chats\",");
+    text.lines().find(|l| l.starts_with(&prefix)).map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,8 +572,9 @@ async fn refused_credentials_pause_the_job_until_the_configuration_is_reloaded()
     d.tick_to(local(2024, 5, 3, 6, 30, 0), "daily_chats", 1).await;
     assert_eq!(sim.handle.requests().len(), 1, "no request while paused");
     let text = d.metrics.render_openmetrics(Utc::now());
-    assert!(text.contains("chatetl_job_paused{job=\"daily_chats\"} 1"), "{text}");
-    assert!(text.contains("chatetl_job_errors_total{job=\"daily_chats\",kind=\"credentials\"} 1"), "{text}");
+    let labels = "chatetl_job=\"daily_chats\",source=\"giosg\",endpoint=\"chat_sessions\"";
+    assert!(text.contains(&format!("chatetl_job_paused{{{labels}}} 1")), "{text}");
+    assert!(text.contains(&format!("chatetl_job_errors_total{{{labels},kind=\"credentials\"}} 1")), "{text}");
     let (_, out, err) = crate::util::chatetl(&["--config", path.to_str().unwrap(), "status"]);
     let line = out.lines().find(|l| l.starts_with("daily_chats")).unwrap_or_else(|| panic!("{out}\n{err}"));
     assert!(line.contains("paused") && line.contains("[credentials]"), "{out}");
