@@ -134,6 +134,8 @@ fn range_windows(
 }
 
 /// Windows of `job` that `run --failed` or `run --outdated` reloads, as the warehouse lists them.
+/// Outdated windows are those loaded with another definition than the job file's: before the
+/// columns were added, including when this very run adds them.
 async fn listed_windows(runner: &Runner, job: &Job, kind: RunKind) -> anyhow::Result<Vec<Window>> {
     Ok(match kind {
         RunKind::Failed => runner
@@ -144,13 +146,13 @@ async fn listed_windows(runner: &Runner, job: &Job, kind: RunKind) -> anyhow::Re
             .map(|f| Window { start: f.window_start, end: f.window_end })
             .collect(),
         _ => {
-            let current = runner.sink.job_state(&job.name).await?.definition_hash;
+            let current = chatetl::state::definition_hash(job);
             runner
                 .sink
                 .window_loads(&job.name)
                 .await?
                 .values()
-                .filter(|l| Some(&l.definition_hash) != current.as_ref())
+                .filter(|l| l.definition_hash != current)
                 .map(|l| Window { start: l.window_start, end: l.window_end })
                 .collect()
         }
@@ -282,6 +284,22 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    // A snapshot's capture cannot be taken again later: a failed one is lost, not reloadable.
+    let chosen: Vec<Job> = match listed {
+        Some(_) => {
+            if let Some(job) = chosen.iter().find(|j| j.kind == JobKind::Snapshot && named(j)) {
+                return Err(UsageError(format!(
+                    "job {}: a snapshot job has no windows to reload: a capture that failed cannot be taken again \
+                     for its time (the upstream only tells the current state), and its columns are filled from \
+                     the next capture on",
+                    job.name
+                ))
+                .into());
+            }
+            chosen.into_iter().filter(|j| j.kind == JobKind::Windowed).collect()
+        }
+        None => chosen,
+    };
     if args.rebuild
         && let Some(job) = chosen.iter().find(|j| j.kind == JobKind::Snapshot)
     {
@@ -321,6 +339,9 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 (None, Some(kind)) => {
                     opts.kind = kind;
+                    // A listed window still in progress (include_partial) stays incomplete.
+                    let settle = chrono::Duration::seconds(job.settle_secs as i64);
+                    opts.partial_after = Some(Utc::now() - settle);
                     let w = listed_windows(&runner, &job, kind).await?;
                     if w.is_empty() {
                         eprintln!(
@@ -409,7 +430,15 @@ fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: boo
         eprintln!("error: {f}");
     }
     if interrupted {
-        eprintln!("interrupted: the runs are recorded as interrupted; windows not loaded keep their old rows");
+        let cut: Vec<&str> = reports.iter().filter(|r| r.windows_cancelled > 0).map(|r| r.job.as_str()).collect();
+        if cut.is_empty() {
+            eprintln!("interrupted: every window already started had finished; no further job was started");
+        } else {
+            eprintln!(
+                "interrupted: {} recorded as interrupted; the windows not started keep their old rows",
+                cut.join(", ")
+            );
+        }
         return Ok(ExitCode::from(130));
     }
     let kinds = fatal.iter().map(|(k, _)| *k).chain(reports.iter().filter_map(RunReport::error_kind));

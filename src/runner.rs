@@ -66,8 +66,8 @@ pub enum RunError {
     /// `--rebuild` of a snapshot job: it would delete captures that cannot be fetched again.
     #[error(
         "job {job}: a snapshot job cannot be rebuilt: its captures cannot be fetched again, and a rebuild would \
-         delete them (its definition is unchanged, so nothing needs rebuilding; added aggregations are added as \
-         columns on the next run)"
+         delete them; new columns are added in place by the next run, and a definition that changed otherwise \
+         needs a new `table:`"
     )]
     SnapshotRebuild { job: String },
 }
@@ -573,8 +573,11 @@ impl Runner {
                         })
                         .collect();
                     // The windows keep their old rows either way; a failure that cannot be
-                    // recorded only means `run --failed` will not list them.
-                    if let Err(e) = self.sink.record_failures(&job.name, &failures).await {
+                    // recorded only means `run --failed` will not list them. A failed capture
+                    // cannot be taken again for its time: only the run records it.
+                    if job.kind == JobKind::Windowed
+                        && let Err(e) = self.sink.record_failures(&job.name, &failures).await
+                    {
                         warn!(job = %job.name, windows = %span, error = %e, "cannot record the failed windows");
                     }
                     report.failures.push(ChunkFailure {
@@ -609,7 +612,11 @@ impl Runner {
         record.rows = report.rows;
         record.requests = report.requests as u32;
         record.retries = report.retries as u32;
+        // Interrupted: the caller (a signal, a shutdown) stopped the run before every window
+        // started; a stop after refused credentials is that failure.
+        let interrupted = report.windows_cancelled > 0 && opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
         record.status = match (report.windows_failed, report.windows_loaded, report.windows_cancelled) {
+            _ if interrupted => "interrupted",
             (0, _, 0) => "succeeded",
             (0, _, _) => "interrupted",
             (_, 0, _) => "failed",

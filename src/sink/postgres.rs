@@ -239,6 +239,14 @@ impl PostgresSink {
                 "the postgres warehouse url is not valid ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ))
         })?;
+        // An unencoded `/` or `@` in the password moves part of it into the host or database:
+        // say so without echoing any of it.
+        if options.get_host().contains('@') || options.get_database().is_some_and(|d| d.contains(['@', '/'])) {
+            return Err(SinkError::definition(
+                "the postgres warehouse url is not valid: its host or database holds `@` or `/`, as happens when the \
+                 password has one; percent-encode them in the password (`@` as %40, `/` as %2F)",
+            ));
+        }
         let place = format!(
             "{}:{}, database {}, user {}",
             options.get_host(),
@@ -337,13 +345,35 @@ impl PostgresSink {
         .await
         .map_err(db_err(&what))?;
         let missing: Vec<String> = schema.column_names().into_iter().filter(|c| !existing.contains(c)).collect();
-        if !existing.is_empty() && !missing.is_empty() {
+        // Value columns the table lacks (an endpoint that gained a field in a chatetl release)
+        // are added in place, null in the rows loaded before; a missing key or time column means
+        // the table holds something else.
+        let (values, keys): (Vec<String>, Vec<String>) =
+            missing.into_iter().partition(|c| schema.metrics.iter().any(|m| &m.name == c));
+        if !existing.is_empty() && !keys.is_empty() {
+            let remedy = match job.kind {
+                crate::config::JobKind::Windowed => format!(
+                    "`chatetl run --job {} --rebuild` loads the whole history into a new table beside it and swaps it in",
+                    live_name(&job.name)
+                ),
+                crate::config::JobKind::Snapshot => "a snapshot's captures cannot be fetched again, so chatetl never \
+                     rebuilds its table: give the job a new `table:`"
+                    .to_string(),
+            };
             return Err(SinkError::definition(format!(
-                "job {}: table {table} exists without columns {missing:?} of the job's definition; \
-                 `chatetl run --job {} --rebuild` loads the whole history into a new table beside it and swaps it in",
-                job.name,
-                live_name(&job.name)
+                "job {}: table {table} exists without key columns {keys:?} of the job's definition; {remedy}",
+                job.name
             )));
+        }
+        if !existing.is_empty() && !values.is_empty() {
+            let mut ddl = format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';\n");
+            for column in schema.metrics.iter().filter(|m| values.contains(&m.name)) {
+                let col = quote_ident(&column.name);
+                let _ = writeln!(ddl, "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {};", sql_type(column.ty));
+                let _ = writeln!(ddl, "COMMENT ON COLUMN {table}.{col} IS {};", quote_literal(&column.comment));
+            }
+            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(ddl_err(&what))?;
+            info!(job = %job.name, table = %table, columns = ?values, "value columns of the endpoint added to the table");
         }
         // A table with this comment and its date index was made by this code for this job: skip
         // the DDL (a daemon prepares on every tick). Otherwise create it or complete it.
@@ -689,6 +719,44 @@ impl PostgresSink {
             .map_err(&err)?;
         if !holds_table {
             return Ok(false);
+        }
+        // The earlier release shared one state between every schema of the database (the demo
+        // beside production): when another schema holds a table of this name too, claim only
+        // if this table holds the rows of the latest load the state records.
+        let elsewhere: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename = $1 AND schemaname <> $2")
+                .bind(&job.table)
+                .bind(&self.schema)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(&err)?;
+        if elsewhere > 0 {
+            let latest: Option<(DateTime<Utc>, DateTime<Utc>, String)> = sqlx::query_as(
+                "SELECT window_start, window_end, run_id FROM chatetl.window_loads
+                 WHERE target IS NULL AND job = $1 AND rows > 0 ORDER BY loaded_at DESC LIMIT 1",
+            )
+            .bind(&job.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(&err)?;
+            let time = if job.kind == crate::config::JobKind::Snapshot { "captured_at" } else { "bucket_start" };
+            let ours = match latest {
+                None => false,
+                Some((start, end, run_id)) => sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT EXISTS (SELECT 1 FROM {table} WHERE {time} >= $1 AND {time} < $2 AND _run_id = $3)"
+                )))
+                .bind(start)
+                .bind(end)
+                .bind(run_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(&err)?,
+            };
+            if !ours {
+                warn!(job = %job.name, target = %self.schema, schemas_with_the_table = elsewhere + 1,
+                    "state kept by an earlier release is left alone: another schema holds a table of this name, and this one does not hold its latest load");
+                return Ok(false);
+            }
         }
         // The row lock of this UPDATE makes a concurrent claim wait, then find nothing to claim.
         let claimed = sqlx::query(

@@ -184,4 +184,11 @@ async fn an_unreachable_postgres_fails_in_seconds_naming_where_and_never_the_pas
     let (code, out, err) = chatetl(&["--config", config, "status"]);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(err.contains("the postgres warehouse url is not valid") && !err.contains("hunter2"), "{err}");
+    // An unencoded `/` in the password moves its end into the database name: refused, unechoed.
+    let text =
+        std::fs::read_to_string(config).unwrap().replace(":hunter2@127.0.0.1:99999", ":20/hunter2@127.0.0.1:5432");
+    std::fs::write(config, text).unwrap();
+    let (code, out, err) = chatetl(&["--config", config, "status"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("percent-encode them in the password") && !err.contains("hunter2"), "{err}");
 }

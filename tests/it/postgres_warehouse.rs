@@ -473,11 +473,24 @@ async fn an_added_aggregation_becomes_a_column_while_readers_read_and_outdated_f
     let want = dump_sums(&rows, &org, HEL, &days, |r| real_chat(r, 2.0), |r| r.n("sales"));
     assert_tables_match("real_chat_sales", &pg_table(&pool, "real_chats", "real_chat_sales").await, &want, false);
 
-    // A table that lost a column of the definition is refused, naming the command that rebuilds it.
+    // A table that lost a value column of the definition (or never had one: an endpoint that
+    // gained a field) gets it back in place, null in the rows loaded before.
     sqlx::query("ALTER TABLE analytics.real_chats DROP COLUMN real_chat_sales").execute(&pool).await.unwrap();
     let (code, out, err) = e.cli(&["run", "--job", "real_chats"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let comment: Option<String> = sqlx::query_scalar(
+        "SELECT col_description('analytics.real_chats'::regclass, attnum) FROM pg_attribute
+         WHERE attrelid = 'analytics.real_chats'::regclass AND attname = 'real_chat_sales'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(comment.is_some_and(|c| !c.is_empty()), "the column is back, with its comment");
+    // One that lost a key column holds something else: refused, naming the command that rebuilds it.
+    sqlx::query("ALTER TABLE analytics.real_chats DROP COLUMN team_id").execute(&pool).await.unwrap();
+    let (code, out, err) = e.cli(&["run", "--job", "real_chats"]);
     assert_eq!(code, 2, "a configuration problem: {out}\n{err}");
-    assert!(err.contains("real_chat_sales") && err.contains("`chatetl run --job real_chats --rebuild`"), "{err}");
+    assert!(err.contains("team_id") && err.contains("`chatetl run --job real_chats --rebuild`"), "{err}");
 }
 
 /// What a reader of the live table must never see during a rebuild: no rows, a window missing
