@@ -2,6 +2,7 @@
 //!
 //! Everything runs against real parts: the simulator over HTTP on loopback, the `chatetl` binary.
 
+mod alerts;
 mod architecture;
 mod bounds;
 mod config_cli;
