@@ -729,7 +729,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleArgs) -> anyhow::Result<ExitCode> {
     use std::sync::{Arc, RwLock};
 
-    use chatetl::metrics::{HealthCheck, Metrics};
+    use chatetl::metrics::{HealthCheck, Metrics, Probes};
     use chatetl::scheduler::{Clock, Scheduler, SchedulerOptions};
     use tokio_util::sync::CancellationToken;
 
@@ -741,10 +741,10 @@ pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleAr
     // What /healthz answers: why the daemon is not running yet, then the scheduler's check.
     let waiting: Arc<RwLock<Result<(), String>>> =
         Arc::new(RwLock::new(Err("starting: opening the warehouse".to_string())));
-    let current: Arc<RwLock<Option<HealthCheck>>> = Arc::new(RwLock::new(None));
-    let health: HealthCheck = {
+    let current: Arc<RwLock<Option<Probes>>> = Arc::new(RwLock::new(None));
+    let probe = |pick: fn(&Probes) -> HealthCheck| -> HealthCheck {
         let (waiting, current) = (waiting.clone(), current.clone());
-        Arc::new(move || match current.read().expect("health lock").clone() {
+        Arc::new(move || match current.read().expect("health lock").as_ref().map(pick) {
             Some(check) => check(),
             None => {
                 let state = waiting.read().expect("health lock").clone();
@@ -752,12 +752,13 @@ pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleAr
             }
         })
     };
+    let probes = Probes { health: probe(|p| p.health.clone()), ready: probe(|p| p.ready.clone()) };
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     spawn_signal_handlers(shutdown.clone(), reload_tx)?;
     let server_stop = CancellationToken::new();
     let server =
-        tokio::spawn(chatetl::metrics::serve(listener, metrics.clone(), health, server_stop.clone().cancelled_owned()));
+        tokio::spawn(chatetl::metrics::serve(listener, metrics.clone(), probes, server_stop.clone().cancelled_owned()));
 
     let mut delay = std::time::Duration::from_secs(1);
     let runner = loop {
@@ -783,9 +784,11 @@ pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleAr
         let opts = SchedulerOptions {
             concurrency: args.concurrency,
             shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+            catch_up: args.catch_up,
         };
         let scheduler = Scheduler::with_metrics(path, runner, Clock::System, opts, metrics);
-        *current.write().expect("health lock") = Some(scheduler.health_check());
+        *current.write().expect("health lock") =
+            Some(Probes { health: scheduler.health_check(), ready: scheduler.readiness_check() });
         scheduler.run(shutdown, reload_rx).await;
     }
     server_stop.cancel();

@@ -270,6 +270,10 @@ struct ScheduleArgs {
     /// Seconds runs in flight may take to finish after SIGTERM/SIGINT before they are rolled back.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
+    /// Run every scheduled job once at start (the catch-up after downtime) instead of waiting
+    /// for its first fire time; /readyz turns 200 once each has run without a failed window.
+    #[arg(long)]
+    catch_up: bool,
 }
 
 #[derive(Debug, Args)]

@@ -448,41 +448,66 @@ fn millis_as_seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// What /healthz checks: returns Ok while the scheduler runs and the warehouse answers, Err(reason) otherwise.
+/// A check behind /healthz or /readyz: Ok, or Err(the reason), answered at once.
 pub type HealthCheck = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// What the endpoint answers about the daemon.
+#[derive(Clone)]
+pub struct Probes {
+    /// /healthz, liveness: the scheduler runs and its warehouse answers.
+    pub health: HealthCheck,
+    /// /readyz, readiness: every scheduled job has caught up since the daemon started.
+    pub ready: HealthCheck,
+}
+
+impl Probes {
+    /// Both probes answering `check`.
+    pub fn same(check: HealthCheck) -> Probes {
+        Probes { health: check.clone(), ready: check }
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    health: HealthCheck,
+    probes: Probes,
 }
 
-/// GET /healthz: 200 "ok\n" or 503 with the reason; GET /metrics: 200 with content type
-/// [`CONTENT_TYPE`].
-pub fn router(metrics: Arc<Metrics>, health: HealthCheck) -> Router {
+/// GET /healthz and GET /readyz: 200 "ok\n" or 503 with the reason; GET /metrics: 200 with
+/// content type [`CONTENT_TYPE`].
+pub fn router(metrics: Arc<Metrics>, probes: Probes) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { metrics, health })
+        .with_state(AppState { metrics, probes })
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    health: HealthCheck,
+    probes: Probes,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics endpoint listening");
-    axum::serve(listener, router(metrics, health)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, probes)).with_graceful_shutdown(shutdown).await
 }
 
-async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
-    match (s.health)().await {
+async fn answer(check: &HealthCheck) -> (StatusCode, String) {
+    match check().await {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
+}
+
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
+    answer(&s.probes.health).await
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    answer(&s.probes.ready).await
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
@@ -813,9 +838,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, metrics.clone(), switchable_health(failing.clone()), async {
-            let _ = rx.await;
-        }));
+        let server =
+            tokio::spawn(serve(listener, metrics.clone(), Probes::same(switchable_health(failing.clone())), async {
+                let _ = rx.await;
+            }));
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
         let base = format!("http://{addr}");
 

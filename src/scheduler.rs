@@ -185,11 +185,14 @@ pub struct SchedulerOptions {
     pub concurrency: usize,
     /// How long runs in flight may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Run every scheduled job once at start (an incremental run: the catch-up after downtime),
+    /// without waiting for its first fire time.
+    pub catch_up: bool,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        SchedulerOptions { concurrency: 4, shutdown_grace: Duration::from_secs(30) }
+        SchedulerOptions { concurrency: 4, shutdown_grace: Duration::from_secs(30), catch_up: false }
     }
 }
 
@@ -237,6 +240,9 @@ struct Inner {
     stopping: CancellationToken,
     /// The last warehouse check, which /healthz reports without waiting on the warehouse.
     warehouse: Mutex<WarehouseCheck>,
+    /// Scheduled jobs that have not yet had a run without a failed window since the daemon
+    /// started: /readyz is 503 while there are any.
+    behind: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// How often the warehouse is checked for /healthz, and how long one check may take.
@@ -287,6 +293,7 @@ impl Scheduler {
             metrics.register(&job.name, &job.source, job.endpoint.name());
         }
         metrics.set_request_stats(runner.request_stats().clone());
+        let behind = runner.config.jobs.values().filter(|j| j.schedule.is_some()).map(|j| j.name.clone()).collect();
         Scheduler {
             inner: Arc::new(Inner {
                 config_path,
@@ -302,6 +309,7 @@ impl Scheduler {
                 stopping: CancellationToken::new(),
                 // The runner just opened the warehouse: it answered.
                 warehouse: Mutex::new(WarehouseCheck { checked_at: std::time::Instant::now(), failing: None }),
+                behind: Mutex::new(behind),
             }),
         }
     }
@@ -333,6 +341,26 @@ impl Scheduler {
                         "the warehouse does not answer, for {} s now (checked {} s ago): {why}",
                         since.elapsed().as_secs(),
                         check.checked_at.elapsed().as_secs()
+                    )),
+                }
+            })
+        })
+    }
+
+    /// 200 once every scheduled job has had a run without a failed window since the daemon
+    /// started (with `catch_up`, right after the catch-up): the daemon is caught up. Says which
+    /// jobs are not.
+    pub fn readiness_check(&self) -> HealthCheck {
+        let inner = self.inner.clone();
+        Arc::new(move || {
+            let inner = inner.clone();
+            Box::pin(async move {
+                let behind = inner.behind.lock().expect("behind lock");
+                match behind.len() {
+                    0 => Ok(()),
+                    n => Err(format!(
+                        "catching up: {n} job(s) without a complete run yet: {}",
+                        behind.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
                     )),
                 }
             })
@@ -376,6 +404,14 @@ impl Scheduler {
         inner.record_stored_state().await;
         let checker = tokio::spawn(Scheduler::check_warehouse(inner.clone(), inner.stopping.clone()));
         let mut loops = start_loops(&inner, inner.clock.now(), &HashMap::new());
+        if inner.opts.catch_up {
+            let runner = inner.runner.read().expect("runner lock").clone();
+            let now = inner.clock.now();
+            for job in runner.config.jobs.values().filter(|j| j.schedule.is_some()) {
+                info!(job = %job.name, "catching up at start");
+                inner.tick(job, now);
+            }
+        }
         inner.activity.send_modify(|a| {
             a.generation += 1;
             a.loops = loops.count;
@@ -584,6 +620,9 @@ impl Inner {
             Ok(report) => {
                 let watermark = runner.sink.job_state(&job.name).await.ok().and_then(|s| s.watermark);
                 self.metrics.record_run(&report, watermark, self.clock.now());
+                if report.ok() {
+                    self.behind.lock().expect("behind lock").remove(&job.name);
+                }
                 if report.error_kind() == Some(ErrorKind::Credentials) {
                     self.pause(&runner, job).await;
                 } else if !report.ok() {
@@ -663,6 +702,11 @@ impl Inner {
         for job in runner.config.jobs.values() {
             self.metrics.register(&job.name, &job.source, job.endpoint.name());
         }
+        // A job the new files drop or unschedule no longer holds readiness back.
+        self.behind
+            .lock()
+            .expect("behind lock")
+            .retain(|name| runner.config.jobs.get(name).is_some_and(|j| j.schedule.is_some()));
         let since = self.clock.now();
         let pending = loops.stop().await;
         *self.runner.write().expect("runner lock") = Arc::new(runner);

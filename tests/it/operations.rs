@@ -192,3 +192,56 @@ async fn an_unreachable_postgres_fails_in_seconds_naming_where_and_never_the_pas
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(err.contains("percent-encode them in the password") && !err.contains("hunter2"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_catch_up_the_daemon_is_alive_at_once_and_ready_once_every_job_caught_up() {
+    let db = TestDb::new().await;
+    let d = dump(&["--seed", "2", "--start", "2024-05-01", "--days", "3", "--sessions-per-day", "5"]);
+    let sim = serve(&d.path).await;
+    // Slow answers: the catch-up (every day from 1 May 2024 to yesterday, in 31-day requests four
+    // at a time) takes at least eight rounds of 500 ms, far longer than the two probes below.
+    sim.handle.set_faults(chatetl::simulator::FaultConfig { latency_ms: 500, ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    // A schedule that fires once a year: only the catch-up runs the job during the test.
+    let job = "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nscopes: [org]\n\
+               aggregations:\n  - { type: count, column: chats }\nstart: 2024-05-01\nschedule: \"0 0 6 1 1 *\"\n";
+    let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &[("daily.yaml", job.into())]);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_chatetl"))
+        .args(["--config", config.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0", "--catch-up"])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("health and metrics on ").nth(1) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let base = rx.recv_timeout(PATIENCE).expect("the daemon prints its endpoint");
+    healthz_until(&base, "the daemon is alive", |s, _| s == 200).await;
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "alive, not ready: the catch-up is still running");
+    assert!(ready.text().await.unwrap().contains("catching up: 1 job(s) without a complete run yet: daily"));
+    let deadline = Instant::now() + PATIENCE;
+    while reqwest::get(format!("{base}/readyz")).await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "not ready within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ready means caught up: the watermark is at the end of yesterday.
+    let pool = db.pool().await;
+    let watermark: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics' AND job = 'daily'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Helsinki).date_naive();
+    let yesterday_end = chatetl::time::local_day_start(chrono_tz::Europe::Helsinki, today);
+    assert!(watermark.is_some_and(|w| w >= yesterday_end - chrono::Duration::days(1)), "{watermark:?}");
+    // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+}

@@ -93,7 +93,8 @@ struct Daemon {
 async fn start_daemon(config_path: &Path, clock: Arc<ManualClock>) -> Daemon {
     let config = config::load(config_path).unwrap();
     let runner = Runner::open(config).await.unwrap();
-    let opts = SchedulerOptions { concurrency: 2, shutdown_grace: Duration::from_secs(5) };
+    let opts =
+        SchedulerOptions { concurrency: 2, shutdown_grace: Duration::from_secs(5), ..SchedulerOptions::default() };
     let scheduler = Scheduler::new(config_path.to_path_buf(), runner, Clock::Manual(clock.clone()), opts);
     let metrics = scheduler.metrics();
     let activity = scheduler.activity();
@@ -223,7 +224,12 @@ async fn hourly_and_daily_jobs_advance_tick_by_tick_across_the_spring_dst_change
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let health: chatetl::metrics::HealthCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let server = tokio::spawn(chatetl::metrics::serve(listener, d.metrics.clone(), health, std::future::pending()));
+    let server = tokio::spawn(chatetl::metrics::serve(
+        listener,
+        d.metrics.clone(),
+        chatetl::metrics::Probes::same(health),
+        std::future::pending(),
+    ));
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
     server.abort();
     let sample = |name: &str, job: &str| -> f64 {
