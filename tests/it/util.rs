@@ -428,3 +428,31 @@ pub fn write_dataset(dir: &Path, records: &[Value]) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The state database of the Parquet warehouse at `root` (`_chatetl/state.db`), opened with SQL
+/// as an independent reader (not chatetl's sink).
+pub async fn parquet_state_db(root: &Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(root.join("_chatetl/state.db"))
+        .busy_timeout(std::time::Duration::from_secs(30));
+    sqlx::SqlitePool::connect_with(options).await.unwrap()
+}
+
+/// Rows per `_window_start` in the Parquet files below `dir` (read with the parquet crate).
+pub fn parquet_window_rows(dir: &Path) -> BTreeMap<DateTime<Utc>, usize> {
+    use arrow_array::types::TimestampMicrosecondType;
+    let mut out = BTreeMap::new();
+    for path in parquet_files(dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let starts = batch.column_by_name("_window_start").unwrap().as_primitive::<TimestampMicrosecondType>();
+            for us in starts.values().iter() {
+                *out.entry(DateTime::<Utc>::from_timestamp_micros(*us).unwrap()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
