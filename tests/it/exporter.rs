@@ -657,7 +657,11 @@ async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed()
             let mut n = 0i64;
             for table in ["jobs", "window_loads"] {
                 let sql = format!("SELECT count(*) FROM {table} WHERE job = 'real_chats' AND definition_hash = ?1");
-                n += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(hash.clone()).fetch_one(&db).await.unwrap();
+                n += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                    .bind(hash.clone())
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
             }
             n
         }

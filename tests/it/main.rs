@@ -8,6 +8,7 @@ mod config_cli;
 mod exporter;
 mod giosg_events;
 mod jobs;
+mod parquet_warehouse;
 mod probe;
 mod scheduler;
 mod simulator_api;

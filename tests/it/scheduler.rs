@@ -482,7 +482,10 @@ async fn settle_delays_a_window_and_a_partial_window_is_replaced_without_moving_
         let mut distinct = rows.clone();
         distinct.dedup();
         assert_eq!(distinct.len(), rows.len(), "no row is duplicated");
-        crate::util::parquet_window_rows(&wh.join("hourly_chats")).get(&local(2024, 5, 2, hour, 0, 0)).copied().unwrap_or(0)
+        crate::util::parquet_window_rows(&wh.join("hourly_chats"))
+            .get(&local(2024, 5, 2, hour, 0, 0))
+            .copied()
+            .unwrap_or(0)
     };
 
     // 01:05: the hour 00:00-01:00 ended 5 minutes ago, less than the 10-minute settle: it is

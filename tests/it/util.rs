@@ -456,3 +456,56 @@ pub fn parquet_window_rows(dir: &Path) -> BTreeMap<DateTime<Utc>, usize> {
     }
     out
 }
+
+/// One reading of a Parquet table folder: each data file's schema, and every row as
+/// [`parquet_rows`] renders them (all columns), read with the parquet crate.
+#[derive(Debug, Default)]
+pub struct TableReading {
+    pub schemas: Vec<(PathBuf, arrow_schema::SchemaRef)>,
+    pub rows: Rows,
+}
+
+/// Reads every data file below `dir` (skipping `.`- and `_`-prefixed names). A folder or file
+/// that vanishes while it is read (a replaced or deleted folder) is an `Err` of kind
+/// `NotFound`, for the caller to read again; a file that exists but does not parse panics.
+pub fn try_read_table(dir: &Path) -> std::io::Result<TableReading> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else if name.ends_with(".parquet") {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let mut reading = TableReading::default();
+    for path in files {
+        let file = std::fs::File::open(&path)?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap_or_else(|e| panic!("{} is not a readable Parquet file: {e}", path.display()));
+        reading.schemas.push((path.clone(), builder.schema().clone()));
+        for batch in builder.build().unwrap() {
+            let batch = batch.unwrap_or_else(|e| panic!("{} does not read whole: {e}", path.display()));
+            let schema = batch.schema();
+            for i in 0..batch.num_rows() {
+                let row = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .map(|(f, c)| (f.name().clone(), parquet_cell(c.as_ref(), i)))
+                    .collect();
+                reading.rows.push(row);
+            }
+        }
+    }
+    reading.rows.sort();
+    Ok(reading)
+}

@@ -84,10 +84,10 @@ pub async fn convert(root: &Path, store: &Store) -> Result<(), SinkError> {
             .await?;
         info!(job = %job, windows = loads.len(), runs = state.runs.len(), "state imported from {}", path.display());
     }
-    for (table_dir, legacy) in tables {
-        let files = legacy.len();
-        let partitions = super::blocking(move || convert_table(&table_dir, legacy)).await?;
-        info!(files, partitions, "table converted to monthly or daily partitions");
+    for table in tables {
+        let (name, files) = (table.dir.display().to_string(), table.files.len());
+        let partitions = super::blocking(move || convert_table(table)).await?;
+        info!(table = %name, files, partitions, "table converted to monthly or daily partitions");
     }
     if !json.is_empty() {
         let converted = state_dir.join(CONVERTED_DIR);
@@ -119,8 +119,15 @@ fn legacy_state_files(state_dir: &Path) -> Result<Vec<PathBuf>, SinkError> {
     Ok(out)
 }
 
-/// Each table folder of `root` holding `date=` folders, with its window files.
-fn legacy_tables(root: &Path) -> Result<Vec<(PathBuf, Vec<LegacyFile>)>, SinkError> {
+/// A table folder of the previous layout: its `date=` folders and their window files.
+struct LegacyTable {
+    dir: PathBuf,
+    date_dirs: Vec<PathBuf>,
+    files: Vec<LegacyFile>,
+}
+
+/// Each table folder of `root` holding `date=` folders.
+fn legacy_tables(root: &Path) -> Result<Vec<LegacyTable>, SinkError> {
     let mut out = Vec::new();
     for table in std::fs::read_dir(root).map_err(io_err(format!("cannot list {}", root.display())))? {
         let table = table.map_err(io_err(format!("cannot list {}", root.display())))?.path();
@@ -128,13 +135,14 @@ fn legacy_tables(root: &Path) -> Result<Vec<(PathBuf, Vec<LegacyFile>)>, SinkErr
         if !is_table || !table.is_dir() {
             continue;
         }
-        let mut legacy = Vec::new();
+        let (mut legacy, mut date_dirs) = (Vec::new(), Vec::new());
         for entry in std::fs::read_dir(&table).map_err(io_err(format!("cannot list {}", table.display())))? {
             let dir = entry.map_err(io_err(format!("cannot list {}", table.display())))?.path();
             let Some(date) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("date=")) else {
                 continue;
             };
             let Ok(date) = NaiveDate::parse_from_str(date, "%Y-%m-%d") else { continue };
+            date_dirs.push(dir.clone());
             let mut stack = vec![dir];
             while let Some(d) = stack.pop() {
                 for e in std::fs::read_dir(&d).map_err(io_err(format!("cannot list {}", d.display())))? {
@@ -148,17 +156,18 @@ fn legacy_tables(root: &Path) -> Result<Vec<(PathBuf, Vec<LegacyFile>)>, SinkErr
                 }
             }
         }
-        if !legacy.is_empty() {
+        if !date_dirs.is_empty() {
             legacy.sort_by(|a, b| a.path.cmp(&b.path));
-            out.push((table, legacy));
+            out.push(LegacyTable { dir: table, date_dirs, files: legacy });
         }
     }
     Ok(out)
 }
 
 /// Regroups a table's window files into partitions (each written atomically), then deletes
-/// them; returns the partitions written.
-fn convert_table(table_dir: &Path, legacy: Vec<LegacyFile>) -> Result<usize, SinkError> {
+/// them and the folders they leave empty; returns the partitions written.
+fn convert_table(table: LegacyTable) -> Result<usize, SinkError> {
+    let (table_dir, legacy) = (table.dir.as_path(), table.files);
     let what = format!("cannot convert table {}", table_dir.display());
     let read = |p: &Path| {
         files::read(p)
@@ -167,7 +176,10 @@ fn convert_table(table_dir: &Path, legacy: Vec<LegacyFile>) -> Result<usize, Sin
     };
     // One schema for the whole table: the newest file's (by window start), with any column
     // only older files have appended, so no value is dropped.
-    let newest = legacy.iter().max_by_key(|f| window_start_of(&f.path)).expect("at least one file");
+    let Some(newest) = legacy.iter().max_by_key(|f| window_start_of(&f.path)) else {
+        // Only empty folders left (a crash while deleting the converted files).
+        return prune(&table.date_dirs, table_dir, &what).map(|()| 0);
+    };
     let mut schema = files::read_schema(&newest.path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?;
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     for f in &legacy {
@@ -219,11 +231,27 @@ fn convert_table(table_dir: &Path, legacy: Vec<LegacyFile>) -> Result<usize, Sin
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("{what}: cannot remove {}", f.path.display()))(e)),
         }
-        if let Some(dir) = f.path.parent() {
-            files::remove_empty_dirs(dir, table_dir).map_err(io_err(&what))?;
-        }
     }
+    prune(&table.date_dirs, table_dir, &what)?;
     Ok(written)
+}
+
+/// Removes the empty folders below and including each of `dirs` (a file left in one keeps it).
+fn prune(dirs: &[PathBuf], table_dir: &Path, what: &str) -> Result<(), SinkError> {
+    fn below(dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                below(&entry.path())?;
+                files::remove_empty_dirs(&entry.path(), dir)?;
+            }
+        }
+        Ok(())
+    }
+    for dir in dirs {
+        below(dir).and_then(|()| files::remove_empty_dirs(dir, table_dir)).map_err(io_err(what))?;
+    }
+    Ok(())
 }
 
 /// `part-20241027T000000Z.parquet` → its window start (for ordering; the epoch if unparsable).
