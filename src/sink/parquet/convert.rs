@@ -23,8 +23,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::files;
 use super::store::Store;
+use super::{files, io_err};
 use crate::config::JobKind;
 use crate::sink::SinkError;
 use crate::state::{RunRecord, WindowLoad};
@@ -52,22 +52,24 @@ struct LegacyFile {
     date: NaiveDate,
 }
 
-fn io_err(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> SinkError {
-    move |e| SinkError::warehouse(format!("{what}: {e}"))
-}
-
 /// Converts whatever of the previous layout `root` still holds (nothing to do: a few folder
 /// listings).
 pub async fn convert(root: &Path, store: &Store) -> Result<(), SinkError> {
     let state_dir = root.join(super::STATE_DIR);
-    let json = legacy_state_files(&state_dir)?;
-    let tables = {
-        let root = root.to_path_buf();
-        super::blocking(move || legacy_tables(&root)).await?
-    };
+    let (json, tables) = legacy(root).await?;
     if json.is_empty() && tables.is_empty() {
         return Ok(());
     }
+    // One converting process at a time: another one opening the warehouse now waits here, then
+    // finds what is left (nothing, when the first one finished).
+    let lock_path = state_dir.join("convert.lock");
+    let lock = super::open_lock_file(&lock_path)?;
+    let lock = super::blocking(move || {
+        lock.lock().map_err(io_err(format!("cannot lock {}", lock_path.display())))?;
+        Ok(lock)
+    })
+    .await?;
+    let (json, tables) = legacy(root).await?;
     info!(root = %root.display(), state_files = json.len(), tables = tables.len(), "converting a warehouse of the previous layout");
     for path in &json {
         let bytes = std::fs::read(path).map_err(io_err(format!("cannot read state file {}", path.display())))?;
@@ -105,7 +107,16 @@ pub async fn convert(root: &Path, store: &Store) -> Result<(), SinkError> {
             .map_err(io_err(format!("cannot sync {}", state_dir.display())))?;
     }
     info!(root = %root.display(), "conversion complete");
+    drop(lock);
     Ok(())
+}
+
+/// What `root` holds of the previous layout: JSON state files and table folders.
+async fn legacy(root: &Path) -> Result<(Vec<PathBuf>, Vec<LegacyTable>), SinkError> {
+    let json = legacy_state_files(&root.join(super::STATE_DIR))?;
+    let root = root.to_path_buf();
+    let tables = super::blocking(move || legacy_tables(&root)).await?;
+    Ok((json, tables))
 }
 
 /// The `_chatetl/<job>.json` files, sorted.

@@ -63,6 +63,16 @@ fn io_err(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> SinkError 
     move |e| SinkError::warehouse(format!("{what}: {e}"))
 }
 
+/// Opens (creating) a lock file, for an OS lock on it.
+fn open_lock_file(path: &Path) -> Result<std::fs::File, SinkError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("cannot open lock file {}", path.display())))
+}
+
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
@@ -205,12 +215,7 @@ impl ParquetSink {
     /// An OS lock on `_chatetl/<job>.lock`, released when the file closes (or the process ends).
     pub fn try_lock_job(&self, job: &str) -> Result<Option<std::fs::File>, SinkError> {
         let path = self.root.join(STATE_DIR).join(format!("{job}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(format!("cannot open lock file {}", path.display())))?;
+        let file = open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
