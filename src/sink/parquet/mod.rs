@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use chrono::{DateTime, Utc};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use files::{DATA_FILE, data_files, partition_of};
 
@@ -94,7 +94,11 @@ impl ParquetSink {
             // The process promoting holds the job's lock; only an abandoned promotion is ours.
             let Some(lock) = sink.try_lock_job(&p.live_job)? else { continue };
             info!(job = %p.live_job, table = %p.live_table, "completing an interrupted promotion");
-            sink.finish_promotion(&p).await?;
+            // The live table is whole either way; a promotion that cannot finish now is tried
+            // again at the next open.
+            if let Err(error) = sink.finish_promotion(&p).await {
+                warn!(job = %p.live_job, table = %p.live_table, %error, "cannot complete the interrupted promotion");
+            }
             drop(lock);
         }
         Ok(sink)
@@ -323,31 +327,41 @@ impl ParquetSink {
             (self.root.clone(), self.table_dir(&p.live_table), self.table_dir(&p.shadow_table));
         let what = format!("job {}: cannot promote table {} over {}", p.live_job, p.shadow_table, p.live_table);
         if !p.moved {
-            let (id, what, live_dir, shadow_dir) = (p.id.clone(), what.clone(), live_dir.clone(), shadow_dir.clone());
-            blocking(move || {
-                let marker_in = |dir: &Path| std::fs::read_to_string(dir.join(PROMOTION_MARKER)).ok();
-                if marker_in(&live_dir).as_deref() != Some(id.as_str()) {
-                    std::fs::create_dir_all(&shadow_dir).map_err(io_err(&what))?;
-                    files::write_atomic(&shadow_dir.join(PROMOTION_MARKER), |f| {
-                        std::io::Write::write_all(f, id.as_bytes())
-                    })
-                    .map_err(io_err(&what))?;
-                    files::exchange(&root, &live_dir, &shadow_dir).map_err(io_err(&what))?;
+            let (id, failed, live, shadow) = (p.id.clone(), what.clone(), live_dir.clone(), shadow_dir.clone());
+            // The marker in the live folder: the exchange happened. Elsewhere: it did not.
+            let shadow_missing = blocking(move || {
+                if std::fs::read_to_string(live.join(PROMOTION_MARKER)).ok().as_deref() != Some(id.as_str()) {
+                    if !shadow.is_dir() {
+                        return Ok(true);
+                    }
+                    let marker = shadow.join(PROMOTION_MARKER);
+                    let err = io_err(&failed);
+                    files::write_atomic(&marker, |f| std::io::Write::write_all(f, id.as_bytes())).map_err(&err)?;
+                    files::exchange(&root, &live, &shadow).map_err(&err)?;
                 }
-                Ok(())
+                Ok(false)
             })
             .await?;
+            if shadow_missing {
+                // Not exchanged, and nothing to exchange: the live table and state stay as they are.
+                self.store.end_promotion(&p.live_job).await?;
+                return Err(SinkError::warehouse(format!(
+                    "{what}: the shadow folder {} is missing; `chatetl run --job {} --rebuild` loads it again",
+                    self.table_dir(&p.shadow_table).display(),
+                    p.live_job
+                )));
+            }
             self.store.move_promoted_state(p).await?;
         }
-        let (what2, live_dir2) = (what.clone(), live_dir.clone());
         blocking(move || {
-            match std::fs::remove_file(live_dir2.join(PROMOTION_MARKER)) {
+            let err = io_err(&what);
+            match std::fs::remove_file(live_dir.join(PROMOTION_MARKER)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&what2)(e)),
+                Err(e) => return Err(err(e)),
             }
             // The old table, now under the shadow's name.
-            files::remove_dir_all(&shadow_dir).map_err(io_err(&what2))
+            files::remove_dir_all(&shadow_dir).map_err(&err)
         })
         .await?;
         self.store.end_promotion(&p.live_job).await?;
