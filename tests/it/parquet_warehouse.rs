@@ -573,10 +573,12 @@ async fn a_killed_rebuild_leaves_the_live_table_whole_and_the_next_one_promotes(
 }
 
 /// A promotion interrupted before or after its folder exchange (the two states a crash can leave
-/// once the promotion is recorded) is completed when the warehouse is next opened.
+/// once the promotion is recorded) is completed when the warehouse is next opened; one whose
+/// shadow folder has vanished is dropped, leaving the live table and state as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_promotion_is_completed_on_the_next_open() {
-    for exchanged in [false, true] {
+    for case in ["before the exchange", "after the exchange", "shadow folder gone"] {
+        let exchanged = case == "after the exchange";
         let e = Env::new(
             &["--seed", "7", "--start", "2024-01-01", "--days", "3", "--sessions-per-day", "30"],
             &[hourly_job("2024-01-01", "org", 24, "")],
@@ -614,8 +616,20 @@ async fn an_interrupted_promotion_is_completed_on_the_next_open() {
             std::fs::rename(&shadow, e.table()).unwrap();
             std::fs::rename(&aside, &shadow).unwrap();
         }
+        if case == "shadow folder gone" {
+            std::fs::remove_dir_all(&shadow).unwrap();
+            let status = e.status();
+            assert_eq!(parquet_rows(&e.table(), &[]), old, "{case}: the live table is untouched");
+            assert!(recorded_loads(&e.wh, JOB).await.values().all(|r| *r != 7), "{case}: the live loads too");
+            assert!(recorded_loads(&e.wh, &shadow_job).await.is_empty(), "{case}: a rebuild starts afresh");
+            assert_eq!(status["added_columns"], serde_json::json!(["x"]));
+            let db = parquet_state_db(&e.wh).await;
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM promotions").fetch_one(&db).await.unwrap();
+            assert_eq!(left, 0, "{case}: the promotion is dropped");
+            continue;
+        }
         let status = e.status();
-        assert_eq!(parquet_rows(&e.table(), &[]), new, "exchanged {exchanged}: the shadow's table is live");
+        assert_eq!(parquet_rows(&e.table(), &[]), new, "{case}: the shadow's table is live");
         assert!(!shadow.exists(), "the old table is deleted");
         assert!(!e.table().join(".chatetl-promotion").exists(), "the marker is gone");
         let loads = recorded_loads(&e.wh, JOB).await;

@@ -343,7 +343,9 @@ impl ParquetSink {
             })
             .await?;
             if shadow_missing {
-                // Not exchanged, and nothing to exchange: the live table and state stay as they are.
+                // Not exchanged, and nothing to exchange: the live table and state stay as they
+                // are, and the shadow's loads are forgotten so the next rebuild loads it all again.
+                self.store.forget(&p.shadow_job).await?;
                 self.store.end_promotion(&p.live_job).await?;
                 return Err(SinkError::warehouse(format!(
                     "{what}: the shadow folder {} is missing; `chatetl run --job {} --rebuild` loads it again",
