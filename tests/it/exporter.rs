@@ -187,18 +187,18 @@ async fn parquet_values_match_the_dump_and_files_are_one_per_local_month() {
         .collect();
     assert_eq!(
         files,
-        ["year=2024/month=03/data.parquet", "year=2024/month=04/data.parquet", "year=2024/month=10/data.parquet"],
+        ["year=2024/month=10/data.parquet", "year=2024/month=3/data.parquet", "year=2024/month=4/data.parquet"],
         "one file per local month"
     );
     // The window of local 2024-03-31 (UTC start 2024-03-30T22:00Z, a 23-hour day) is in March's.
-    let march = crate::util::parquet_window_rows(&table.join("year=2024/month=03"));
+    let march = crate::util::parquet_window_rows(&table.join("year=2024/month=3"));
     let utc = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
     assert_eq!(
         march.keys().copied().collect::<Vec<_>>(),
         [utc("2024-03-28T22:00:00Z"), utc("2024-03-29T22:00:00Z"), utc("2024-03-30T22:00:00Z")],
         "March's file holds the windows of 03-29, 03-30 and 03-31, by their UTC start"
     );
-    let file = std::fs::File::open(table.join("year=2024/month=03/data.parquet")).unwrap();
+    let file = std::fs::File::open(table.join("year=2024/month=3/data.parquet")).unwrap();
     let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().schema().clone();
     assert_eq!(
         schema.field_with_name("bucket_start").unwrap().data_type(),

@@ -202,7 +202,7 @@ async fn events_and_workflow_values_in_parquet_match_the_dump() {
             .collect();
         assert_eq!(
             files,
-            ["year=2024/month=03/data.parquet", "year=2024/month=04/data.parquet"],
+            ["year=2024/month=3/data.parquet", "year=2024/month=4/data.parquet"],
             "{}: one partition per local month of the days",
             check.0
         );

@@ -589,7 +589,7 @@ async fn an_interrupted_promotion_is_completed_on_the_next_open() {
         // A shadow loaded by a rebuild (the same definition: a copy made with the CLI's state).
         let shadow = e.wh.join(format!("_rebuild_{JOB}"));
         copy_dir(&e.table(), &shadow);
-        let changed = shadow.join("year=2024/month=01/data.parquet");
+        let changed = shadow.join("year=2024/month=1/data.parquet");
         let rows = read_batches(&changed);
         write_batches(&changed, &[rows[0].slice(0, rows[0].num_rows() / 2)]);
         let new = parquet_rows(&shadow, &[]);
@@ -771,7 +771,7 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
     let watermark = e.status()["watermark"].clone();
     assert_eq!(watermark, serde_json::to_value(local(2024, 4, 6)).unwrap());
 
-    for (keep, delete_some) in [(&[][..], false), (&["year=2024/month=03/data.parquet"][..], true)] {
+    for (keep, delete_some) in [(&[][..], false), (&["year=2024/month=3/data.parquet"][..], true)] {
         rebuild_old_layout(&e, keep).await;
         let old_files: Vec<PathBuf> = parquet_files(&e.table());
         assert_eq!(old_files.len(), loads.len() + keep.len(), "a file per window (and the kept partition)");

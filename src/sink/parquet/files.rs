@@ -1,8 +1,8 @@
 //! The files of a Parquet warehouse: where a window's partition lives, reading a partition,
 //! merging committed windows into it, and replacing files and folders atomically.
 //!
-//! Owns: the layout (`<table>/year=YYYY/month=MM/data.parquet` for windowed jobs,
-//! `…/day=DD/data.parquet` for snapshot jobs, by the window start's local date), the writer
+//! Owns: the layout (`<table>/year=2024/month=3/data.parquet` for windowed jobs,
+//! `…/month=3/day=7/data.parquet` for snapshot jobs, by the window start's local date), the writer
 //! settings (zstd, chunk statistics), [`merge`] (an existing partition's rows minus the committed
 //! windows, with the new rows, in time order, written as slices: nothing is copied or re-sorted),
 //! [`project`] (rows of a file onto the table's current schema, missing columns null),
@@ -40,10 +40,11 @@ pub fn partition_of(kind: JobKind, tz: Tz, start: DateTime<Utc>) -> PathBuf {
 
 /// The partition folder of a window whose start has the local date `date`.
 pub fn partition_of_date(kind: JobKind, date: NaiveDate) -> PathBuf {
-    let month = PathBuf::from(format!("year={:04}", date.year())).join(format!("month={:02}", date.month()));
+    // No leading zeros: DuckDB types `month=03` as text, `month=3` as an integer.
+    let month = PathBuf::from(format!("year={}", date.year())).join(format!("month={}", date.month()));
     match kind {
         JobKind::Windowed => month,
-        JobKind::Snapshot => month.join(format!("day={:02}", date.day())),
+        JobKind::Snapshot => month.join(format!("day={}", date.day())),
     }
 }
 
@@ -360,7 +361,7 @@ mod tests {
     fn partitions_are_months_or_days_of_the_local_start_with_integer_keys() {
         let tz: Tz = "Europe/Helsinki".parse().unwrap();
         let t = DateTime::parse_from_rfc3339("2024-03-31T22:30:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(partition_of(JobKind::Windowed, tz, t), PathBuf::from("year=2024/month=04"));
-        assert_eq!(partition_of(JobKind::Snapshot, tz, t), PathBuf::from("year=2024/month=04/day=01"));
+        assert_eq!(partition_of(JobKind::Windowed, tz, t), PathBuf::from("year=2024/month=4"));
+        assert_eq!(partition_of(JobKind::Snapshot, tz, t), PathBuf::from("year=2024/month=4/day=1"));
     }
 }

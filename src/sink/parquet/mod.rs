@@ -1,8 +1,8 @@
 //! The Parquet warehouse: one folder per table, one file per partition period, state in SQLite.
 //!
 //! ```text
-//! <root>/<table>/year=2024/month=03/data.parquet            windowed jobs (day or hour windows)
-//! <root>/<table>/year=2024/month=03/day=07/data.parquet     snapshot jobs
+//! <root>/<table>/year=2024/month=3/data.parquet             windowed jobs (day or hour windows)
+//! <root>/<table>/year=2024/month=3/day=7/data.parquet       snapshot jobs
 //! <root>/_rebuild_<table>/…                                 a rebuild's shadow table
 //! <root>/_chatetl/state.db                                  jobs, window loads, failures, runs
 //! <root>/_chatetl/<job>.lock                                a job's run lock
@@ -10,7 +10,8 @@
 //!
 //! Owns: [`ParquetSink`], the warehouse side of every `Sink` method. A partition is the local
 //! month (snapshot jobs: the local day) of a window's start in the job's zone; hive keys are
-//! integers (`month=03`), which pyarrow, DuckDB, polars and Spark all type as integers. A commit
+//! integers without leading zeros (`month=3`), which pyarrow, DuckDB, polars and Spark all type as
+//! integers (DuckDB reads `month=03` as text). A commit
 //! groups its windows by partition and, for each, merges them into the current file (its rows of
 //! the committed windows dropped, the new rows in time order) and replaces it atomically
 //! (`files`); partitions of one table are written one writer at a time in this process (the job
