@@ -146,23 +146,12 @@ impl Daemon {
     }
 }
 
-/// (rows, window files) of a Parquet table, read back from the warehouse folder: the sink
-/// writes one file per loaded window.
-fn parquet_rows_and_files(table_dir: &Path) -> (u64, usize) {
-    let rows = chatetl::readback::read_parquet_dir(table_dir).unwrap().iter().map(|b| b.num_rows() as u64).sum();
-    let mut files = 0;
-    let mut dirs = vec![table_dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|x| x == "parquet") {
-                files += 1;
-            }
-        }
-    }
-    (rows, files)
+/// (rows, windows, files) of a Parquet table, read back from the warehouse folder: a window is
+/// a distinct `_window_start`; the sink writes one file per local month.
+fn parquet_rows_windows_and_files(table_dir: &Path) -> (u64, usize, usize) {
+    let windows = crate::util::parquet_window_rows(table_dir);
+    let rows = windows.values().sum::<usize>() as u64;
+    (rows, windows.len(), crate::util::parquet_files(table_dir).len())
 }
 
 struct Env {
@@ -237,11 +226,12 @@ async fn hourly_and_daily_jobs_advance_tick_by_tick_across_the_spring_dst_change
     }
     // Every hourly window was loaded once, by this daemon (lookback 0), so its counters are
     // what the table holds.
-    let (rows_in_warehouse, window_files) = parquet_rows_and_files(&wh.join("hourly_chats"));
+    let (rows_in_warehouse, windows, files) = parquet_rows_windows_and_files(&wh.join("hourly_chats"));
     assert!(rows_in_warehouse > 0, "the warehouse has hourly rows");
-    assert_eq!(window_files, 24 + 23 + 24 + 5, "03-30 00:00 to 04-02 05:00 local, one file per hour");
+    assert_eq!(windows, 24 + 23 + 24 + 5, "03-30 00:00 to 04-02 05:00 local, each hour once");
+    assert_eq!(files, 2, "one file for March, one for April");
     assert_eq!(sample("chatetl_job_rows_loaded_total", "hourly_chats") as u64, rows_in_warehouse);
-    assert_eq!(sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize, window_files);
+    assert_eq!(sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize, windows);
     assert_eq!(sample("chatetl_job_runs_total", "daily_chats"), 4.0);
     d.stop().await;
 }
