@@ -201,12 +201,7 @@ fn assert_no_empty_file(files: &[PathBuf]) {
 
 /// Every row of `files` written again as one zstd file (the layout's ideal); returns its bytes.
 fn one_zstd_file(files: &[PathBuf], out: &Path) -> u64 {
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    for f in files {
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap().build().unwrap();
-        batches.extend(reader.map(|b| b.unwrap()));
-    }
+    let batches: Vec<RecordBatch> = files.iter().flat_map(|f| read_batches(f)).collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
         .set_max_row_group_row_count(Some(1 << 20))
@@ -299,10 +294,14 @@ fn kill(child: &mut std::process::Child) -> bool {
     running
 }
 
-/// The window loads recorded in the warehouse's state database: start → rows.
+/// The window loads of `job` recorded in the warehouse's state database, by window start.
+async fn window_loads(wh: &Path, job: &str) -> BTreeMap<DateTime<Utc>, chatetl::state::WindowLoad> {
+    Sink::open(&Warehouse::Parquet { path: wh.to_path_buf() }).await.unwrap().window_loads(job).await.unwrap()
+}
+
+/// The rows of each window load of `job`, by window start.
 async fn recorded_loads(wh: &Path, job: &str) -> BTreeMap<DateTime<Utc>, u64> {
-    let sink = Sink::open(&Warehouse::Parquet { path: wh.to_path_buf() }).await.unwrap();
-    sink.window_loads(job).await.unwrap().into_iter().map(|(s, l)| (s, l.rows)).collect()
+    window_loads(wh, job).await.into_iter().map(|(s, l)| (s, l.rows)).collect()
 }
 
 /// Asserts the state agrees with the files: every window recorded as loaded is on disk with its
@@ -672,10 +671,6 @@ fn write_batches(path: &Path, batches: &[RecordBatch]) {
     writer.close().unwrap();
 }
 
-async fn all_loads(wh: &Path) -> BTreeMap<DateTime<Utc>, chatetl::state::WindowLoad> {
-    Sink::open(&Warehouse::Parquet { path: wh.to_path_buf() }).await.unwrap().window_loads(JOB).await.unwrap()
-}
-
 /// Rewrites the warehouse as the previous release left it: a file per window under
 /// `date=<local date>/hour=<local hour>/part-<UTC start>.parquet` and `_chatetl/<job>.json`,
 /// written here with arrow and serde_json; the new files and state.db are deleted. `keep`: new
@@ -767,7 +762,7 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
     let rows = parquet_rows(&e.table(), &[]);
     let layout: Vec<PathBuf> = parquet_files(&e.table());
     assert_eq!(layout.len(), 2, "March and April");
-    let loads = all_loads(&e.wh).await;
+    let loads = window_loads(&e.wh, JOB).await;
     let watermark = e.status()["watermark"].clone();
     assert_eq!(watermark, serde_json::to_value(local(2024, 4, 6)).unwrap());
 
@@ -787,7 +782,7 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
         let dirs: Vec<String> =
             std::fs::read_dir(e.table()).unwrap().map(|d| d.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(dirs, ["year=2024"], "the date= folders are gone");
-        assert_eq!(all_loads(&e.wh).await, loads, "the window loads as before, field by field");
+        assert_eq!(window_loads(&e.wh, JOB).await, loads, "the window loads as before, field by field");
         assert_eq!(status["watermark"], watermark);
         assert_eq!(status["windows_loaded"], loads.len() as u64);
         assert!(!e.wh.join(format!("_chatetl/{JOB}.json")).exists());

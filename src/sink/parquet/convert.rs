@@ -180,11 +180,6 @@ fn legacy_tables(root: &Path) -> Result<Vec<LegacyTable>, SinkError> {
 fn convert_table(table: LegacyTable) -> Result<usize, SinkError> {
     let (table_dir, legacy) = (table.dir.as_path(), table.files);
     let what = format!("cannot convert table {}", table_dir.display());
-    let read = |p: &Path| {
-        files::read(p)
-            .map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?
-            .ok_or_else(|| SinkError::warehouse(format!("{what}: {} vanished while converting", p.display())))
-    };
     // One schema for the whole table: the newest file's (by window start), with any column
     // only older files have appended, so no value is dropped.
     let Some(newest) = legacy.iter().max_by_key(|f| window_start_of(&f.path)) else {
@@ -215,22 +210,16 @@ fn convert_table(table: LegacyTable) -> Result<usize, SinkError> {
     for (path, old) in by_partition {
         let mut windows = Vec::new();
         for f in old {
-            for batch in read(&f.path)?.1 {
-                let batch = files::project(&batch, &schema)
-                    .map_err(|e| SinkError::warehouse(format!("{what}: {}: {e}", f.path.display())))?;
+            let batches = files::read_projected(&f.path, &schema, &what)?.ok_or_else(|| {
+                SinkError::warehouse(format!("{what}: {} vanished while converting", f.path.display()))
+            })?;
+            for batch in batches {
                 if let Some(span) = time_span(&batch, time) {
                     windows.push((span, batch));
                 }
             }
         }
-        let existing = match files::read(&path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))? {
-            Some((_, batches)) => batches
-                .iter()
-                .map(|b| files::project(b, &schema))
-                .collect::<Result<Vec<RecordBatch>, _>>()
-                .map_err(|e| SinkError::warehouse(format!("{what}: {}: {e}", path.display())))?,
-            None => Vec::new(),
-        };
+        let existing = files::read_projected(&path, &schema, &what)?.unwrap_or_default();
         // Rows of these windows already in the partition (a conversion interrupted after
         // writing it) are replaced, not doubled.
         let merged = files::merge(existing, windows, time);

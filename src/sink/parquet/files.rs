@@ -26,6 +26,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::config::JobKind;
+use crate::sink::SinkError;
 
 /// The one data file of a partition folder.
 pub const DATA_FILE: &str = "data.parquet";
@@ -106,6 +107,17 @@ pub fn read(path: &Path) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>, String
     let reader = builder.build().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(Some((schema, batches)))
+}
+
+/// The rows of the Parquet file `path` on `schema` ([`project`]); `None` when it does not
+/// exist. Errors start with `what`: a file that cannot be read is the disk's (a retry may help),
+/// one whose rows do not fit `schema` the definition's.
+pub fn read_projected(path: &Path, schema: &SchemaRef, what: &str) -> Result<Option<Vec<RecordBatch>>, SinkError> {
+    let Some((_, batches)) = read(path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))? else {
+        return Ok(None);
+    };
+    let projected = batches.iter().map(|b| project(b, schema)).collect::<Result<Vec<_>, _>>();
+    projected.map(Some).map_err(|e| SinkError::definition(format!("{what}: {}: {e}", path.display())))
 }
 
 /// The schema of a Parquet file (its footer only).

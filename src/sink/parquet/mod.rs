@@ -187,14 +187,7 @@ impl ParquetSink {
             let job = c.job.name.clone();
             blocking(move || {
                 let what = format!("job {job}: cannot replace partition {}", path.display());
-                let existing = match files::read(&path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))? {
-                    Some((_, batches)) => batches
-                        .iter()
-                        .map(|b| files::project(b, &schema))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| SinkError::definition(format!("{what}: {}: {e}", path.display())))?,
-                    None => Vec::new(),
-                };
+                let existing = files::read_projected(&path, &schema, &what)?.unwrap_or_default();
                 let merged = files::merge(existing, windows, time);
                 files::replace(&path, &schema, &merged, &table_dir).map_err(io_err(&what))
             })
@@ -271,14 +264,8 @@ impl ParquetSink {
             }
             for f in &found {
                 let rel = f.strip_prefix(&dir).expect("found below the table folder");
-                let (_, batches) = files::read(f)
-                    .map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?
+                let batches = files::read_projected(f, &target, &what)?
                     .ok_or_else(|| SinkError::warehouse(format!("{what}: {} vanished", f.display())))?;
-                let batches = batches
-                    .iter()
-                    .map(|b| files::project(b, &target))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| SinkError::definition(format!("{what}: {}: {e}", f.display())))?;
                 files::replace(&work.join(rel), &target, &batches, &work).map_err(io_err(&what))?;
             }
             files::exchange(&root, &dir, &work).map_err(io_err(&what))?;
