@@ -340,7 +340,10 @@ impl Runner {
         }
         let settle = chrono::Duration::seconds(job.settle_secs as i64);
         let windows = plan::incremental(job.window, job.time_zone, job.start, None, now, 0, settle, false);
-        let opts = RunOptions { kind: RunKind::Rebuild, partial_after: Some(now - settle), ..opts.clone() };
+        // Never forced: resuming means skipping the windows the shadow already holds (`run`
+        // forces its reloads, and its options arrive here).
+        let opts =
+            RunOptions { kind: RunKind::Rebuild, partial_after: Some(now - settle), force: false, ..opts.clone() };
         let mut report = self.run_locked(&shadow, windows, &opts).await?;
         report.job = job.name.clone();
         if report.ok() {

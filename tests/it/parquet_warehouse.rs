@@ -220,7 +220,7 @@ fn one_zstd_file(files: &[PathBuf], out: &Path) -> u64 {
 /// which the folder was swapped out (and so maybe being deleted) is read again.
 struct Reader {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<usize>,
+    handle: Option<std::thread::JoinHandle<usize>>,
 }
 
 impl Reader {
@@ -251,15 +251,25 @@ impl Reader {
                 }
             }
         });
-        Reader { stop, handle }
+        Reader { stop, handle: Some(handle) }
     }
 
     /// Stops the thread after one more reading; returns how many readings it checked.
-    fn finish(self) -> usize {
+    fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
-        match self.handle.join() {
+        match self.handle.take().expect("running").join() {
             Ok(n) => n,
             Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Reader {
+    /// A test that fails before `finish` stops the thread before its folder is deleted.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
         }
     }
 }
@@ -535,23 +545,34 @@ async fn a_killed_rebuild_leaves_the_live_table_whole_and_the_next_one_promotes(
             digests.lock().unwrap().push(without_metadata(&reading.rows));
         }
     });
-    let mut killed = 0;
+    let (mut killed, mut in_shadow) = (0, None);
     for delay_ms in [0u64, 30, 80, 200] {
         let mut child = e.spawn(&["run", "--job", JOB, "--rebuild", "--concurrency", "2"]);
         wait_for_log(&mut child, "windows loaded");
         std::thread::sleep(Duration::from_millis(delay_ms));
         if !kill(&mut child) {
+            // It finished first: promoted, nothing left to resume.
+            in_shadow = None;
             break;
         }
         killed += 1;
         let live = without_metadata(&parquet_rows(&e.table(), &[]));
         assert_eq!(live, old, "the live table is the old one until promoted");
         let status = e.status();
-        assert!(status["rebuild_windows_loaded"].as_u64().is_some(), "a rebuild is in progress: {status}");
+        in_shadow = status["rebuild_windows_loaded"].as_u64();
+        assert!(in_shadow.is_some(), "a rebuild is in progress: {status}");
     }
     assert!(killed >= 2, "rebuilds were killed mid-way: {killed}");
     e.sim.handle.set_faults(FaultConfig::default());
-    let out = e.ok(&["run", "--job", JOB, "--rebuild", "--concurrency", "2"]);
+    let (code, out, err) = e.cli(&["run", "--job", JOB, "--rebuild", "--concurrency", "2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(n) = in_shadow {
+        // `job windows loaded skipped …`: the windows the shadow already held are skipped.
+        let row: Vec<&str> =
+            out.lines().find(|l| l.starts_with(JOB)).unwrap_or_else(|| panic!("{out}")).split_whitespace().collect();
+        assert_eq!((row[2], row[3]), ((40 - n).to_string().as_str(), n.to_string().as_str()), "resumed: {out}");
+        assert!(err.contains("resuming an interrupted rebuild"), "{err}");
+    }
     let new = without_metadata(&parquet_rows(&e.table(), &[]));
     assert_ne!(new, old, "{out}");
     assert!(new.iter().any(|r| cell(r, "scope") == "team"), "the rebuilt table has the new definition's rows");
