@@ -363,6 +363,87 @@ async fn a_year_of_hourly_windows_is_twelve_files_within_3x_of_one_file() {
     assert_eq!((status["windows_failed"].as_u64(), status["windows_outdated"].as_u64()), (Some(0), Some(0)));
 }
 
+/// The shipped snapshot job giosg_realtime_rooms over a Parquet warehouse, driven through the
+/// `Sink` API with synthetic captures every 5 minutes from local 2024-01-01.
+struct Snapshots {
+    _dir: tempfile::TempDir,
+    _dump: Dump,
+    _sim: RunningSimulator,
+    wh: PathBuf,
+    job: chatetl::config::Job,
+    schema: chatetl::batch::TableSchema,
+    definition: chatetl::state::Definition,
+    first: DateTime<Utc>,
+}
+
+impl Snapshots {
+    async fn new() -> Snapshots {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = dir.path().join("wh");
+        let d = dump(&["--seed", "3", "--start", "2024-01-01", "--days", "1", "--sessions-per-day", "1"]);
+        let sim = serve(&d.path).await;
+        let rooms = chatetl::demo::shipped::JOBS.iter().find(|(n, _)| *n == "giosg_realtime_rooms.yaml").unwrap();
+        let config =
+            write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[(rooms.0, rooms.1.to_string())]);
+        let job = chatetl::config::load(&config).unwrap().jobs["giosg_realtime_rooms"].clone();
+        assert_eq!(job.kind, JobKind::Snapshot);
+        let (schema, definition) = (chatetl::runner::table_schema(&job), chatetl::state::definition(&job));
+        Snapshots { _dir: dir, _dump: d, _sim: sim, wh, job, schema, definition, first: local(2024, 1, 1) }
+    }
+
+    async fn sink(&self) -> Sink {
+        let sink = Sink::open(&Warehouse::Parquet { path: self.wh.clone() }).await.unwrap();
+        sink.prepare(&self.job, &self.schema, self.first, &self.definition).await.unwrap();
+        sink
+    }
+
+    /// Capture `i` (5 minutes after capture `i - 1`): five rooms, values varying as a day's
+    /// counters would.
+    fn capture(&self, i: i64) -> chatetl::batch::WindowBatch {
+        use chatetl::row::{ColumnType, Value};
+        let at = self.first + chrono::Duration::minutes(5 * i);
+        let window = chatetl::plan::window_containing(self.job.window, self.job.time_zone, at);
+        let rows = (0..5)
+            .map(|room| chatetl::row::Row {
+                bucket_start: at,
+                dims: (0..self.schema.dims.len())
+                    .map(|k| Some(if k == 0 { format!("room-{room}") } else { format!("value-{room}") }))
+                    .collect(),
+                metrics: self
+                    .schema
+                    .metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| match m.ty {
+                        ColumnType::Int => Value::Number(((i % 288) * (room + 1) + k as i64) as f64 % 97.0),
+                        ColumnType::Float => Value::Number(((i * 7 + room) % 1000) as f64 / 8.0),
+                        ColumnType::Bool => Value::Bool((i + room) % 3 == 0),
+                        ColumnType::Text | ColumnType::Json => Value::Text(format!("room {room}")),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let batch = chatetl::batch::build(&self.schema, window, rows, at, "snapshots").unwrap();
+        chatetl::batch::WindowBatch { window, batch }
+    }
+
+    /// Commits `captures` in one commit.
+    async fn commit(&self, sink: &Sink, captures: impl Iterator<Item = i64>) {
+        sink.commit(Commit {
+            job: &self.job,
+            schema: &self.schema,
+            history_start: self.first,
+            definition_hash: &self.definition.hash,
+            run_id: "snapshots",
+            requests: 1,
+            windows: captures.map(|i| self.capture(i)).collect(),
+            partial_after: None,
+        })
+        .await
+        .unwrap();
+    }
+}
+
 /// A year of 5-minute captures (105,120) of a snapshot job: at most a file per local day, none
 /// empty, within 3x the bytes of one zstd file, and `status` agreeing. Committing each capture
 /// through the CLI would take minutes (each commit rewrites its day's file and fsyncs), so the
@@ -370,83 +451,26 @@ async fn a_year_of_hourly_windows_is_twelve_files_within_3x_of_one_file() {
 /// capture by capture as a scheduler's ticks would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_year_of_five_minute_snapshots_is_at_most_a_file_per_day_within_3x_of_one_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let wh = dir.path().join("wh");
-    let d = dump(&["--seed", "3", "--start", "2024-01-01", "--days", "1", "--sessions-per-day", "1"]);
-    let sim = serve(&d.path).await;
-    let rooms = chatetl::demo::shipped::JOBS.iter().find(|(n, _)| *n == "giosg_realtime_rooms.yaml").unwrap();
-    let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Parquet(&wh), &[(rooms.0, rooms.1.to_string())]);
-    let config = chatetl::config::load(&config).unwrap();
-    let job = config.jobs["giosg_realtime_rooms"].clone();
-    assert_eq!(job.kind, JobKind::Snapshot);
-    let schema = chatetl::runner::table_schema(&job);
-    let definition = chatetl::state::definition(&job);
-    let sink = Sink::open(&config.warehouse).await.unwrap();
-    let first = local(2024, 1, 1);
-    sink.prepare(&job, &schema, first, &definition).await.unwrap();
-
-    // Five rooms per capture, values varying as a day's counters would.
-    let capture = |i: i64| {
-        let at = first + chrono::Duration::minutes(5 * i);
-        let window = chatetl::plan::window_containing(job.window, job.time_zone, at);
-        let rows = (0..5)
-            .map(|room| chatetl::row::Row {
-                bucket_start: at,
-                dims: schema
-                    .dims
-                    .iter()
-                    .enumerate()
-                    .map(|(k, _)| Some(if k == 0 { format!("room-{room}") } else { format!("value-{room}") }))
-                    .collect(),
-                metrics: schema
-                    .metrics
-                    .iter()
-                    .enumerate()
-                    .map(|(k, m)| match m.ty {
-                        chatetl::row::ColumnType::Int => {
-                            chatetl::row::Value::Number(((i % 288) * (room + 1) + k as i64) as f64 % 97.0)
-                        }
-                        chatetl::row::ColumnType::Float => {
-                            chatetl::row::Value::Number(((i * 7 + room) % 1000) as f64 / 8.0)
-                        }
-                        chatetl::row::ColumnType::Bool => chatetl::row::Value::Bool((i + room) % 3 == 0),
-                        chatetl::row::ColumnType::Text | chatetl::row::ColumnType::Json => {
-                            chatetl::row::Value::Text(format!("room {room}"))
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        let batch = chatetl::batch::build(&schema, window, rows, at, "bench").unwrap();
-        chatetl::batch::WindowBatch { window, batch }
-    };
-    let commit = |windows: Vec<chatetl::batch::WindowBatch>| Commit {
-        job: &job,
-        schema: &schema,
-        history_start: first,
-        definition_hash: &definition.hash,
-        run_id: "year",
-        requests: 1,
-        windows,
-        partial_after: None,
-    };
+    let s = Snapshots::new().await;
+    let sink = s.sink().await;
+    let (job, first) = (&s.job, s.first);
     let per_day = 288;
     let captures = 365 * per_day;
     assert_eq!(captures, 105_120);
     // The first day as ticks would commit it: one capture per commit, rewriting the day's file.
     for i in 0..per_day {
-        sink.commit(commit(vec![capture(i)])).await.unwrap();
+        s.commit(&sink, i..i + 1).await;
     }
     for day in 1..365 {
-        sink.commit(commit((day * per_day..(day + 1) * per_day).map(capture).collect())).await.unwrap();
+        s.commit(&sink, day * per_day..(day + 1) * per_day).await;
     }
 
-    let table = wh.join(&job.table);
+    let table = s.wh.join(&job.table);
     let files = parquet_files(&table);
     assert!(files.len() <= 366, "at most a file per day: {}", files.len());
     assert!(files.iter().all(|f| f.parent().unwrap().file_name().unwrap().to_str().unwrap().starts_with("day=")));
     assert_no_empty_file(&files);
-    let (table_bytes, ideal) = (bytes(&files), one_zstd_file(&files, &dir.path().join("one.parquet")));
+    let (table_bytes, ideal) = (bytes(&files), one_zstd_file(&files, &s.wh.join("one.parquet")));
     assert!(table_bytes <= 3 * ideal, "table {table_bytes} bytes, one file {ideal} bytes");
     let windows = parquet_window_rows(&table);
     assert_eq!(windows.len() as i64, captures, "every capture once");
@@ -696,19 +720,19 @@ fn write_batches(path: &Path, batches: &[RecordBatch]) {
 /// `date=<local date>/hour=<local hour>/part-<UTC start>.parquet` and `_chatetl/<job>.json`,
 /// written here with arrow and serde_json; the new files and state.db are deleted. `keep`: new
 /// partitions (relative paths) left in place, as a conversion interrupted after writing them.
-async fn rebuild_old_layout(e: &Env, keep: &[&str]) {
-    let table = e.table();
-    let db = parquet_state_db(&e.wh).await;
+async fn rebuild_old_layout(wh: &Path, job: &str, table: &str, keep: &[&str]) {
+    let table = wh.join(table);
+    let db = parquet_state_db(&wh).await;
     let (hash, history_start, watermark): (String, i64, Option<i64>) =
         sqlx::query_as("SELECT definition_hash, history_start, watermark FROM jobs WHERE job = ?1")
-            .bind(JOB)
+            .bind(job)
             .fetch_one(&db)
             .await
             .unwrap();
     let loads: Vec<(i64, i64, i64, i64, String, String, i64)> = sqlx::query_as(
         "SELECT window_start, window_end, rows, requests, run_id, definition_hash, loaded_at FROM window_loads WHERE job = ?1",
     )
-    .bind(JOB)
+    .bind(job)
     .fetch_all(&db)
     .await
     .unwrap();
@@ -724,9 +748,9 @@ async fn rebuild_old_layout(e: &Env, keep: &[&str]) {
             )
         })
         .collect();
-    let state = serde_json::json!({"job": JOB, "definition_hash": hash, "history_start": at(history_start),
+    let state = serde_json::json!({"job": job, "definition_hash": hash, "history_start": at(history_start),
         "watermark": watermark.map(at), "windows": windows, "runs": []});
-    std::fs::write(e.wh.join(format!("_chatetl/{JOB}.json")), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    std::fs::write(wh.join(format!("_chatetl/{job}.json")), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
 
     let mut by_window: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
     for f in parquet_files(&table) {
@@ -754,7 +778,7 @@ async fn rebuild_old_layout(e: &Env, keep: &[&str]) {
         }
     }
     for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(e.wh.join(format!("_chatetl/state.db{ext}")));
+        let _ = std::fs::remove_file(wh.join(format!("_chatetl/state.db{ext}")));
     }
     for (start, batches) in by_window {
         let start = at(start);
@@ -788,7 +812,7 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
     assert_eq!(watermark, serde_json::to_value(local(2024, 4, 6)).unwrap());
 
     for (keep, delete_some) in [(&[][..], false), (&["year=2024/month=3/data.parquet"][..], true)] {
-        rebuild_old_layout(&e, keep).await;
+        rebuild_old_layout(&e.wh, JOB, JOB, keep).await;
         let old_files: Vec<PathBuf> = parquet_files(&e.table());
         assert_eq!(old_files.len(), loads.len() + keep.len(), "a file per window (and the kept partition)");
         if delete_some {
@@ -814,6 +838,32 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
     e.sim.handle.clear_requests();
     e.ok(&["backfill", "--job", JOB, "--from", "2024-03-25", "--to", "2024-04-05"]);
     assert!(e.sim.handle.requests().is_empty(), "every window counts as loaded");
+}
+
+/// A snapshot table of the previous layout (a file per capture under `date=…/hour=…/`) is
+/// converted into a file per local day: every capture exactly once, its loads and watermark as
+/// before. Snapshots cannot be fetched again, so this conversion must lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_captures_are_converted_into_daily_files_exactly_once() {
+    let s = Snapshots::new().await;
+    let sink = s.sink().await;
+    // Two local days: captures 0-11 of Jan 1 and 0-11 of Jan 2.
+    s.commit(&sink, (0..12).chain(288..300)).await;
+    let table = s.wh.join(&s.job.table);
+    let rows = parquet_rows(&table, &[]);
+    let (loads, status) =
+        (sink.window_loads(&s.job.name).await.unwrap(), sink.status(std::slice::from_ref(&s.job.name)).await.unwrap());
+    drop(sink);
+    rebuild_old_layout(&s.wh, &s.job.name, &s.job.table, &[]).await;
+    assert_eq!(parquet_files(&table).len(), 24, "a file per capture");
+
+    let sink = Sink::open(&Warehouse::Parquet { path: s.wh.clone() }).await.unwrap();
+    let files: Vec<String> =
+        parquet_files(&table).iter().map(|p| p.strip_prefix(&table).unwrap().display().to_string()).collect();
+    assert_eq!(files, ["year=2024/month=1/day=1/data.parquet", "year=2024/month=1/day=2/data.parquet"]);
+    assert_eq!(parquet_rows(&table, &[]), rows, "every capture exactly once");
+    assert_eq!(sink.window_loads(&s.job.name).await.unwrap(), loads);
+    assert_eq!(sink.status(std::slice::from_ref(&s.job.name)).await.unwrap()[0].watermark, status[0].watermark);
 }
 
 /// An added aggregation on a loaded job: the next run rewrites every file with the new column
