@@ -722,7 +722,7 @@ fn write_batches(path: &Path, batches: &[RecordBatch]) {
 /// partitions (relative paths) left in place, as a conversion interrupted after writing them.
 async fn rebuild_old_layout(wh: &Path, job: &str, table: &str, keep: &[&str]) {
     let table = wh.join(table);
-    let db = parquet_state_db(&wh).await;
+    let db = parquet_state_db(wh).await;
     let (hash, history_start, watermark): (String, i64, Option<i64>) =
         sqlx::query_as("SELECT definition_hash, history_start, watermark FROM jobs WHERE job = ?1")
             .bind(job)
