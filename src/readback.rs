@@ -1,7 +1,7 @@
 //! Reading loaded results back from a warehouse, for `chatetl demo`'s summary.
 //!
 //! Owns: [`org_series`], one metric's org-scope values per local date, read from the Postgres
-//! table or from every Parquet file of the table's folder.
+//! table or from every data file of the Parquet table's partitions.
 
 use std::collections::BTreeMap;
 
@@ -63,22 +63,10 @@ pub async fn org_series(sink: &Sink, table: &str, column: &str) -> Result<Vec<(S
     }
 }
 
-/// Every batch of every `.parquet` file below `dir` (sorted by path).
+/// Every batch of every data file of the Parquet table folder `dir` (its partitions' files, by
+/// path; temp files, markers and `_`-prefixed folders skipped).
 pub fn read_parquet_dir(dir: &std::path::Path) -> Result<Vec<RecordBatch>, String> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = crate::sink::parquet::data_files(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut batches = Vec::new();
     for f in files {
         let file = std::fs::File::open(&f).map_err(|e| format!("cannot open {}: {e}", f.display()))?;

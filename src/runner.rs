@@ -387,7 +387,8 @@ impl Runner {
         }
         let settle = chrono::Duration::seconds(job.settle_secs as i64);
         let windows = plan::incremental(job.window, job.time_zone, job.start, None, now, 0, settle, false);
-        // Never forced: windows the shadow already holds with this definition are skipped.
+        // Never forced: resuming means skipping the windows the shadow already holds (`run`
+        // forces its reloads, and its options arrive here).
         let opts =
             RunOptions { kind: RunKind::Rebuild, force: false, partial_after: Some(now - settle), ..opts.clone() };
         let mut report = self.run_locked(&shadow, windows, &opts).await?;

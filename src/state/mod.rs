@@ -4,10 +4,8 @@
 //! [`JobStatus`]) and [`advance_watermark`]: the watermark only moves forward, over windows whose
 //! loads are committed and contiguous from it. The Postgres warehouse keeps these rows in the
 //! `chatetl` schema (`migrations/`), written in the data's transaction (`sink::postgres`); the
-//! Parquet warehouse keeps one JSON file per job under `<path>/_chatetl/` (`file`), written after
-//! the data files are in place.
-
-pub mod file;
+//! Parquet warehouse keeps them in the SQLite database `<path>/_chatetl/state.db`
+//! (`sink::parquet`), committed after the data files are in place.
 
 use std::collections::BTreeMap;
 

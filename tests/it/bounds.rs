@@ -62,7 +62,7 @@ struct Run {
 
 impl Run {
     fn wrote(&self, job: &str) -> bool {
-        self.wh.join(job).join("date=2024-02-01").exists()
+        self.wh.join(job).join("year=2024/month=2/data.parquet").exists()
     }
 
     /// `bounded` failed with `message` and wrote nothing; `good` loaded.

@@ -168,7 +168,7 @@ async fn postgres_values_match_the_dump_across_both_dst_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_values_match_the_dump_and_files_are_one_per_window() {
+async fn parquet_values_match_the_dump_and_files_are_one_per_local_month() {
     let s = setup(|d| d.join("wh").display().to_string(), "2024-03-28", "216", "25").await;
     for (from, to) in RANGES {
         let (code, out, err) = run_cli(&s.config_path, &["run", "--from", from, "--to", to]);
@@ -180,11 +180,26 @@ async fn parquet_values_match_the_dump_and_files_are_one_per_window() {
         let want = expected(&s.rows, &s.org, &all_days, scopes, *keep, agg, field);
         assert_tables_match(table, &parquet_table(&root, table, column), &want, *agg == "distinct");
     }
-    let dst_day = root.join("real_chats/date=2024-03-31");
-    let files: Vec<_> =
-        std::fs::read_dir(&dst_day).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(files, vec!["part-20240330T220000Z.parquet"], "one file per window, named by its UTC start");
-    let file = std::fs::File::open(dst_day.join(&files[0])).unwrap();
+    // 2024-03-29 .. 04-01 and 10-26 .. 10-28: three local months, one file each.
+    let table = root.join("real_chats");
+    let files: Vec<_> = crate::util::parquet_files(&table)
+        .iter()
+        .map(|p| p.strip_prefix(&table).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        ["year=2024/month=10/data.parquet", "year=2024/month=3/data.parquet", "year=2024/month=4/data.parquet"],
+        "one file per local month"
+    );
+    // The window of local 2024-03-31 (UTC start 2024-03-30T22:00Z, a 23-hour day) is in March's.
+    let march = crate::util::parquet_window_rows(&table.join("year=2024/month=3"));
+    let utc = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    assert_eq!(
+        march.keys().copied().collect::<Vec<_>>(),
+        [utc("2024-03-28T22:00:00Z"), utc("2024-03-29T22:00:00Z"), utc("2024-03-30T22:00:00Z")],
+        "March's file holds the windows of 03-29, 03-30 and 03-31, by their UTC start"
+    );
+    let file = std::fs::File::open(table.join("year=2024/month=3/data.parquet")).unwrap();
     let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().schema().clone();
     assert_eq!(
         schema.field_with_name("bucket_start").unwrap().data_type(),
@@ -376,8 +391,9 @@ async fn watermark_stops_before_a_failed_window_and_resumes_after_it() {
         Some(june(5)),
         "held before the failed 06-05"
     );
-    assert!(wh.join("real_chats/date=2024-06-08").exists(), "windows after the failure are committed");
-    assert!(!wh.join("real_chats/date=2024-06-05").exists());
+    let loaded = crate::util::parquet_window_rows(&wh.join("real_chats"));
+    assert!(loaded.contains_key(&june(8)), "windows after the failure are committed");
+    assert!(!loaded.contains_key(&june(5)));
 
     sim.handle.clear_rules();
     let (windows, _) = runner.incremental_windows(job, now).await.unwrap();
@@ -648,16 +664,32 @@ async fn history_stored_with_the_old_hashing_scheme_is_adopted_and_not_changed()
     let job = config::load(path).unwrap().jobs["real_chats"].clone();
     let (old, new) = (chatetl::state::legacy_definition_hash(&job), chatetl::state::definition_hash(&job));
     assert_ne!(old, new);
-    let state_file = wh.join("_chatetl/real_chats.json");
-    let text = std::fs::read_to_string(&state_file).unwrap();
-    assert_eq!(text.matches(&new).count(), 3, "the job and its two windows: {text}");
-    std::fs::write(&state_file, text.replace(&new, &old)).unwrap();
+    let db = crate::util::parquet_state_db(&wh).await;
+    let count = |hash: String| {
+        let db = db.clone();
+        async move {
+            let mut n = 0i64;
+            for table in ["jobs", "window_loads"] {
+                let sql = format!("SELECT count(*) FROM {table} WHERE job = 'real_chats' AND definition_hash = ?1");
+                n += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                    .bind(hash.clone())
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            }
+            n
+        }
+    };
+    assert_eq!(count(new.clone()).await, 3, "the job and its two windows");
+    for table in ["jobs", "window_loads"] {
+        let sql = format!("UPDATE {table} SET definition_hash = ?1 WHERE definition_hash = ?2");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&old).bind(&new).execute(&db).await.unwrap();
+    }
 
     let (_, out, _) = run_cli(path, &["status"]);
     let line = out.lines().find(|l| l.starts_with("real_chats")).unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains(" ok ") && !line.contains("CHANGED"), "{out}");
-    let text = std::fs::read_to_string(&state_file).unwrap();
-    assert!(!text.contains(&old) && text.matches(&new).count() == 3, "every stored hash adopted: {text}");
+    assert_eq!((count(old.clone()).await, count(new.clone()).await), (0, 3), "every stored hash adopted");
     // The windows count as loaded with the current definition: a backfill skips them.
     sim.handle.clear_requests();
     let (code, out, err) =

@@ -179,7 +179,8 @@ fn the_demo_loads_every_shipped_job_into_readable_parquet() {
         assert!(rows >= if snapshot { 1 } else { 3 }, "{table} has rows: {rows}");
     }
     assert!(out.contains("last days, organization scope"), "{out}");
-    assert!(out_dir.join("_chatetl/real_chats.json").exists());
+    assert!(out_dir.join("_chatetl/state.db").exists(), "the state database is in the warehouse folder");
+    assert!(!out_dir.join("_chatetl/real_chats.json").exists(), "no JSON state is written any more");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod giosg_events;
 mod history;
 mod jobs;
 mod operations;
+mod parquet_warehouse;
 mod postgres_warehouse;
 mod probe;
 mod readme;

@@ -147,23 +147,12 @@ impl Daemon {
     }
 }
 
-/// (rows, window files) of a Parquet table, read back from the warehouse folder: the sink
-/// writes one file per loaded window.
-fn parquet_rows_and_files(table_dir: &Path) -> (u64, usize) {
-    let rows = chatetl::readback::read_parquet_dir(table_dir).unwrap().iter().map(|b| b.num_rows() as u64).sum();
-    let mut files = 0;
-    let mut dirs = vec![table_dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|x| x == "parquet") {
-                files += 1;
-            }
-        }
-    }
-    (rows, files)
+/// (rows, windows, files) of a Parquet table, read back from the warehouse folder: a window is
+/// a distinct `_window_start`; the sink writes one file per local month.
+fn parquet_rows_windows_and_files(table_dir: &Path) -> (u64, usize, usize) {
+    let windows = crate::util::parquet_window_rows(table_dir);
+    let rows = windows.values().sum::<usize>() as u64;
+    (rows, windows.len(), crate::util::parquet_files(table_dir).len())
 }
 
 struct Env {
@@ -243,11 +232,12 @@ async fn hourly_and_daily_jobs_advance_tick_by_tick_across_the_spring_dst_change
     }
     // Every hourly window was loaded once, by this daemon (lookback 0), so its counters are
     // what the table holds.
-    let (rows_in_warehouse, window_files) = parquet_rows_and_files(&wh.join("hourly_chats"));
+    let (rows_in_warehouse, windows, files) = parquet_rows_windows_and_files(&wh.join("hourly_chats"));
     assert!(rows_in_warehouse > 0, "the warehouse has hourly rows");
-    assert_eq!(window_files, 24 + 23 + 24 + 5, "03-30 00:00 to 04-02 05:00 local, one file per hour");
+    assert_eq!(windows, 24 + 23 + 24 + 5, "03-30 00:00 to 04-02 05:00 local, each hour once");
+    assert_eq!(files, 2, "one file for March, one for April");
     assert_eq!(sample("chatetl_job_rows_loaded_total", "hourly_chats") as u64, rows_in_warehouse);
-    assert_eq!(sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize, window_files);
+    assert_eq!(sample("chatetl_job_windows_loaded_total", "hourly_chats") as usize, windows);
     assert_eq!(sample("chatetl_job_runs_total", "daily_chats"), 4.0);
     d.stop().await;
 }
@@ -498,25 +488,39 @@ async fn settle_delays_a_window_and_a_partial_window_is_replaced_without_moving_
     )
     .await;
     let d = start_daemon(&e.path, ManualClock::new(local(2024, 5, 2, 0, 0, 0))).await;
-    let state = || -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(wh.join("_chatetl/hourly_chats.json")).unwrap()).unwrap()
+    let db = crate::util::parquet_state_db(&wh).await;
+    let recorded = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM window_loads WHERE job = 'hourly_chats'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
     };
-    let files = |hour: &str| {
-        std::fs::read_dir(wh.join(format!("hourly_chats/date=2024-05-02/hour={hour}"))).map(|d| d.count()).unwrap_or(0)
+    // Rows of the hour starting at local 2024-05-02 `hour`:00, each (time, dims) at most once.
+    let rows = |hour: u32| {
+        let rows = crate::util::parquet_rows(&wh.join("hourly_chats"), &["_window_start", "_loaded_at", "_run_id"]);
+        let mut distinct = rows.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), rows.len(), "no row is duplicated");
+        crate::util::parquet_window_rows(&wh.join("hourly_chats"))
+            .get(&local(2024, 5, 2, hour, 0, 0))
+            .copied()
+            .unwrap_or(0)
     };
 
     // 01:05: the hour 00:00-01:00 ended 5 minutes ago, less than the 10-minute settle: it is
     // loaded as the partial window, not recorded, and the watermark does not move.
     d.tick_to(local(2024, 5, 2, 1, 5, 0), "hourly_chats", 1).await;
-    assert_eq!(files("00"), 1, "the partial hour is written");
-    assert!(state()["windows"].as_object().unwrap().is_empty(), "but not recorded as loaded");
+    let partial = rows(0);
+    assert!(partial > 0, "the partial hour is written");
+    assert_eq!(recorded().await, 0, "but not recorded as loaded");
     assert_eq!(d.metrics.snapshot()["hourly_chats"].watermark, None);
 
     // 02:05: 00:00-01:00 has settled: reloaded and recorded; 01:00-02:00 is the partial one now.
     d.tick_to(local(2024, 5, 2, 2, 5, 0), "hourly_chats", 2).await;
     assert_eq!(d.metrics.snapshot()["hourly_chats"].watermark, Some(local(2024, 5, 2, 1, 0, 0)));
-    assert_eq!(state()["windows"].as_object().unwrap().len(), 1);
-    assert_eq!((files("00"), files("01")), (1, 1), "replaced in place, never duplicated");
+    assert_eq!(recorded().await, 1);
+    assert_eq!(rows(0), partial, "replaced in place, never duplicated");
+    assert!(rows(1) > 0, "the next partial hour is written");
     d.stop().await;
 }
 

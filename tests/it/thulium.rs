@@ -317,9 +317,9 @@ impl DailyRun {
         DailyRun { _dir: dir, wh, code, out, err }
     }
 
-    /// Whether the window's partition was written.
+    /// Whether the window's partition (its local month's file) was written.
     fn wrote(&self) -> bool {
-        self.wh.join(DAILY).join("date=2024-02-01").exists()
+        self.wh.join(DAILY).join("year=2024/month=2/data.parquet").exists()
     }
 }
 
@@ -657,7 +657,7 @@ async fn a_wrong_password_or_zone_fails_the_window_clearly_and_keeps_the_secret(
     );
     assert!(!err.contains(secret) && !out.contains(secret), "the password leaked");
     assert_eq!(f.sim.handle.requests().len(), 1, "a 401 is not retried");
-    assert!(!wh.join(DAILY).join("date=2024-02-01").exists(), "nothing was written");
+    assert!(!wh.join(DAILY).join("year=2024/month=2/data.parquet").exists(), "nothing was written");
 
     // Day buckets in another zone than the account's would be split: the window fails, saying why.
     let run = DailyRun::new(&f.sim.base_url(), &f.token, &["time_zone: America/New_York"]);

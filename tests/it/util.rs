@@ -459,3 +459,84 @@ pub fn dump_sums(
     }
     out
 }
+
+/// The state database of the Parquet warehouse at `root` (`_chatetl/state.db`), opened with SQL
+/// as an independent reader (not chatetl's sink).
+pub async fn parquet_state_db(root: &Path) -> sqlx::SqlitePool {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(root.join("_chatetl/state.db"))
+        .busy_timeout(std::time::Duration::from_secs(30));
+    sqlx::SqlitePool::connect_with(options).await.unwrap()
+}
+
+/// Rows per `_window_start` in the Parquet files below `dir` (read with the parquet crate).
+pub fn parquet_window_rows(dir: &Path) -> BTreeMap<DateTime<Utc>, usize> {
+    use arrow_array::types::TimestampMicrosecondType;
+    let mut out = BTreeMap::new();
+    for path in parquet_files(dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let starts = batch.column_by_name("_window_start").unwrap().as_primitive::<TimestampMicrosecondType>();
+            for us in starts.values().iter() {
+                *out.entry(DateTime::<Utc>::from_timestamp_micros(*us).unwrap()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+/// One reading of a Parquet table folder: each data file's schema, and every row as
+/// [`parquet_rows`] renders them (all columns), read with the parquet crate.
+#[derive(Debug, Default)]
+pub struct TableReading {
+    pub schemas: Vec<(PathBuf, arrow_schema::SchemaRef)>,
+    pub rows: Rows,
+}
+
+/// Reads every data file below `dir` (skipping `.`- and `_`-prefixed names). A folder or file
+/// that vanishes while it is read (a replaced or deleted folder) is an `Err` of kind
+/// `NotFound`, for the caller to read again; a file that exists but does not parse panics.
+pub fn try_read_table(dir: &Path) -> std::io::Result<TableReading> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else if name.ends_with(".parquet") {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let mut reading = TableReading::default();
+    for path in files {
+        let file = std::fs::File::open(&path)?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap_or_else(|e| panic!("{} is not a readable Parquet file: {e}", path.display()));
+        reading.schemas.push((path.clone(), builder.schema().clone()));
+        for batch in builder.build().unwrap() {
+            let batch = batch.unwrap_or_else(|e| panic!("{} does not read whole: {e}", path.display()));
+            let schema = batch.schema();
+            for i in 0..batch.num_rows() {
+                let row = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .map(|(f, c)| (f.name().clone(), parquet_cell(c.as_ref(), i)))
+                    .collect();
+                reading.rows.push(row);
+            }
+        }
+    }
+    reading.rows.sort();
+    Ok(reading)
+}

@@ -1,0 +1,379 @@
+//! The files of a Parquet warehouse: where a window's partition lives, reading a partition,
+//! merging committed windows into it, and replacing files and folders atomically.
+//!
+//! Owns: the layout (`<table>/year=2024/month=3/data.parquet` for windowed jobs,
+//! `…/month=3/day=7/data.parquet` for snapshot jobs, by the window start's local date), the writer
+//! settings (zstd, chunk statistics), [`merge`] (an existing partition's rows minus the committed
+//! windows, with the new rows, in time order, written as slices: nothing is copied or re-sorted),
+//! [`project`] (rows of a file onto the table's current schema, missing columns null),
+//! [`write_atomic`] (temp file in the same folder, fsync, rename, fsync of the folder) and
+//! [`exchange`] (two folders swapped in one step). Names starting with `.` or `_` are never data:
+//! temp files, markers and work folders use them, and readers skip them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_schema::{Schema, SchemaRef};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono_tz::Tz;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::config::JobKind;
+use crate::sink::SinkError;
+
+/// The one data file of a partition folder.
+pub const DATA_FILE: &str = "data.parquet";
+
+/// Rows read per batch (a month of hourly rows is a few batches).
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// The partition folder (relative to the table folder) holding a window starting at `start`.
+pub fn partition_of(kind: JobKind, tz: Tz, start: DateTime<Utc>) -> PathBuf {
+    partition_of_date(kind, start.with_timezone(&tz).date_naive())
+}
+
+/// The partition folder of a window whose start has the local date `date`.
+pub fn partition_of_date(kind: JobKind, date: NaiveDate) -> PathBuf {
+    // No leading zeros: DuckDB types `month=03` as text, `month=3` as an integer.
+    let month = PathBuf::from(format!("year={}", date.year())).join(format!("month={}", date.month()));
+    match kind {
+        JobKind::Windowed => month,
+        JobKind::Snapshot => month.join(format!("day={}", date.day())),
+    }
+}
+
+/// Whether a file or folder name is data (not a temp file, marker or work folder).
+pub fn is_data_name(name: &str) -> bool {
+    !name.starts_with('.') && !name.starts_with('_')
+}
+
+/// Every data file below `table_dir` (empty when it does not exist), sorted.
+pub fn data_files(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![table_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !is_data_name(name) {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else if name == DATA_FILE {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The settings every data file is written with.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        // Min/max per column chunk is what readers prune with; page statistics and indexes would
+        // add a footer larger than a small partition's data.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .build()
+}
+
+/// The schema and rows of a Parquet file; `None` when it does not exist.
+pub fn read(path: &Path) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>, String> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .with_batch_size(READ_BATCH_ROWS);
+    let schema = builder.schema().clone();
+    let reader = builder.build().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Some((schema, batches)))
+}
+
+/// The rows of the Parquet file `path` on `schema` ([`project`]); `None` when it does not
+/// exist. Errors start with `what`: a file that cannot be read is the disk's (a retry may help),
+/// one whose rows do not fit `schema` the definition's.
+pub fn read_projected(path: &Path, schema: &SchemaRef, what: &str) -> Result<Option<Vec<RecordBatch>>, SinkError> {
+    let Some((_, batches)) = read(path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))? else {
+        return Ok(None);
+    };
+    let projected = batches.iter().map(|b| project(b, schema)).collect::<Result<Vec<_>, _>>();
+    projected.map(Some).map_err(|e| SinkError::definition(format!("{what}: {}: {e}", path.display())))
+}
+
+/// The schema of a Parquet file (its footer only).
+pub fn read_schema(path: &Path) -> Result<SchemaRef, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(builder.schema().clone())
+}
+
+/// `batch` with `schema`'s columns: taken by name, null where `batch` lacks one. A column of
+/// `batch` that `schema` lacks is dropped when it holds only nulls (an added column whose
+/// definition was reverted) and refused otherwise: dropping it would lose values.
+pub fn project(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    if batch.schema().fields() == schema.fields() {
+        return RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| e.to_string());
+    }
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if schema.field_with_name(field.name()).is_err() && column.null_count() != column.len() {
+            return Err(format!(
+                "it holds values in column {}, which the table's definition does not have",
+                field.name()
+            ));
+        }
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => {
+                Err(format!("column {} is {}, the table's definition says {}", f.name(), c.data_type(), f.data_type()))
+            }
+            None if f.is_nullable() => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            None => Err(format!("it lacks column {}, which cannot be null", f.name())),
+        })
+        .collect::<Result<Vec<ArrayRef>, String>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// A half-open span of the time column, in microseconds.
+pub type Span = (i64, i64);
+
+/// The rows of a partition after a commit, in time order, as slices of `existing` (the current
+/// file's batches, sorted by time) and of `new` (each window's span and rows, sorted): the
+/// existing rows whose time is inside a committed window are dropped, the window's new rows take
+/// their place. Every batch has `schema`'s columns already.
+pub fn merge(existing: Vec<RecordBatch>, new: Vec<(Span, RecordBatch)>, time_column: &str) -> Vec<RecordBatch> {
+    let mut bounds: Vec<i64> = new.iter().flat_map(|((s, e), _)| [*s, *e]).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let inside = |t: i64| new.iter().any(|((s, e), _)| *s <= t && t < *e);
+    // (first time, piece): existing rows cut at every window bound, so each piece lies wholly
+    // inside a committed window (dropped) or wholly outside all of them (kept).
+    let mut pieces: Vec<(i64, RecordBatch)> = Vec::new();
+    for batch in existing {
+        let Some(times) = batch.column_by_name(time_column) else { continue };
+        let times = times.as_primitive::<TimestampMicrosecondType>().values().clone();
+        let mut cuts: Vec<usize> = bounds.iter().map(|b| times.partition_point(|t| t < b)).collect();
+        cuts.push(0);
+        cuts.push(times.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        for pair in cuts.windows(2) {
+            let (from, to) = (pair[0], pair[1]);
+            if from < to && !inside(times[from]) {
+                pieces.push((times[from], batch.slice(from, to - from)));
+            }
+        }
+    }
+    for (_, batch) in new {
+        if let Some(first) = batch.column_by_name(time_column).filter(|t| !t.is_empty()) {
+            let first = first.as_primitive::<TimestampMicrosecondType>().value(0);
+            pieces.push((first, batch));
+        }
+    }
+    pieces.sort_by_key(|(t, _)| *t);
+    pieces.into_iter().map(|(_, b)| b).collect()
+}
+
+/// Writes `batches` (all of `schema`) as the Parquet file `path`, atomically; with no rows,
+/// removes `path` instead, and the folders it leaves empty up to `stop`.
+pub fn replace(path: &Path, schema: &SchemaRef, batches: &[RecordBatch], stop: &Path) -> std::io::Result<()> {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let dir = path.parent().unwrap_or(stop);
+        File::open(dir)?.sync_all()?;
+        return remove_empty_dirs(dir, stop);
+    }
+    write_atomic(path, |f| {
+        let mut writer =
+            ArrowWriter::try_new(f, schema.clone(), Some(writer_properties())).map_err(std::io::Error::other)?;
+        for b in batches.iter().filter(|b| b.num_rows() > 0) {
+            writer.write(b).map_err(std::io::Error::other)?;
+        }
+        writer.close().map_err(std::io::Error::other)?;
+        Ok(())
+    })
+}
+
+/// Removes `dir` and its parents while they are empty, stopping at `stop` (kept).
+pub fn remove_empty_dirs(dir: &Path, stop: &Path) -> std::io::Result<()> {
+    let mut at = dir.to_path_buf();
+    while at != stop && at.starts_with(stop) {
+        match std::fs::remove_dir(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not empty (ENOTEMPTY, or EEXIST on some systems): a sibling still holds data.
+            Err(_) => return Ok(()),
+        }
+        let Some(parent) = at.parent() else { break };
+        at = parent.to_path_buf();
+    }
+    File::open(stop)
+        .and_then(|d| d.sync_all())
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+}
+
+/// Writes `path` whole or not at all: a temp file (dot-prefixed, so readers skip it) in the same
+/// folder, fsynced, renamed over `path`, then the folder fsynced so the rename survives a crash.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no folder"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Swaps folders `a` and `b` (both in `parent`) in one step: afterwards `a` holds what `b` held
+/// and `b` what `a` held; when `a` does not exist, `b` is renamed to `a`. Linux exchanges them
+/// atomically (`renameat2` with `RENAME_EXCHANGE`), so a reader of `a` sees the old folder or the
+/// new one, never neither. Elsewhere it takes two renames (`a` → a temp name, `b` → `a`): for
+/// the instant between them `a` does not exist, and a reader listing it then finds no table.
+pub fn exchange(parent: &Path, a: &Path, b: &Path) -> std::io::Result<()> {
+    if !a.exists() {
+        std::fs::rename(b, a)?;
+    } else {
+        exchange_existing(a, b)?;
+    }
+    File::open(parent)?.sync_all()
+}
+
+#[cfg(target_os = "linux")]
+fn exchange_existing(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (ca, cb) = (cstr(a)?, cstr(b)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call; AT_FDCWD resolves them
+    // as given (absolute or relative to the working directory).
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange_existing(a: &Path, b: &Path) -> std::io::Result<()> {
+    let parent = a.parent().ok_or_else(|| std::io::Error::other("folder has no parent"))?;
+    let name = a.file_name().and_then(|n| n.to_str()).unwrap_or("table");
+    let aside = parent.join(format!(".{name}.exchange-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::rename(a, &aside)?;
+    // Between these two renames `a` does not exist.
+    std::fs::rename(b, a)?;
+    std::fs::rename(&aside, b)
+}
+
+/// Removes a folder and everything below it; a missing folder is fine.
+pub fn remove_dir_all(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `schema` with its `chatetl.table` metadata set to `table`.
+pub fn with_table_name(schema: &SchemaRef, table: &str) -> SchemaRef {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert("chatetl.table".to_string(), table.to_string());
+    Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, TimestampMicrosecondArray};
+    use arrow_schema::{DataType, Field, TimeUnit};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("t", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("v", DataType::Int64, true),
+        ]))
+    }
+
+    fn batch(times: &[i64], v: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(times.to_vec()).with_timezone("UTC")),
+                Arc::new(Int64Array::from(vec![v; times.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows(batches: &[RecordBatch]) -> Vec<(i64, i64)> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let t = b.column(0).as_primitive::<TimestampMicrosecondType>().clone();
+                let v = b.column(1).as_primitive::<arrow_array::types::Int64Type>().clone();
+                (0..b.num_rows()).map(move |i| (t.value(i), v.value(i)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merge_replaces_the_committed_windows_and_keeps_time_order() {
+        let existing = vec![batch(&[1, 2, 5, 7], 0), batch(&[8, 12], 0)];
+        // [2, 6) replaced (rows 2 and 5 go), [9, 10) is new between 8 and 12, [20, 21) is empty.
+        let new = vec![((2, 6), batch(&[3, 4], 1)), ((9, 10), batch(&[9], 1)), ((20, 21), batch(&[], 1))];
+        let merged = merge(existing, new, "t");
+        assert_eq!(rows(&merged), vec![(1, 0), (3, 1), (4, 1), (7, 0), (8, 0), (9, 1), (12, 0)]);
+    }
+
+    #[test]
+    fn project_fills_missing_columns_with_nulls_and_refuses_to_drop_values() {
+        let narrow = Arc::new(Schema::new(vec![schema().field(0).clone()]));
+        let b = RecordBatch::try_new(narrow.clone(), vec![batch(&[1, 2], 0).column(0).clone()]).unwrap();
+        let wide = project(&b, &schema()).unwrap();
+        assert_eq!(wide.column(1).null_count(), 2);
+        assert!(project(&batch(&[1], 5), &narrow).unwrap_err().contains("column v"));
+        let nulls = project(&wide, &narrow).unwrap();
+        assert_eq!(nulls.num_columns(), 1, "an all-null column the table lacks is dropped");
+    }
+
+    #[test]
+    fn partitions_are_months_or_days_of_the_local_start_with_integer_keys() {
+        let tz: Tz = "Europe/Helsinki".parse().unwrap();
+        let t = DateTime::parse_from_rfc3339("2024-03-31T22:30:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(partition_of(JobKind::Windowed, tz, t), PathBuf::from("year=2024/month=4"));
+        assert_eq!(partition_of(JobKind::Snapshot, tz, t), PathBuf::from("year=2024/month=4/day=1"));
+    }
+}
