@@ -100,10 +100,31 @@ impl JobLock {
 
 /// The job a rebuild of `job` loads into: the same definition, its state under
 /// `<name>~rebuild` (`~` cannot appear in a job name, so no job collides with it) and its table
-/// `_rebuild_<table>` beside the live one (readers skip `_`-prefixed folders). [`Sink::promote`]
+/// `_rebuild_<table>` beside the live one (readers skip `_`-prefixed folders; a name too long for
+/// PostgreSQL ends in a hash, [`fit_identifier`]). [`Sink::promote`]
 /// swaps it in once every window is loaded.
 pub fn shadow_job(job: &Job) -> Job {
-    Job { name: format!("{}{SHADOW_SUFFIX}", job.name), table: format!("_rebuild_{}", job.table), ..job.clone() }
+    Job {
+        name: format!("{}{SHADOW_SUFFIX}", job.name),
+        table: fit_identifier(format!("_rebuild_{}", job.table)),
+        ..job.clone()
+    }
+}
+
+/// Longest name PostgreSQL keeps (`NAMEDATALEN - 1`); it cuts longer ones silently.
+pub const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// `name`, or when it is longer than [`MAX_IDENTIFIER_LEN`] its first 54 characters and 8 hex
+/// digits of its sha256: distinct long names stay distinct, and a name made from a table's stays
+/// the same each time it is made (PostgreSQL would cut both to one 63-character prefix).
+pub fn fit_identifier(name: String) -> String {
+    if name.len() <= MAX_IDENTIFIER_LEN {
+        return name;
+    }
+    use sha2::{Digest, Sha256};
+    let hash: String = Sha256::digest(name.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let cut = (0..=54).rev().find(|i| name.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}_{hash}", &name[..cut])
 }
 
 /// What [`shadow_job`] appends to a job's name.
@@ -314,5 +335,21 @@ impl Sink {
             Sink::Postgres(s) => s.status(jobs).await,
             Sink::Parquet(s) => s.status(jobs).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_identifier;
+
+    #[test]
+    fn long_identifiers_fit_postgres_and_stay_distinct() {
+        assert_eq!(fit_identifier("real_chats_natural_key".into()), "real_chats_natural_key");
+        let long = |tail: &str| format!("_rebuild_average_purchase_value_in_real_chats_hourly{tail}_bucket_date_idx");
+        let (a, b) = (fit_identifier(long("")), fit_identifier(long("_2")));
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b, "the same 54-character prefix, different hashes");
+        assert_eq!(a, fit_identifier(long("")), "the same name each time");
+        assert_eq!(fit_identifier("x".repeat(63)), "x".repeat(63));
     }
 }

@@ -183,12 +183,12 @@ fn sql_type(ty: ColumnType) -> &'static str {
 /// The name of a table's natural key constraint (and its index). A rebuild's are named after the
 /// shadow table and renamed by [`PostgresSink::promote`], as every index named after it is.
 fn key_name(table: &str) -> String {
-    format!("{table}_natural_key")
+    crate::sink::fit_identifier(format!("{table}_natural_key"))
 }
 
 /// The name of a table's index on its date column.
 fn date_index_name(table: &str, date_column: &str) -> String {
-    format!("{table}_{date_column}_idx")
+    crate::sink::fit_identifier(format!("{table}_{date_column}_idx"))
 }
 
 /// The live job a name belongs to (a shadow job's name without [`SHADOW_SUFFIX`]).
@@ -815,28 +815,41 @@ impl PostgresSink {
             )));
         }
         let grants = copy_grants(&mut tx, &live_table, &shadow_table).await.map_err(&err)?;
-        // The shadow's key and index are named after its table: they take the live names.
-        let indexes: Vec<(String, bool)> = sqlx::query_as(
-            "SELECT c.relname::text, EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid
-               AND k.conrelid = i.indrelid)
-             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass($1)",
+        // The shadow's key and date index are named after its table: they take the live names.
+        let date_column = match live.kind {
+            crate::config::JobKind::Windowed => "bucket_date",
+            crate::config::JobKind::Snapshot => "captured_date",
+        };
+        let (shadow_key, shadow_index) = (key_name(&shadow.table), date_index_name(&shadow.table, date_column));
+        let (has_key, has_index): (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2),
+                    to_regclass($3) IS NOT NULL",
         )
         .bind(&shadow_table)
-        .fetch_all(&mut *tx)
+        .bind(&shadow_key)
+        .bind(self.table(&shadow_index))
+        .fetch_one(&mut *tx)
         .await
         .map_err(&err)?;
         let mut ddl = format!(
             "DROP TABLE IF EXISTS {live_table};\nALTER TABLE {shadow_table} RENAME TO {};\n",
             quote_ident(&live.table)
         );
-        for (name, constraint) in indexes {
-            let Some(rest) = name.strip_prefix(shadow.table.as_str()) else { continue };
-            let new_name = quote_ident(&format!("{}{rest}", live.table));
-            let _ = if constraint {
-                writeln!(ddl, "ALTER TABLE {live_table} RENAME CONSTRAINT {} TO {new_name};", quote_ident(&name))
-            } else {
-                writeln!(ddl, "ALTER INDEX {} RENAME TO {new_name};", self.table(&name))
-            };
+        if has_key {
+            let _ = writeln!(
+                ddl,
+                "ALTER TABLE {live_table} RENAME CONSTRAINT {} TO {};",
+                quote_ident(&shadow_key),
+                quote_ident(&key_name(&live.table))
+            );
+        }
+        if has_index {
+            let _ = writeln!(
+                ddl,
+                "ALTER INDEX {} RENAME TO {};",
+                self.table(&shadow_index),
+                quote_ident(&date_index_name(&live.table, date_column))
+            );
         }
         sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(ddl_err(&what))?;
         // The live job takes the shadow's definition, watermark and history start (a job never

@@ -244,3 +244,38 @@ async fn failed_windows_are_recorded_and_run_failed_reloads_exactly_them() {
         assert!(err.contains("no failed windows"), "{sub}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_a_long_table_name_rebuilds_and_keeps_one_key_and_one_date_index() {
+    let db = TestDb::new().await;
+    let start = today() - chrono::Duration::days(3);
+    let e = env(Some(&db.url), start).await;
+    // 50 characters: `_rebuild_<table>_bucket_date_idx` is 75, past PostgreSQL's 63.
+    let table = "daily_chats_for_the_whole_organization_per_local_d";
+    assert_eq!(table.len(), 50);
+    let job = e.config.parent().unwrap().join("jobs/daily_chats.yaml");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(&job, format!("{text}table: {table}\n")).unwrap();
+    let (code, out, err) = e.chatetl(&["run", "--job", "daily_chats"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    std::fs::write(&job, format!("{}table: {table}\nrooms: [room-a]\n", text)).unwrap();
+    let (code, out, err) = e.chatetl(&["run", "--job", "daily_chats", "--rebuild"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = e.chatetl(&["run", "--job", "daily_chats"]);
+    assert_eq!(code, 0, "the next run finds the table as it made it: {out}\n{err}");
+    let pool = db.pool().await;
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE schemaname = 'analytics' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(indexes.len(), 2, "one natural key and one date index, no duplicate: {indexes:?}");
+    assert!(indexes.iter().all(|i| i.len() <= 63 && i.starts_with(table)), "{indexes:?}");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'analytics'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, [table], "the shadow table is gone");
+    assert_eq!(e.status()["definition_changed"], false);
+}

@@ -9,10 +9,6 @@ use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
 use super::ctx::{Ctx, identifier_problem, one_of};
-
-/// Longest table name: `_rebuild_` (a rebuild's shadow) plus the name plus `_bucket_date_idx`
-/// (its date index) must fit PostgreSQL's 63-character identifiers.
-const MAX_TABLE_LEN: usize = 63 - "_rebuild_".len() - "_bucket_date_idx".len();
 use super::filters;
 use super::params;
 use super::raw::{RawAggregation, RawJob};
@@ -106,22 +102,6 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let table = match &r.table {
         Some(v) => ctx.identifier("table", v).map(|table| (table, v.referenced)),
         None => name.clone(),
-    };
-    let table = match table {
-        Some((t, at)) if t.len() > MAX_TABLE_LEN => {
-            let key = if r.table.is_some() { "table" } else { "name" };
-            ctx.error(
-                at,
-                key,
-                format!(
-                    "table `{t}` has {} characters, at most {MAX_TABLE_LEN}: its rebuild table `_rebuild_{t}` and its \
-                     index `{t}_bucket_date_idx` must fit PostgreSQL's 63 (set a shorter `table:`)",
-                    t.len()
-                ),
-            );
-            None
-        }
-        other => other,
     };
     let description = ctx
         .required(at, "description", &r.description, "a sentence saying what the metric counts")

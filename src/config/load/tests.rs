@@ -209,20 +209,6 @@ fn config_rejects_a_misspelled_key_with_its_location() {
 }
 
 #[test]
-fn a_table_name_leaves_room_for_its_rebuild_table_and_index() {
-    let long = "a".repeat(39);
-    let job = format!("{SMALL_JOB}table: {long}\n");
-    let dir = folder(CONFIG, &[("chats.yaml", &job)]);
-    let errors = errors_in(&dir, &env());
-    assert_only(&errors, &format!("jobs/chats.yaml:8:8: table: table `{long}` has 39 characters, at most 38"));
-    // Without `table:`, the job's file name is the table: the error points at the name.
-    let dir = folder(CONFIG, &[(&format!("{long}.yaml"), SMALL_JOB)]);
-    assert!(errors_in(&dir, &env())[0].contains("has 39 characters, at most 38"), "{:?}", errors_in(&dir, &env()));
-    let dir = folder(CONFIG, &[(&format!("{}.yaml", "a".repeat(38)), SMALL_JOB)]);
-    assert!(load_in(&dir, &env()).unwrap().jobs.contains_key(&"a".repeat(38)));
-}
-
-#[test]
 fn config_reports_every_problem_of_every_file_at_once() {
     let config = CONFIG.replace("kind: parquet\n  path: ./warehouse", "kind: sqlite\n  path: ./warehouse");
     let bad_fields = "description: \"\"

@@ -82,6 +82,33 @@ pub fn data_files(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Removes the temp files an interrupted write left below `table_dir` (`.data.parquet.tmp-…`,
+/// hidden from readers but still bytes on disk); returns how many. Called with the job's lock
+/// held, so no write of the table is in flight.
+pub fn remove_temp_files(table_dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let mut stack = vec![table_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry.file_type()?.is_dir();
+            if is_dir && is_data_name(&name) {
+                stack.push(entry.path());
+            } else if !is_dir && name.starts_with('.') && name.contains(".tmp-") {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// The settings every data file is written with.
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
@@ -375,5 +402,19 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2024-03-31T22:30:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(partition_of(JobKind::Windowed, tz, t), PathBuf::from("year=2024/month=4"));
         assert_eq!(partition_of(JobKind::Snapshot, tz, t), PathBuf::from("year=2024/month=4/day=1"));
+    }
+
+    #[test]
+    fn temp_files_left_by_an_interrupted_write_are_removed_and_data_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let month = dir.path().join("year=2024/month=3");
+        std::fs::create_dir_all(&month).unwrap();
+        write_atomic(&month.join(DATA_FILE), |f| std::io::Write::write_all(f, b"data")).unwrap();
+        std::fs::write(month.join(".data.parquet.tmp-0123abcd"), b"half").unwrap();
+        std::fs::write(dir.path().join(".data.parquet.tmp-ffff"), b"half").unwrap();
+        assert_eq!(remove_temp_files(dir.path()).unwrap(), 2);
+        let left: Vec<_> = std::fs::read_dir(&month).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [DATA_FILE]);
+        assert_eq!(remove_temp_files(&dir.path().join("missing")).unwrap(), 0);
     }
 }

@@ -38,7 +38,7 @@ pub use files::{DATA_FILE, data_files, partition_of};
 
 use super::{Commit, SinkError};
 use crate::batch::TableSchema;
-use crate::config::Job;
+use crate::config::{Job, JobKind};
 use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, WindowLoad};
 use store::{NewLoad, Promotion, Store};
 
@@ -132,25 +132,47 @@ impl ParquetSink {
         let dir = self.table_dir(&job.table);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("job {}: cannot create {}", job.name, dir.display())))?;
         let (name, columns) = (job.name.clone(), schema.column_names());
-        blocking(move || {
+        let values: Vec<String> = schema.metrics.iter().map(|m| m.name.clone()).collect();
+        let kind = job.kind;
+        let lacking = blocking(move || {
+            let temps = files::remove_temp_files(&dir)
+                .map_err(io_err(format!("job {name}: cannot remove temp files below {}", dir.display())))?;
+            if temps > 0 {
+                info!(job = %name, files = temps, "removed temp files an interrupted write left");
+            }
             // Every file has the table's one schema: the first one found speaks for all.
             let first =
                 files::data_files(&dir).map_err(io_err(format!("job {name}: cannot list {}", dir.display())))?;
-            let Some(first) = first.first() else { return Ok(()) };
+            let Some(first) = first.first() else { return Ok(Vec::new()) };
             let found = files::read_schema(first).map_err(|e| SinkError::warehouse(format!("job {name}: {e}")))?;
-            let missing: Vec<&String> = columns.iter().filter(|c| found.field_with_name(c).is_err()).collect();
-            if missing.is_empty() {
-                return Ok(());
+            let missing: Vec<String> = columns.iter().filter(|c| found.field_with_name(c).is_err()).cloned().collect();
+            // Value columns the files lack (an endpoint that gained a field in a chatetl release)
+            // are added to every file at once below; a missing key or time column means the
+            // table holds something else.
+            let keys: Vec<&String> = missing.iter().filter(|c| !values.contains(c)).collect();
+            if keys.is_empty() {
+                return Ok(missing);
             }
+            let remedy = match kind {
+                JobKind::Windowed => format!(
+                    "the job's definition changed since they were written: `chatetl run --job {name} --rebuild` \
+                     reloads the history into a new table and swaps it in"
+                ),
+                JobKind::Snapshot => "a snapshot's captures cannot be fetched again, so chatetl never rebuilds its \
+                     table: give the job a new `table:`"
+                    .to_string(),
+            };
             Err(SinkError::definition(format!(
-                "job {name}: the files of table {} lack columns {missing:?} (for example {}); the job's definition \
-                 changed since they were written: `chatetl run --job {name} --rebuild` reloads the history into a \
-                 new table and swaps it in",
+                "job {name}: the files of table {} lack key columns {keys:?} (for example {}); {remedy}",
                 dir.display(),
                 first.display()
             )))
         })
         .await?;
+        if !lacking.is_empty() {
+            let rewritten = self.rewrite_with_schema(job, schema).await?;
+            info!(job = %job.name, table = %job.table, files = rewritten, columns = ?lacking, "value columns of the endpoint added to the table");
+        }
         self.store.register(&job.name, history_start, definition).await?;
         self.store.job_state(&job.name).await
     }
@@ -244,10 +266,19 @@ impl ParquetSink {
         added: &[String],
         definition: &Definition,
     ) -> Result<(), SinkError> {
+        let rewritten = self.rewrite_with_schema(job, schema).await?;
+        info!(job = %job.name, table = %job.table, files = rewritten, columns = ?added, "columns added to the table");
+        self.store.add_columns(&job.name, added, definition).await
+    }
+
+    /// Rewrites every file of `job`'s table with `schema`'s columns (those a file lacks: null)
+    /// in a work folder and swaps it in, so every file has one schema at all times; returns the
+    /// files rewritten (0 when all had the schema already).
+    async fn rewrite_with_schema(&self, job: &Job, schema: &TableSchema) -> Result<usize, SinkError> {
         let (root, dir) = (self.root.clone(), self.table_dir(&job.table));
         let work = self.root.join(format!("_add_columns_{}", job.table));
         let (target, name) = (Self::file_schema(schema), job.name.clone());
-        let rewritten = blocking(move || {
+        blocking(move || {
             let what = format!("job {name}: cannot add columns to table {}", dir.display());
             // Leftovers of an interrupted call: a half-built copy, or the old table after the swap.
             files::remove_dir_all(&work).map_err(io_err(&what))?;
@@ -272,9 +303,7 @@ impl ParquetSink {
             files::remove_dir_all(&work).map_err(io_err(&what))?;
             Ok(found.len())
         })
-        .await?;
-        info!(job = %job.name, table = %job.table, files = rewritten, columns = ?added, "columns added to the table");
-        self.store.add_columns(&job.name, added, definition).await
+        .await
     }
 
     /// See `Sink::record_failures`.
