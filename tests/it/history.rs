@@ -133,14 +133,13 @@ async fn ranges_are_clamped_to_the_last_complete_window_and_refused_wholly_outsi
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_during_a_backfill_prints_the_summary_and_records_the_run_as_interrupted() {
-    let db = TestDb::new().await;
-    let start = today() - chrono::Duration::days(10);
-    let e = env(Some(&db.url), start).await;
-    // Slow answers, one window per request, one request at a time: the backfill is still going
-    // when the signal arrives after its first committed window.
-    e.sim.handle.set_faults(FaultConfig { latency_ms: 300, ..FaultConfig::default() });
+/// Starts `backfill` of daily_chats from `start` to yesterday, one window at a time, and returns
+/// once it has committed its first window (its stderr says so): the child, the rest of its
+/// stderr, and what it printed so far.
+fn backfill_until_a_window_is_loaded(
+    e: &Env,
+    start: NaiveDate,
+) -> (std::process::Child, BufReader<std::process::ChildStderr>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatetl"))
         .args(["--config", e.config.to_str().unwrap(), "backfill", "--job", "daily_chats", "--concurrency", "1"])
         .args(["--from", &start.to_string(), "--to", &(today() - chrono::Duration::days(1)).to_string()])
@@ -156,9 +155,20 @@ async fn sigint_during_a_backfill_prints_the_summary_and_records_the_run_as_inte
         assert!(stderr.read_line(&mut line).unwrap() > 0, "the backfill ended before loading a window:\n{seen}");
         seen.push_str(&line);
         if line.contains("windows loaded") {
-            break;
+            return (child, stderr, seen);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_a_backfill_prints_the_summary_and_records_the_run_as_interrupted() {
+    let db = TestDb::new().await;
+    let start = today() - chrono::Duration::days(10);
+    let e = env(Some(&db.url), start).await;
+    // Slow answers, one window per request, one request at a time: the backfill is still going
+    // when the signal arrives after its first committed window.
+    e.sim.handle.set_faults(FaultConfig { latency_ms: 300, ..FaultConfig::default() });
+    let (child, mut stderr, seen) = backfill_until_a_window_is_loaded(&e, start);
     // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let mut rest = String::new();
@@ -278,4 +288,34 @@ async fn a_job_with_a_long_table_name_rebuilds_and_keeps_one_key_and_one_date_in
             .unwrap();
     assert_eq!(tables, [table], "the shadow table is gone");
     assert_eq!(e.status()["definition_changed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_is_recorded_as_died_by_the_next_run_in_parquet() {
+    let start = today() - chrono::Duration::days(10);
+    let e = env(None, start).await;
+    e.sim.handle.set_faults(FaultConfig { latency_ms: 300, ..FaultConfig::default() });
+    let (mut child, _stderr, _) = backfill_until_a_window_is_loaded(&e, start);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let root = e.config.parent().unwrap().join("wh");
+    let state = crate::util::parquet_state_db(&root).await;
+    let status: Vec<String> = sqlx::query_scalar("SELECT status FROM runs").fetch_all(&state).await.unwrap();
+    assert_eq!(status, ["running"], "the killed run could not close its record");
+    state.close().await;
+
+    e.sim.handle.set_faults(FaultConfig::default());
+    let (code, out, err) = e.chatetl(&["run", "--job", "daily_chats"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let state = crate::util::parquet_state_db(&root).await;
+    let runs: Vec<(String, String, Option<String>, Option<i64>)> =
+        sqlx::query_as("SELECT kind, status, error, finished_at FROM runs ORDER BY started_at")
+            .fetch_all(&state)
+            .await
+            .unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!((runs[0].0.as_str(), runs[0].1.as_str()), ("backfill", "died"), "{runs:?}");
+    assert!(runs[0].2.as_deref().is_some_and(|e| e.contains("the process ended before the run finished")), "{runs:?}");
+    assert!(runs[0].3.is_some(), "a died run gets the time it was found");
+    assert_eq!(runs[1].1, "succeeded");
 }
