@@ -502,9 +502,14 @@ impl PostgresSink {
             .await
             .map_err(&err)?;
         let from = current.unwrap_or(c.history_start);
+        // The watermark moves only over a load starting exactly where it is: while that window
+        // is missing (one that keeps failing), nothing after it is read, so a commit costs the
+        // same however long the watermark has been held.
         let loads: BTreeMap<DateTime<Utc>, DateTime<Utc>> = sqlx::query(
             "SELECT window_start, window_end FROM chatetl.window_loads
-             WHERE target = $1 AND job = $2 AND window_start >= $3 ORDER BY window_start",
+             WHERE target = $1 AND job = $2 AND window_start >= $3
+               AND EXISTS (SELECT 1 FROM chatetl.window_loads w WHERE w.target = $1 AND w.job = $2 AND w.window_start = $3)
+             ORDER BY window_start",
         )
         .bind(&self.schema)
         .bind(&c.job.name)

@@ -698,13 +698,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The batches of a Parquet file, with the file's schema metadata (`chatetl.table`, the zone),
+/// which the reader's batches leave out: files the previous release wrote carried it.
 fn read_batches(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
+    let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let schema = builder.schema().clone();
+    builder.build().unwrap().map(|b| b.unwrap().with_schema(schema.clone()).unwrap()).collect()
 }
 
 fn write_batches(path: &Path, batches: &[RecordBatch]) {
@@ -811,8 +810,15 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
     let watermark = e.status()["watermark"].clone();
     assert_eq!(watermark, serde_json::to_value(local(2024, 4, 6)).unwrap());
 
+    // Another tool's table in the same layout (as Spark writes it) is not chatetl's to convert.
+    let foreign = e.wh.join("spark_output/date=2024-03-26/part-00000-0a1b.snappy.parquet");
+    let spark = RecordBatch::try_from_iter([("x", Arc::new(arrow_array::Int64Array::from(vec![1, 2])) as _)]).unwrap();
+    write_batches(&foreign, &[spark]);
+    let march = read_batches(&layout[0]);
     for (keep, delete_some) in [(&[][..], false), (&["year=2024/month=3/data.parquet"][..], true)] {
         rebuild_old_layout(&e.wh, JOB, JOB, keep).await;
+        // What a conversion killed before its swap leaves beside the table: discarded.
+        write_batches(&e.wh.join(format!("_convert_{JOB}/year=2024/month=3/data.parquet")), &march);
         let old_files: Vec<PathBuf> = parquet_files(&e.table());
         assert_eq!(old_files.len(), loads.len() + keep.len(), "a file per window (and the kept partition)");
         if delete_some {
@@ -833,6 +839,8 @@ async fn the_per_window_layout_is_converted_on_open_exactly_once_even_after_a_cr
         assert!(!e.wh.join(format!("_chatetl/{JOB}.json")).exists());
         assert!(e.wh.join(format!("_chatetl/converted/{JOB}.json")).exists());
         std::fs::remove_file(e.wh.join(format!("_chatetl/converted/{JOB}.json"))).unwrap();
+        assert!(!e.wh.join(format!("_convert_{JOB}")).exists(), "the work folder is gone");
+        assert!(foreign.exists(), "another tool's files are left alone");
     }
     // The converted warehouse loads on: a backfill skips every converted window.
     e.sim.handle.clear_requests();

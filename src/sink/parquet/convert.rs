@@ -4,13 +4,12 @@
 //!
 //! Owns: the legacy state file's format ([`JobFile`], read only) and [`convert`], run by
 //! `ParquetSink::open`: (1) every JSON file is imported into the state database (upserts, so
-//! importing twice changes nothing); (2) each table's window files are regrouped into the new
-//! partitions, each merged into what the partition already holds (the rows of the imported
-//! windows replaced, so a partition written before a crash is not doubled) and written
-//! atomically; (3) the window files and their folders are deleted; (4) the JSON files move to
-//! `_chatetl/converted/`. A crash at any point leaves a warehouse the next open converts from
-//! there, without losing or doubling a row. Delete this module once no warehouse of that layout
-//! remains.
+//! importing twice changes nothing); (2) each table's window files (only those chatetl wrote)
+//! are regrouped into the new partitions in a work folder beside the table, each read back, and
+//! the work folder is swapped in for the table in one atomic step, so readers never see a row
+//! twice; (3) the JSON files move to `_chatetl/converted/`. A crash at any point leaves a
+//! warehouse the next open converts from there, without losing or doubling a row. Delete this
+//! module once no warehouse of that layout remains.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +69,7 @@ pub async fn convert(root: &Path, store: &Store) -> Result<(), SinkError> {
     })
     .await?;
     let (json, tables) = legacy(root).await?;
+    remove_work_folders(root)?;
     info!(root = %root.display(), state_files = json.len(), tables = tables.len(), "converting a warehouse of the previous layout");
     for path in &json {
         let bytes = std::fs::read(path).map_err(io_err(format!("cannot read state file {}", path.display())))?;
@@ -130,10 +130,9 @@ fn legacy_state_files(state_dir: &Path) -> Result<Vec<PathBuf>, SinkError> {
     Ok(out)
 }
 
-/// A table folder of the previous layout: its `date=` folders and their window files.
+/// A table folder of the previous layout and its window files.
 struct LegacyTable {
     dir: PathBuf,
-    date_dirs: Vec<PathBuf>,
     files: Vec<LegacyFile>,
 }
 
@@ -146,14 +145,14 @@ fn legacy_tables(root: &Path) -> Result<Vec<LegacyTable>, SinkError> {
         if !is_table || !table.is_dir() {
             continue;
         }
-        let (mut legacy, mut date_dirs) = (Vec::new(), Vec::new());
+        let (mut legacy, mut has_date_dirs) = (Vec::new(), false);
         for entry in std::fs::read_dir(&table).map_err(io_err(format!("cannot list {}", table.display())))? {
             let dir = entry.map_err(io_err(format!("cannot list {}", table.display())))?.path();
             let Some(date) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("date=")) else {
                 continue;
             };
             let Ok(date) = NaiveDate::parse_from_str(date, "%Y-%m-%d") else { continue };
-            date_dirs.push(dir.clone());
+            has_date_dirs = true;
             let mut stack = vec![dir];
             while let Some(d) = stack.pop() {
                 for e in std::fs::read_dir(&d).map_err(io_err(format!("cannot list {}", d.display())))? {
@@ -167,89 +166,138 @@ fn legacy_tables(root: &Path) -> Result<Vec<LegacyTable>, SinkError> {
                 }
             }
         }
-        if !date_dirs.is_empty() {
+        if has_date_dirs {
             legacy.sort_by(|a, b| a.path.cmp(&b.path));
-            out.push(LegacyTable { dir: table, date_dirs, files: legacy });
+            // Another tool's table in the same layout (Spark writes `date=…/part-….parquet`):
+            // its first file carries no chatetl.table metadata naming the folder.
+            let name = table.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let ours = match legacy.first() {
+                Some(f) => files::read_schema(&f.path)
+                    .map(|s| s.metadata().get("chatetl.table").is_some_and(|t| *t == name))
+                    .unwrap_or(false),
+                None => true,
+            };
+            if ours {
+                out.push(LegacyTable { dir: table, files: legacy });
+            }
         }
     }
     Ok(out)
 }
 
-/// Regroups a table's window files into partitions (each written atomically), then deletes
-/// them and the folders they leave empty; returns the partitions written.
+/// Regroups a table's window files into partitions in a work folder beside it, then swaps the
+/// work folder in for the table's in one atomic step, so a reader sees the old layout or the new
+/// one, never both (every row twice) and never neither; returns the partitions written. A crash
+/// before the swap leaves the table as it was (the work folder is discarded by the next open).
+///
+/// Only files chatetl wrote are converted (their `chatetl.table` metadata names the folder): a
+/// folder of another tool's files in the same layout (Spark writes `date=…/part-….parquet` too) is
+/// left alone, and a table folder mixing both is refused rather than touched.
 fn convert_table(table: LegacyTable) -> Result<usize, SinkError> {
     let (table_dir, legacy) = (table.dir.as_path(), table.files);
     let what = format!("cannot convert table {}", table_dir.display());
+    let name = table_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let root = table_dir.parent().expect("a table folder is inside the warehouse folder");
+    let mut schemas = Vec::new();
+    for f in &legacy {
+        schemas.push(files::read_schema(&f.path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?);
+    }
+    let ours = |s: &SchemaRef| s.metadata().get("chatetl.table").is_some_and(|t| *t == name);
+    match schemas.iter().zip(&legacy).find(|(s, _)| !ours(s)) {
+        None => {}
+        Some(_) if !schemas.iter().any(ours) => {
+            info!(folder = %table_dir.display(), "not a chatetl table (its files carry no chatetl.table metadata): left alone");
+            return Ok(0);
+        }
+        Some((_, foreign)) => {
+            return Err(SinkError::definition(format!(
+                "{what}: it mixes chatetl's files with others (for example {}); move those out of the warehouse folder",
+                foreign.path.display()
+            )));
+        }
+    }
     // One schema for the whole table: the newest file's (by window start), with any column
     // only older files have appended, so no value is dropped.
-    let Some(newest) = legacy.iter().max_by_key(|f| window_start_of(&f.path)) else {
-        // Only empty folders left (a crash while deleting the converted files).
-        return prune(&table.date_dirs, table_dir, &what).map(|()| 0);
+    let Some(newest) = legacy.iter().zip(&schemas).max_by_key(|(f, _)| window_start_of(&f.path)).map(|(_, s)| s) else {
+        return Ok(0);
     };
-    let mut schema = files::read_schema(&newest.path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?;
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    for f in &legacy {
-        let s = files::read_schema(&f.path).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?;
+    let mut fields: Vec<Field> = newest.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for s in &schemas {
         for field in s.fields() {
             if !fields.iter().any(|x| x.name() == field.name()) {
                 fields.push(field.as_ref().clone().with_nullable(true));
             }
         }
     }
-    schema = SchemaRef::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let schema = SchemaRef::new(Schema::new_with_metadata(fields, newest.metadata().clone()));
     let (kind, time) = match schema.field_with_name("captured_at") {
         Ok(_) => (JobKind::Snapshot, "captured_at"),
         Err(_) => (JobKind::Windowed, "bucket_start"),
     };
-    let mut by_partition: BTreeMap<PathBuf, Vec<&LegacyFile>> = BTreeMap::new();
-    for f in &legacy {
-        let partition = table_dir.join(files::partition_of_date(kind, f.date)).join(files::DATA_FILE);
-        by_partition.entry(partition).or_default().push(f);
+    // Partitions already in the new layout (a table converted by hand, or half by a test) are
+    // merged too: the old files' windows replace their rows, the rest is kept.
+    let mut by_partition: BTreeMap<PathBuf, (Option<PathBuf>, Vec<&LegacyFile>)> = BTreeMap::new();
+    for existing in files::data_files(table_dir).map_err(io_err(&what))? {
+        let rel = existing.strip_prefix(table_dir).expect("below the table folder").to_path_buf();
+        by_partition.entry(rel).or_default().0 = Some(existing);
     }
+    for f in &legacy {
+        let rel = files::partition_of_date(kind, f.date).join(files::DATA_FILE);
+        by_partition.entry(rel).or_default().1.push(f);
+    }
+    let work = root.join(format!("{WORK_PREFIX}{name}"));
+    files::remove_dir_all(&work).map_err(io_err(&what))?;
     let written = by_partition.len();
-    for (path, old) in by_partition {
+    for (rel, (existing, old)) in by_partition {
         let mut windows = Vec::new();
         for f in old {
             let batches = files::read_projected(&f.path, &schema, &what)?.ok_or_else(|| {
                 SinkError::warehouse(format!("{what}: {} vanished while converting", f.path.display()))
             })?;
-            for batch in batches {
-                if let Some(span) = time_span(&batch, time) {
-                    windows.push((span, batch));
-                }
+            for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                let span = time_span(&batch, time).ok_or_else(|| {
+                    SinkError::warehouse(format!("{what}: {} has rows without a {time} column", f.path.display()))
+                })?;
+                windows.push((span, batch));
             }
         }
-        let existing = files::read_projected(&path, &schema, &what)?.unwrap_or_default();
-        // Rows of these windows already in the partition (a conversion interrupted after
-        // writing it) are replaced, not doubled.
+        let existing = match existing {
+            Some(path) => files::read_projected(&path, &schema, &what)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
         let merged = files::merge(existing, windows, time);
-        files::replace(&path, &schema, &merged, table_dir).map_err(io_err(&what))?;
-    }
-    for f in &legacy {
-        match std::fs::remove_file(&f.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("{what}: cannot remove {}", f.path.display()))(e)),
+        let target = work.join(&rel);
+        files::replace(&target, &schema, &merged, &work).map_err(io_err(&what))?;
+        // Read back what was written: the swap below makes it the table.
+        let expected: usize = merged.iter().map(|b| b.num_rows()).sum();
+        let got: usize = match files::read(&target).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))? {
+            Some((_, batches)) => batches.iter().map(|b| b.num_rows()).sum(),
+            None => 0,
+        };
+        if got != expected {
+            return Err(SinkError::warehouse(format!(
+                "{what}: {} holds {got} rows after writing {expected}; the table is left as it was",
+                target.display()
+            )));
         }
     }
-    prune(&table.date_dirs, table_dir, &what)?;
+    std::fs::create_dir_all(&work).map_err(io_err(&what))?;
+    files::exchange(root, table_dir, &work).map_err(io_err(&what))?;
+    // The work folder now holds the old layout.
+    files::remove_dir_all(&work).map_err(io_err(&what))?;
     Ok(written)
 }
 
-/// Removes the empty folders below and including each of `dirs` (a file left in one keeps it).
-fn prune(dirs: &[PathBuf], table_dir: &Path, what: &str) -> Result<(), SinkError> {
-    fn below(dir: &Path) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                below(&entry.path())?;
-                files::remove_empty_dirs(&entry.path(), dir)?;
-            }
+/// Prefix of the work folder a table is converted in, beside it (`_`: never data to readers).
+const WORK_PREFIX: &str = "_convert_";
+
+/// Removes the work folders a conversion interrupted by a crash left in `root`.
+fn remove_work_folders(root: &Path) -> Result<(), SinkError> {
+    for entry in std::fs::read_dir(root).map_err(io_err(format!("cannot list {}", root.display())))? {
+        let path = entry.map_err(io_err(format!("cannot list {}", root.display())))?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(WORK_PREFIX)) && path.is_dir() {
+            files::remove_dir_all(&path).map_err(io_err(format!("cannot remove {}", path.display())))?;
         }
-        Ok(())
-    }
-    for dir in dirs {
-        below(dir).and_then(|()| files::remove_empty_dirs(dir, table_dir)).map_err(io_err(what))?;
     }
     Ok(())
 }

@@ -82,6 +82,31 @@ pub fn data_files(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `create_dir_all`, with each folder it creates made durable (its parent fsynced), so a power
+/// cut after a file is renamed into a new `year=…/month=…` folder cannot lose the folder while
+/// the state, committed after, says the file is there.
+pub fn create_dir_all_durably(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    for created in missing.into_iter().rev() {
+        match std::fs::create_dir(created) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Removes the temp files an interrupted write left below `table_dir` (`.data.parquet.tmp-…`,
 /// hidden from readers but still bytes on disk); returns how many. Called with the job's lock
 /// held, so no write of the table is in flight.
@@ -271,7 +296,7 @@ pub fn remove_empty_dirs(dir: &Path, stop: &Path) -> std::io::Result<()> {
 /// folder, fsynced, renamed over `path`, then the folder fsynced so the rename survives a crash.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> std::io::Result<()> {
     let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no folder"))?;
-    std::fs::create_dir_all(dir)?;
+    create_dir_all_durably(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
@@ -311,7 +336,19 @@ fn exchange_existing(a: &Path, b: &Path) -> std::io::Result<()> {
     // as given (absolute or relative to the working directory).
     let rc =
         unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        // NFS and some FUSE filesystems cannot exchange two folders: retrying cannot help.
+        return Err(std::io::Error::other(format!(
+            "the filesystem of {} cannot exchange two folders in one step (renameat2 RENAME_EXCHANGE: {e}), which \
+             rebuilds and added columns need; put the Parquet warehouse on a local filesystem",
+            a.display()
+        )));
+    }
+    Err(e)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -416,5 +453,14 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(&month).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, [DATA_FILE]);
         assert_eq!(remove_temp_files(&dir.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn folders_are_created_durably_and_an_existing_one_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        create_dir_all_durably(&dir.path().join("t/year=2024/month=3")).unwrap();
+        assert!(dir.path().join("t/year=2024/month=3").is_dir());
+        create_dir_all_durably(&dir.path().join("t/year=2024/month=3")).unwrap();
+        create_dir_all_durably(dir.path()).unwrap();
     }
 }

@@ -52,6 +52,9 @@ const PROMOTION_MARKER: &str = ".chatetl-promotion";
 /// The prefix `sink::shadow_job` gives a rebuild's table.
 const SHADOW_PREFIX: &str = "_rebuild_";
 
+/// Prefix of the work folder a table is rewritten in when columns are added, beside it.
+const ADD_COLUMNS_PREFIX: &str = "_add_columns_";
+
 /// A folder of Parquet tables and its state database.
 pub struct ParquetSink {
     root: PathBuf,
@@ -134,7 +137,11 @@ impl ParquetSink {
         let (name, columns) = (job.name.clone(), schema.column_names());
         let values: Vec<String> = schema.metrics.iter().map(|m| m.name.clone()).collect();
         let kind = job.kind;
+        let work = self.root.join(format!("{ADD_COLUMNS_PREFIX}{}", job.table));
         let lacking = blocking(move || {
+            // A copy an interrupted column addition left (half built, or the old table after
+            // the swap): never data, but a `root/**` glob would read it.
+            files::remove_dir_all(&work).map_err(io_err(format!("job {name}: cannot remove {}", work.display())))?;
             let temps = files::remove_temp_files(&dir)
                 .map_err(io_err(format!("job {name}: cannot remove temp files below {}", dir.display())))?;
             if temps > 0 {
@@ -203,11 +210,13 @@ impl ParquetSink {
             by_partition.entry(partition).or_default().push((span, batch));
         }
         for (path, windows) in by_partition {
-            let lock = self.partition_lock(&path);
-            let _writer = lock.lock().await;
+            // Owned and moved into the file task: a commit dropped mid-way (a shutdown past its
+            // grace) releases the partition only when the task that writes it has ended.
+            let writer = self.partition_lock(&path).lock_owned().await;
             let (schema, table_dir, time) = (schema.clone(), table_dir.clone(), c.schema.time_column);
             let job = c.job.name.clone();
             blocking(move || {
+                let _writer = writer;
                 let what = format!("job {job}: cannot replace partition {}", path.display());
                 let existing = files::read_projected(&path, &schema, &what)?.unwrap_or_default();
                 let merged = files::merge(existing, windows, time);
@@ -276,7 +285,7 @@ impl ParquetSink {
     /// files rewritten (0 when all had the schema already).
     async fn rewrite_with_schema(&self, job: &Job, schema: &TableSchema) -> Result<usize, SinkError> {
         let (root, dir) = (self.root.clone(), self.table_dir(&job.table));
-        let work = self.root.join(format!("_add_columns_{}", job.table));
+        let work = self.root.join(format!("{ADD_COLUMNS_PREFIX}{}", job.table));
         let (target, name) = (Self::file_schema(schema), job.name.clone());
         blocking(move || {
             let what = format!("job {name}: cannot add columns to table {}", dir.display());
@@ -317,7 +326,14 @@ impl ParquetSink {
     }
 
     /// See `Sink::close_abandoned_runs`.
+    /// Also completes a promotion of `job` a dead process left half-done (a long-running
+    /// daemon never opens the warehouse again, so [`ParquetSink::open`] alone would not): the
+    /// caller holds the job's lock.
     pub async fn close_abandoned_runs(&self, job: &str, now: DateTime<Utc>) -> Result<u64, SinkError> {
+        for p in self.store.promotions().await?.into_iter().filter(|p| p.live_job == job) {
+            info!(job = %p.live_job, table = %p.live_table, "completing an interrupted promotion");
+            self.finish_promotion(&p).await?;
+        }
         self.store.close_abandoned_runs(job, now).await
     }
 

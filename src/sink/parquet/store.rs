@@ -92,10 +92,22 @@ impl Store {
                 .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, sql.into_sql_str(), false))
                 .collect(),
         );
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| SinkError::warehouse(format!("cannot apply the state migrations to {shown}: {e}")))?;
+        // Two processes opening a new warehouse at once both see no migration applied, and the
+        // second one's then fails on what the first created: trying again finds it applied.
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "state migrations failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(SinkError::warehouse(format!("cannot apply the state migrations to {shown}: {e}")));
+                }
+            }
+        }
         Ok(Store { pool, path: shown })
     }
 
@@ -116,8 +128,9 @@ impl Store {
         let document = d.document.to_string();
         sqlx::query(
             "INSERT INTO jobs (job, definition_hash, definition, history_start, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (job) DO UPDATE SET definition = excluded.definition
-             WHERE jobs.definition IS NULL AND jobs.definition_hash = excluded.definition_hash",
+             ON CONFLICT (job) DO UPDATE SET definition = excluded.definition, definition_hash = excluded.definition_hash
+             WHERE (jobs.definition IS NULL AND jobs.definition_hash = excluded.definition_hash)
+                OR jobs.definition_hash = ''",
         )
         .bind(job)
         .bind(&d.hash)
@@ -190,8 +203,10 @@ impl Store {
         let Some(r) = row else { return Ok(JobState::default()) };
         let definition: Option<String> = r.get(1);
         let added: String = r.get(2);
+        // An empty hash: a job an earlier release kept runs of but never loaded (a paused one).
+        let hash: String = r.get(0);
         Ok(JobState {
-            definition_hash: Some(r.get(0)),
+            definition_hash: Some(hash).filter(|h| !h.is_empty()),
             definition: definition.and_then(|d| serde_json::from_str(&d).ok()),
             added_columns: serde_json::from_str(&added).unwrap_or_default(),
             watermark: r.get::<Option<i64>, _>(3).map(at),
@@ -230,17 +245,31 @@ impl Store {
         }
         let current = current.map(at);
         let from = current.map(us).unwrap_or(history_start);
-        let spans: BTreeMap<DateTime<Utc>, DateTime<Utc>> = sqlx::query_as::<_, (i64, i64)>(
-            "SELECT window_start, window_end FROM window_loads WHERE job = ?1 AND window_start >= ?2",
-        )
-        .bind(job)
-        .bind(from)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(&err)?
-        .into_iter()
-        .map(|(s, e)| (at(s), at(e)))
-        .collect();
+        // The watermark moves only over a load starting exactly where it is: while that window
+        // is missing (a window that keeps failing), no commit reads the loads after it, so a
+        // commit costs the same however long the watermark has been held.
+        let movable: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM window_loads WHERE job = ?1 AND window_start = ?2)")
+                .bind(job)
+                .bind(from)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(&err)?;
+        let spans: BTreeMap<DateTime<Utc>, DateTime<Utc>> = if movable {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT window_start, window_end FROM window_loads WHERE job = ?1 AND window_start >= ?2",
+            )
+            .bind(job)
+            .bind(from)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(&err)?
+            .into_iter()
+            .map(|(s, e)| (at(s), at(e)))
+            .collect()
+        } else {
+            BTreeMap::new()
+        };
         let next = next(current, &spans);
         if next != current {
             sqlx::query("UPDATE jobs SET watermark = ?2, updated_at = ?3 WHERE job = ?1")
