@@ -319,7 +319,7 @@ pub(super) fn identifier_problem(s: &str, shown: &str) -> Option<String> {
 }
 
 /// Longest value a message quotes whole; a longer one is cut.
-const MAX_QUOTED_CHARS: usize = 64;
+const MAX_QUOTED_CHARS: usize = 100;
 
 /// `` `s` `` for a message: control characters escaped (a value cannot rewrite the terminal or
 /// add a line to the report) and a long value cut after [`MAX_QUOTED_CHARS`] characters.

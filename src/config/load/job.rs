@@ -173,7 +173,12 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let job_kind = job_kind(ctx, at, r.kind.as_ref(), endpoint);
     let windowed = endpoint.kind() == JobKind::Windowed;
 
-    let window = if windowed {
+    // Keys every windowed job needs are not asked for when the endpoint named is not one of the
+    // source's (already reported): it may well be a snapshot one of another vendor.
+    let misnamed = !known && r.endpoint.is_some();
+    let window = if windowed && misnamed && r.window.is_none() {
+        None
+    } else if windowed {
         ctx.required(at, "window", &r.window, "hour or day")
             .and_then(|v| ctx.choice("window", v, "window", &[("hour", WindowUnit::Hour), ("day", WindowUnit::Day)]))
     } else {
@@ -201,7 +206,9 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         None => defaults.time_zone,
         Some(v) => ctx.time_zone("time_zone", v),
     };
-    let start = if windowed {
+    let start = if windowed && misnamed && r.start.is_none() {
+        None
+    } else if windowed {
         ctx.required(at, "start", &r.start, "the first local date of history, e.g. 2024-01-01").and_then(|v| {
             let (text, shown) = ctx.text_shown("start", v)?;
             let Ok(date) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") else {

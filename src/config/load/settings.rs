@@ -164,6 +164,11 @@ pub(super) fn jobs_dir(
         }),
         Some(v) => {
             let dir = ctx.non_empty("jobs_dir", v, "a folder")?;
+            if dir.contains(char::is_control) {
+                let shown = ctx.shown(&v.value, &dir);
+                ctx.error(v.referenced, "jobs_dir", format!("{shown} holds a control character (expected a folder)"));
+                return None;
+            }
             let path = base.join(dir.trim());
             let shown = ctx.shown(&v.value, &path.display().to_string());
             Some(JobsDir { path, at: v.referenced, shown })
@@ -207,14 +212,11 @@ fn credential_problem(text: &str, what: &str) -> Option<String> {
     }
     let control = text.chars().find(|c| c.is_control())?;
     let which = match control {
-        '\n' | '\r' => "a line break".to_string(),
-        '\t' => "a tab".to_string(),
-        c => format!("a control character (U+{:04X})", u32::from(c)),
+        '\n' | '\r' => "a line break (not shown; a secret file's trailing newline, perhaps)".to_string(),
+        '\t' => "a tab (not shown)".to_string(),
+        c => format!("a control character, U+{:04X} (not shown)", u32::from(c)),
     };
-    Some(format!(
-        "expected {what} without control characters, found one with {which} (not shown: a secret file's trailing \
-         newline, perhaps)"
-    ))
+    Some(format!("expected {what} without control characters, found one with {which}"))
 }
 
 /// One source: what the jobs' checks need, the validated source, and its unset credential
@@ -416,6 +418,9 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
 /// or it does not exist and cannot be created (a file, or a folder that cannot be written, on the
 /// way). Checked without creating anything, so that `validate` changes nothing.
 fn unusable_folder(path: &Path) -> Option<String> {
+    if path.to_string_lossy().contains(char::is_control) {
+        return Some("holds a control character (expected a folder name without any)".to_string());
+    }
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => return None,
         Ok(_) => return Some("is not a folder (a file is in its place)".to_string()),

@@ -741,7 +741,7 @@ fn config_rejects_a_schedule_that_never_fires_and_a_start_out_of_range() {
 #[test]
 fn config_refuses_credentials_with_control_characters_without_showing_them() {
     let dir = folder(CONFIG, &[("real_chats.yaml", REAL_CHATS)]);
-    for (token, which) in [("s3cr3t-tok\n", "a line break"), ("s3cr3t\u{1}tok", "a control character (U+0001)")] {
+    for (token, which) in [("s3cr3t-tok\n", "a line break"), ("s3cr3t\u{1}tok", "a control character, U+0001")] {
         let env = HashMap::from([("GIOSG_TOKEN", token), ("GIOSG_ORG_ID", "org-1")]);
         let errors = errors_in(&dir, &env);
         assert_only(
