@@ -21,24 +21,6 @@ const BASE_ENV: [(&str, &str); 5] = [
     ("COMM100_TOKEN", "s3cr3t-comm100-token"),
 ];
 
-/// Variables of the environment the tests run in that could change a case.
-const CLEARED: [&str; 14] = [
-    "GIOSG_BASE_URL",
-    "GIOSG_REALTIME_BASE_URL",
-    "GIOSG_TOKEN",
-    "GIOSG_ORGANIZATION_ID",
-    "THULIUM_BASE_URL",
-    "THULIUM_USER",
-    "THULIUM_PASSWORD",
-    "THULIUM_TIME_ZONE",
-    "COMM100_BASE_URL",
-    "COMM100_TOKEN",
-    "CHATETL_WAREHOUSE_PATH",
-    "CHATETL_CONFIG",
-    "DATABASE_URL",
-    "RUST_LOG",
-];
-
 /// The longest a case may take: each is a config check, so one that runs on is a daemon that
 /// started (a case that should have failed).
 const CASE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,7 +155,8 @@ fn set_up(case: &Case, dir: &Path) -> bool {
 /// Runs the case: (exit code, stdout and stderr), or `None` when it did not end in time.
 fn run(case: &Case, dir: &Path) -> Option<(i32, String)> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatetl"));
-    for v in CLEARED {
+    // What the environment the tests run in could bring in: chatetl's variables, a database.
+    for v in crate::config_cli::VARIABLES.iter().chain(&["DATABASE_URL"]) {
         cmd.env_remove(v);
     }
     cmd.envs(BASE_ENV).envs(case.env.iter().map(|(k, v)| (k, v))).current_dir(dir);
