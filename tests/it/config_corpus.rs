@@ -145,7 +145,7 @@ fn set_up(case: &Case, dir: &Path) -> bool {
         Some((kind, path)) if kind == "chmod000" => {
             use std::os::unix::fs::PermissionsExt;
             let path = dir.join(path);
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
             std::fs::File::open(&path).is_err()
         }
         Some((kind, _)) => panic!("cases.tsv:{}: unknown setup `{kind}`", case.line),
