@@ -49,9 +49,10 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A file name is shown as it is, except that it cannot rewrite the terminal.
+        // Shown as they are, except that neither a file name nor a message (which may quote a
+        // library's message about a value) can rewrite the terminal or add a line.
         let file = escape_controls(&self.file.display().to_string());
-        write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)
+        write!(f, "{file}:{}:{}: {}", self.line, self.column, escape_controls(&self.message))
     }
 }
 

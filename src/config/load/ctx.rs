@@ -63,7 +63,7 @@ impl<'a> Ctx<'a> {
         if single {
             format!("the value of {}", names.join(", "))
         } else {
-            format!("`{raw}` with the value of {}", names.join(", "))
+            format!("{} with the value of {}", quoted(raw), names.join(", "))
         }
     }
 
@@ -81,8 +81,8 @@ impl<'a> Ctx<'a> {
         let Some((variable, key)) = misused else { return false };
         // Anything but a credential is printed (`plan`, logs, errors, the run history).
         let message = format!(
-            "uses `${{{variable}}}`, which holds a credential (it is read by `{key}`): only a source's `token` and \
-             `password` and `warehouse.url` may use it, since other values are printed by plan, logs and errors"
+            "uses `${{{variable}}}`, which holds a credential (it is read by `{key}`): only a source's `token` or \
+             `password`, or `warehouse.url`, may use it, since other values are printed by plan, logs and errors"
         );
         self.error(at, path, message);
         true
