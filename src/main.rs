@@ -220,7 +220,7 @@ struct RunArgs {
     #[command(flatten)]
     range: RangeArgs,
     /// Requests (chunks) in flight per job.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one::<usize>)]
     concurrency: usize,
     /// Load the job's whole history again with its current definition (after a definition
     /// change) into a shadow table that replaces the live one when every window is loaded; the
@@ -252,7 +252,7 @@ struct BackfillArgs {
     #[arg(long, value_name = "DATE|DATETIME")]
     to: String,
     /// Requests (chunks) in flight.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
     concurrency: usize,
     /// Reload windows that are already loaded.
     #[arg(long)]
@@ -265,7 +265,7 @@ struct ScheduleArgs {
     #[arg(long, default_value = "127.0.0.1:9464")]
     listen: SocketAddr,
     /// Requests (chunks) in flight per job run, as for backfill.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
     concurrency: usize,
     /// Seconds runs in flight may take to finish after SIGTERM/SIGINT before they are rolled back.
     #[arg(long, default_value_t = 30)]
@@ -310,7 +310,7 @@ pub(crate) struct ProbeArgs {
 #[derive(Debug, Args)]
 struct DemoArgs {
     /// Complete days to load, ending yesterday.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = at_least_one::<u32>)]
     days: u32,
     /// Parquet warehouse folder.
     #[arg(long, default_value = "warehouse")]
@@ -354,10 +354,10 @@ struct SimulateArgs {
     #[arg(long, value_name = "YYYY-MM-DD")]
     start: Option<NaiveDate>,
     /// Number of days generated.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<u32>)]
     days: Option<u32>,
     /// Organizations (each with its own rooms, teams, users and API token).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one::<u32>)]
     organizations: u32,
     /// Rooms per organization.
     #[arg(long, default_value_t = 4)]
@@ -430,6 +430,15 @@ struct SimulateArgs {
     /// matched nothing have no line) instead of answering them with count 0.
     #[arg(long, help_heading = "Assumptions")]
     omit_empty_buckets: bool,
+}
+
+/// A count that must be at least 1 (`--concurrency 0` would never send a request), for clap's
+/// `value_parser`: clap refuses anything else with exit 2, naming the flag.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err("expected a whole number of at least 1".to_string()),
+    }
 }
 
 /// An error the user can fix by changing arguments or configuration: exit code 2.
@@ -509,9 +518,6 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Dataset::read(path).map_err(UsageError)?,
         None => {
             let days = args.days.unwrap_or(30);
-            if days == 0 {
-                return Err(UsageError("--days must be at least 1".into()).into());
-            }
             let today = chrono::Utc::now().with_timezone(&tz).date_naive();
             let spec = DatasetSpec {
                 seed: args.seed.unwrap_or(42),

@@ -30,9 +30,9 @@ use serde_saphyr::Location;
 pub use job::RESERVED_COLUMNS;
 
 use super::{Config, Job, JobDiagnostic};
-use ctx::Ctx;
+use ctx::{Ctx, Secrets, escape_controls};
 use raw::{RawConfig, RawConfigOutline, RawJob};
-use settings::{JobDefaults, Settings};
+use settings::{JobDefaults, JobsDir, Settings};
 
 /// One problem in a configuration or job file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,10 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        // Shown as they are, except that neither a file name nor a message (which may quote a
+        // library's message about a value) can rewrite the terminal or add a line.
+        let file = escape_controls(&self.file.display().to_string());
+        write!(f, "{file}:{}:{}: {}", self.line, self.column, escape_controls(&self.message))
     }
 }
 
@@ -109,25 +112,33 @@ pub fn load_deferred_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>)
 fn load_inner(path: &Path, env: &dyn Fn(&str) -> Option<String>, strict: bool) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new(""));
     let mut ctx = Ctx::new(path, env);
+    let mut secrets = Secrets::new();
     let settings = read(&mut ctx, path).and_then(|text| match raw::parse::<RawConfig>(&text) {
-        Ok(raw) => Some(settings::config(&mut ctx, &raw, base)),
+        Ok(raw) => {
+            secrets = settings::secrets(&raw.value);
+            ctx = Ctx::new(path, env).with_secrets(&secrets);
+            Some(settings::config(&mut ctx, &raw, base))
+        }
         Err(error) => {
             ctx.parse_error(error);
             outline(&text, base, env)
         }
     });
     let Some(Settings { sources, warehouse, defaults, jobs_dir, unset }) = settings else {
-        return Err(finish(vec![ctx.diagnostics]));
+        return Err(finish(vec![ctx.diagnostics], &secrets, env));
     };
 
     // One list of diagnostics per file: chatetl.yaml's goes first once the jobs dir is read.
     let mut report = Vec::new();
     let mut loaded = Loaded::default();
-    if let Some((dir, dir_at)) = &jobs_dir {
+    if let Some(JobsDir { path: dir, at: dir_at, shown }) = &jobs_dir {
         match job_files(dir) {
-            Ok(files) => loaded = load_jobs(&files, &defaults, env, &mut report),
+            Ok((files, unusable)) => {
+                report.extend(unusable);
+                loaded = load_jobs(&files, &defaults, env, &secrets, &mut report);
+            }
             Err(error) => {
-                let message = format!("cannot read the jobs directory `{}`: {error}", dir.display());
+                let message = format!("cannot read the jobs directory {shown}: {error}");
                 ctx.error(*dir_at, "jobs_dir", message);
             }
         }
@@ -143,7 +154,7 @@ fn load_inner(path: &Path, env: &dyn Fn(&str) -> Option<String>, strict: bool) -
     report.insert(0, ctx.diagnostics);
 
     match (sources, warehouse, defaults.time_zone, jobs_dir) {
-        (Some(sources), Some(warehouse), Some(default_time_zone), Some((jobs_dir, _)))
+        (Some(sources), Some(warehouse), Some(default_time_zone), Some(JobsDir { path: jobs_dir, .. }))
             if report.iter().all(Vec::is_empty) =>
         {
             let Loaded { jobs, window_failures, .. } = loaded;
@@ -159,7 +170,7 @@ fn load_inner(path: &Path, env: &dyn Fn(&str) -> Option<String>, strict: bool) -
                 window_failures,
             })
         }
-        _ => Err(finish(report)),
+        _ => Err(finish(report, &secrets, env)),
     }
 }
 
@@ -196,19 +207,38 @@ fn outline(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Opt
     Some(Settings { sources: None, warehouse: None, defaults, jobs_dir, unset: BTreeMap::new() })
 }
 
-/// The `*.yaml` and `*.yml` files of `dir` (not hidden ones), sorted by file name.
-fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The `*.yaml` and `*.yml` files of `dir` (not hidden ones), sorted by file name, and one
+/// diagnostic list for each such name that is not a file (a dangling symbolic link, a folder, a
+/// socket): a job that silently disappeared would be worse than the error.
+fn job_files(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<Vec<Diagnostic>>)> {
     let mut files = Vec::new();
+    let mut unusable = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
-        if yaml && !name.starts_with('.') && path.is_file() {
-            files.push(path);
+        if !yaml || name.starts_with('.') {
+            continue;
         }
+        let message = match (std::fs::metadata(&path), path.symlink_metadata()) {
+            (Ok(meta), _) if meta.is_file() => {
+                files.push(path);
+                continue;
+            }
+            (Ok(meta), _) if meta.is_dir() => {
+                "is a folder, not a job file (rename it, or move it out of the jobs folder)".to_string()
+            }
+            (Ok(_), _) => "is not a regular file (a job file must be one)".to_string(),
+            (Err(_), Ok(link)) if link.file_type().is_symlink() => {
+                "is a symbolic link that leads to no file (its target does not exist); fix or remove it".to_string()
+            }
+            (Err(error), _) => format!("cannot read the file: {error}"),
+        };
+        unusable.push((path.clone(), Diagnostic { file: path, line: 1, column: 1, message }));
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok(files)
+    unusable.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
+    Ok((files, unusable.into_iter().map(|(_, d)| vec![d]).collect()))
 }
 
 /// Loads every job file, pushing one diagnostics list per file onto `report`; duplicate names and
@@ -217,6 +247,7 @@ fn load_jobs(
     files: &[PathBuf],
     defaults: &JobDefaults,
     env: &dyn Fn(&str) -> Option<String>,
+    secrets: &Secrets,
     report: &mut Vec<Vec<Diagnostic>>,
 ) -> Loaded {
     let mut loaded = Loaded::default();
@@ -224,7 +255,7 @@ fn load_jobs(
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut tables: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
     for file in files {
-        let mut ctx = Ctx::new(file, env);
+        let mut ctx = Ctx::new(file, env).with_secrets(secrets);
         let outcome = read(&mut ctx, file).and_then(|text| match raw::parse::<RawJob>(&text) {
             Ok(raw) => Some(job::job(&mut ctx, &raw, file, defaults)),
             Err(error) => {
@@ -235,23 +266,27 @@ fn load_jobs(
         if let Some(outcome) = outcome {
             loaded.named_sources.extend(outcome.source.clone());
             let mut unique = true;
-            if let Some((name, at)) = &outcome.name {
-                if let Some(first) = names.get(name) {
-                    ctx.error(*at, "name", format!("job `{name}` is already defined in {}", first.display()));
+            if let Some(name) = &outcome.name {
+                if let Some(first) = names.get(&name.value) {
+                    let message = format!("job {} is already defined in {}", name.shown, first.display());
+                    ctx.error(name.at, "name", message);
                     unique = false;
                 } else {
-                    names.insert(name.clone(), file.clone());
+                    names.insert(name.value.clone(), file.clone());
                 }
             }
-            if let (Some((table, at)), Some((name, _))) = (&outcome.table, &outcome.name)
+            if let (Some(table), Some(name)) = (&outcome.table, &outcome.name)
                 && unique
             {
-                if let Some((first_job, first_file)) = tables.get(table) {
-                    let message =
-                        format!("table `{table}` is already written by job `{first_job}` ({})", first_file.display());
-                    ctx.error(*at, "table", message);
+                if let Some((first_job, first_file)) = tables.get(&table.value) {
+                    let message = format!(
+                        "table {} is already written by job {first_job} ({})",
+                        table.shown,
+                        first_file.display()
+                    );
+                    ctx.error(table.at, "table", message);
                 } else {
-                    tables.insert(table.clone(), (name.clone(), file.clone()));
+                    tables.insert(table.value.clone(), (name.shown.clone(), file.clone()));
                 }
             }
             match outcome.job {
@@ -275,13 +310,33 @@ fn load_jobs(
 }
 
 /// The error of `report` (one list per file), each file's problems in line order.
-fn finish(report: Vec<Vec<Diagnostic>>) -> ConfigError {
+///
+/// No message should hold the value of a variable of `secrets` (the checks name variables, not
+/// their values, and refuse secrets outside credentials); in case one still does, say from a
+/// library's message, it is replaced by the variable's name.
+fn finish(report: Vec<Vec<Diagnostic>>, secrets: &Secrets, env: &dyn Fn(&str) -> Option<String>) -> ConfigError {
+    let values: Vec<(String, String)> = secrets
+        .keys()
+        .filter_map(|name| Some((name.clone(), env(name)?)))
+        .filter(|(_, value)| value.trim().chars().count() >= MIN_SCRUBBED_CHARS)
+        .collect();
     let diagnostics = report
         .into_iter()
         .flat_map(|mut file| {
             file.sort_by_key(|d| (d.line, d.column));
             file
         })
+        .map(|mut d| {
+            for (name, value) in &values {
+                if d.message.contains(value.trim()) {
+                    d.message = d.message.replace(value.trim(), &format!("(the value of ${{{name}}})"));
+                }
+            }
+            d
+        })
         .collect();
     ConfigError { diagnostics }
 }
+
+/// Shortest secret value [`finish`] looks for (a shorter one would match ordinary words).
+const MIN_SCRUBBED_CHARS: usize = 4;

@@ -27,7 +27,7 @@ fn small_dump(seed: &str) -> Dump {
 
 /// Every variable the shipped chatetl.yaml reads, and what else could leak in from the
 /// environment the tests run in.
-const VARIABLES: [&str; 13] = [
+pub(crate) const VARIABLES: [&str; 13] = [
     "GIOSG_BASE_URL",
     "GIOSG_REALTIME_BASE_URL",
     "GIOSG_TOKEN",

@@ -6,6 +6,7 @@ mod alerts;
 mod architecture;
 mod bounds;
 mod config_cli;
+mod config_corpus;
 mod container;
 mod exporter;
 mod giosg_events;

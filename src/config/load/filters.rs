@@ -22,17 +22,38 @@ pub(super) fn filter(
     dimensions: &[(&str, crate::query::DimensionKind)],
 ) -> Option<Filter> {
     let json = to_json(ctx, root, ROOT)?;
-    let filter = deserialize(ctx, root, &json, ROOT)?;
-    let before = ctx.diagnostics.len();
-
-    let mut problems = Vec::new();
-    filter.validate_in(ROOT, dimensions, &mut problems);
-    for problem in problems {
-        let path = problem.split_once(": ").map_or(ROOT, |(path, _)| path);
-        ctx.error(locate(root, path), "", problem);
+    let start = ctx.diagnostics.len();
+    let filter = deserialize(ctx, root, &json, ROOT);
+    if let Some(filter) = &filter {
+        let mut problems = Vec::new();
+        filter.validate_in(ROOT, dimensions, &mut problems);
+        for problem in problems {
+            let path = problem.split_once(": ").map_or(ROOT, |(path, _)| path);
+            ctx.error(locate(root, path), "", problem);
+        }
+        reject_scope(ctx, root, filter, ROOT);
     }
-    reject_scope(ctx, root, &filter, ROOT);
-    (ctx.diagnostics.len() == before).then_some(filter)
+    // The filter language's messages quote values; one from the environment is named instead.
+    let mut values = Vec::new();
+    env_values(ctx, root, &mut values);
+    for diagnostic in &mut ctx.diagnostics[start..] {
+        for (name, value) in &values {
+            for quoted in [format!("`{value}`"), format!("\"{value}\"")] {
+                diagnostic.message = diagnostic.message.replace(&quoted, &format!("the value of ${{{name}}}"));
+            }
+        }
+    }
+    filter.filter(|_| ctx.diagnostics.len() == start)
+}
+
+/// Every variable (with its value) that the environment gave a string of `node`.
+fn env_values(ctx: &Ctx, node: &Spanned<Node>, out: &mut Vec<(String, String)>) {
+    match &node.value {
+        Node::Str(s) => out.extend(ctx.env_values(s)),
+        Node::Seq(items) => items.iter().for_each(|item| env_values(ctx, item, out)),
+        Node::Map(entries) => entries.iter().for_each(|(_, value)| env_values(ctx, value, out)),
+        _ => {}
+    }
 }
 
 /// The JSON value the API would receive, with `${VAR}` expanded in string values.

@@ -41,17 +41,39 @@ impl fmt::Display for InterpolationError {
 
 /// Expands every `${…}` of `s`, or returns every problem found in it.
 pub(super) fn interpolate<'s>(s: &'s str, env: Env<'_>) -> Result<Cow<'s, str>, Vec<InterpolationError>> {
+    interpolate_tracked(s, env).map(|(text, _)| text)
+}
+
+/// [`interpolate`], with the variables whose values from the environment went into the text, in
+/// order (defaults written in the file do not count): a message about the value must name them
+/// rather than show it.
+pub(super) fn interpolate_tracked<'s>(
+    s: &'s str,
+    env: Env<'_>,
+) -> Result<(Cow<'s, str>, Vec<String>), Vec<InterpolationError>> {
     if !s.contains("${") {
-        return Ok(Cow::Borrowed(s));
+        return Ok((Cow::Borrowed(s), Vec::new()));
     }
     let mut out = String::with_capacity(s.len());
     let mut errors = Vec::new();
-    expand_into(s, env, &mut out, &mut errors);
-    if errors.is_empty() { Ok(Cow::Owned(out)) } else { Err(errors) }
+    let mut used = Vec::new();
+    expand_into(s, env, &mut out, &mut errors, &mut used);
+    if errors.is_empty() { Ok((Cow::Owned(out), used)) } else { Err(errors) }
 }
 
-/// Appends `s` expanded to `out`, pushing each problem onto `errors`.
-fn expand_into(s: &str, env: Env<'_>, out: &mut String, errors: &mut Vec<InterpolationError>) {
+/// The variables `${NAME}` and `${NAME:-default}` in `text` as written (nested defaults too), in
+/// order, whether set or not.
+pub(super) fn referenced_variables(text: &str) -> Vec<String> {
+    text.split("${")
+        .skip(1)
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// Appends `s` expanded to `out`, pushing each problem onto `errors` and each variable whose
+/// value was used onto `used`.
+fn expand_into(s: &str, env: Env<'_>, out: &mut String, errors: &mut Vec<InterpolationError>, used: &mut Vec<String>) {
     let mut rest = s;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
@@ -67,8 +89,11 @@ fn expand_into(s: &str, env: Env<'_>, out: &mut String, errors: &mut Vec<Interpo
         };
         if is_var_name(name) {
             match (env(name), default) {
-                (Some(value), _) => out.push_str(&value),
-                (None, Some(default)) => expand_into(default, env, out, errors),
+                (Some(value), _) => {
+                    out.push_str(&value);
+                    used.push(name.to_string());
+                }
+                (None, Some(default)) => expand_into(default, env, out, errors, used),
                 (None, None) => errors.push(InterpolationError::Missing(name.to_string())),
             }
         } else {
@@ -163,6 +188,15 @@ mod tests {
             expand("${UNSET_X:-${HOST}").unwrap_err(),
             vec![InterpolationError::Malformed("${UNSET_X:-${HOST}".into())]
         );
+    }
+
+    #[test]
+    fn config_interpolation_tells_which_variables_gave_the_text() {
+        let used = |s: &str| interpolate_tracked(s, &env).unwrap().1;
+        assert_eq!(used("https://${HOST}/${EMPTY}"), ["HOST", "EMPTY"]);
+        assert!(used("${UNSET_X:-https://x}").is_empty(), "a default is the file's own text");
+        assert_eq!(used("${UNSET_X:-${HOST}}"), ["HOST"]);
+        assert_eq!(referenced_variables("${A:-${B}}/${C}"), ["A", "B", "C"]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
-use super::ctx::{Ctx, identifier_problem, one_of};
+use super::ctx::{Ctx, identifier_problem, one_of, quoted};
 use super::filters;
 use super::params;
 use super::raw::{RawAggregation, RawJob};
@@ -23,6 +23,10 @@ use crate::query::{AggregationKind, DIMENSIONS, Granularity};
 pub const RESERVED_COLUMNS: &[&str] =
     &["bucket_start", "bucket_date", "scope", "team_id", "user_id", "_window_start", "_loaded_at", "_run_id"];
 
+/// The earliest `start`: older than any chat API's data, and a guard against typos (`0000-01-01`)
+/// that would request millennia of empty windows.
+const EARLIEST_START: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date");
+
 /// Most windows `lookback_windows` and `max_windows_per_request` may name: a year of days, a
 /// month of hours.
 const MAX_DAY_WINDOWS: u64 = 366;
@@ -31,12 +35,20 @@ const MAX_HOUR_WINDOWS: u64 = 31 * 24;
 /// A job file's result: its name, table and source (for the checks across files, even when
 /// other keys are wrong) and the job when the whole file is valid.
 pub(super) struct JobOutcome {
-    pub name: Option<(String, Location)>,
-    pub table: Option<(String, Location)>,
+    pub name: Option<Named>,
+    pub table: Option<Named>,
     pub source: Option<String>,
     pub job: Option<Job>,
     /// A problem that would fail every window of the valid job (see `Config::window_failures`).
     pub window_failure: Option<Diagnostic>,
+}
+
+/// A job's name or table, where it is written and how messages show it ([`Ctx::shown`]).
+#[derive(Clone)]
+pub(super) struct Named {
+    pub value: String,
+    pub at: Location,
+    pub shown: String,
 }
 
 /// Where an endpoint-specific key of a job file was given, if it was.
@@ -86,12 +98,17 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let at = raw.referenced;
     let r = &raw.value;
 
+    let named = |ctx: &mut Ctx, key: &str, v: &Spanned<String>| {
+        let value = ctx.identifier(key, v)?;
+        let shown = ctx.shown(&v.value, &value);
+        Some(Named { value, at: v.referenced, shown })
+    };
     let name = match &r.name {
-        Some(v) => ctx.identifier("name", v).map(|name| (name, v.referenced)),
+        Some(v) => named(ctx, "name", v),
         None => {
             let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            match identifier_problem(&stem) {
-                None => Some((stem, at)),
+            match identifier_problem(&stem, &quoted(&stem)) {
+                None => Some(Named { shown: quoted(&stem), value: stem, at }),
                 Some(problem) => {
                     ctx.error(at, "name", format!("the job is named after its file, but {problem}; set `name`"));
                     None
@@ -100,7 +117,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         }
     };
     let table = match &r.table {
-        Some(v) => ctx.identifier("table", v).map(|table| (table, v.referenced)),
+        Some(v) => named(ctx, "table", v),
         None => name.clone(),
     };
     let description = ctx
@@ -131,7 +148,12 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     let job_kind = job_kind(ctx, at, r.kind.as_ref(), endpoint);
     let windowed = endpoint.kind() == JobKind::Windowed;
 
-    let window = if windowed {
+    // Keys every windowed job needs are not asked for when the endpoint named is not one of the
+    // source's (already reported): it may well be a snapshot one of another vendor.
+    let misnamed = !known && r.endpoint.is_some();
+    let window = if windowed && misnamed && r.window.is_none() {
+        None
+    } else if windowed {
         ctx.required(at, "window", &r.window, "hour or day")
             .and_then(|v| ctx.choice("window", v, "window", &[("hour", WindowUnit::Hour), ("day", WindowUnit::Day)]))
     } else {
@@ -155,14 +177,40 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
         (Some(node), true) => filters::filter(ctx, node, endpoint.info().dimensions).map(Some),
         _ => Some(None),
     };
-    let start = if windowed {
+    let time_zone = match &r.time_zone {
+        None => defaults.time_zone,
+        Some(v) => ctx.time_zone("time_zone", v),
+    };
+    let start = if windowed && misnamed && r.start.is_none() {
+        None
+    } else if windowed {
         ctx.required(at, "start", &r.start, "the first local date of history, e.g. 2024-01-01").and_then(|v| {
-            let text = ctx.text("start", v)?;
-            let date = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok();
-            if date.is_none() {
-                ctx.error(v.referenced, "start", format!("expected a date like 2024-01-01, found `{text}`"));
+            let (text, shown) = ctx.text_shown("start", v)?;
+            let Ok(date) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") else {
+                ctx.error(v.referenced, "start", format!("expected a date like 2024-01-01, found {shown}"));
+                return None;
+            };
+            let zone = time_zone.unwrap_or(Tz::UTC);
+            let today = chrono::Utc::now().with_timezone(&zone).date_naive();
+            let problem = if date < EARLIEST_START {
+                Some(format!(
+                    "{shown} is before {EARLIEST_START}: none of the APIs holds chat data that old, and every window \
+                     from then would be requested (expected the first date of real history)"
+                ))
+            } else if date > today {
+                Some(format!(
+                    "{shown} is in the future (today is {today} in {}): the job would load nothing until then \
+                     (expected the first date of history, at most today)",
+                    zone.name()
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                ctx.error(v.referenced, "start", problem);
+                return None;
             }
-            date
+            Some(date)
         })
     } else {
         NaiveDate::from_ymd_opt(1970, 1, 1)
@@ -206,26 +254,27 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     }
 
     let schedule = r.schedule.as_ref().map(|v| {
-        let text = ctx.text("schedule", v)?;
+        let (text, shown) = ctx.text_shown("schedule", v)?;
         // The zone only moves fire times; any valid zone checks the expression.
-        match crate::schedule_time::Schedule::parse(text.trim(), chrono_tz::UTC) {
-            Ok(_) => Some(text.trim().to_string()),
-            Err(e) => {
-                ctx.error(v.referenced, "schedule", e);
-                None
-            }
-        }
+        let problem = match crate::schedule_time::Schedule::parse(text.trim(), chrono_tz::UTC) {
+            Ok(schedule) if schedule.next_after(chrono::Utc::now()).is_some() => return Some(text.trim().to_string()),
+            Ok(_) => format!(
+                "cron expression {shown} never fires (no date matches it, like 30 February): the job would never run"
+            ),
+            // The parser's message quotes the expression: only when it is the file's own text.
+            Err(e) if shown == quoted(text.trim()) || shown == quoted(&text) => e,
+            Err(_) => format!(
+                "{shown} is not a valid cron expression (expected six fields, seconds first, e.g. `0 30 6 * * *`)"
+            ),
+        };
+        ctx.error(v.referenced, "schedule", problem);
+        None
     });
     let settle_secs = ctx.integer("settle_secs", r.settle_secs.as_ref(), 0, 7 * 86_400, 0);
     let include_partial = r.include_partial.as_ref().is_some_and(|v| v.value);
-    let time_zone = match &r.time_zone {
-        None => defaults.time_zone,
-        Some(v) => ctx.time_zone("time_zone", v),
-    };
-
     let job = (|| {
         Some(Job {
-            name: name.clone()?.0,
+            name: name.clone()?.value,
             file: file.to_path_buf(),
             description: description?,
             source: source.clone()?,
@@ -240,7 +289,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             start: start?,
             lookback_windows: u32::try_from(lookback_windows?).ok()?,
             schedule: schedule.map_or(Some(None), |s| s.map(Some))?,
-            table: table.clone()?.0,
+            table: table.clone()?.value,
             time_zone: time_zone?,
             max_windows_per_request: u32::try_from(max_windows_per_request?).ok()?,
             settle_secs: settle_secs?,
@@ -322,7 +371,8 @@ pub(super) fn string_list(
         let v = ctx.non_empty(&path, item, what).map(|v| v.trim().to_string());
         match (v, &mut out) {
             (Some(v), Some(out)) if out.contains(&v) => {
-                ctx.error(item.referenced, &path, format!("`{v}` is listed twice"));
+                let shown = ctx.shown(&item.value, &v);
+                ctx.error(item.referenced, &path, format!("{shown} is listed twice"));
             }
             (Some(v), Some(out)) => out.push(v),
             _ => out = None,
@@ -333,14 +383,14 @@ pub(super) fn string_list(
 
 /// The job's source name and, when known, what is known of it.
 fn job_source(ctx: &mut Ctx, value: &Spanned<String>, defaults: &JobDefaults) -> (Option<String>, Option<SourceInfo>) {
-    let Some(name) = ctx.text("source", value) else { return (None, None) };
+    let Some((name, shown)) = ctx.text_shown("source", value) else { return (None, None) };
     let Some(sources) = &defaults.sources else { return (Some(name), None) };
     match sources.get(&name) {
         Some(info) => (Some(name), Some(*info)),
         None => {
             let names: Vec<&str> = sources.keys().map(String::as_str).collect();
             let defined = if names.is_empty() { "no sources".to_string() } else { one_of(&names) };
-            ctx.error(value.referenced, "source", format!("unknown source `{name}` (chatetl.yaml defines {defined})"));
+            ctx.error(value.referenced, "source", format!("unknown source {shown} (chatetl.yaml defines {defined})"));
             (None, None)
         }
     }
@@ -496,7 +546,8 @@ fn aggregation_field(
     value: &Spanned<String>,
     kind: Option<AggregationKind>,
 ) -> Option<String> {
-    let field = ctx.text(path, value)?.trim().to_string();
+    let (field, shown) = ctx.text_shown(path, value)?;
+    let field = field.trim().to_string();
     let restricted = kind.filter(|k| *k != AggregationKind::Count);
     let allowed: Vec<&str> = match restricted {
         Some(k) => k.allowed_fields().to_vec(),
@@ -504,10 +555,10 @@ fn aggregation_field(
     };
     let problem = match restricted {
         _ if crate::query::dimension_kind(&field).is_none() => {
-            format!("unknown dimension `{field}` (expected {})", one_of(&allowed))
+            format!("unknown dimension {shown} (expected {})", one_of(&allowed))
         }
         Some(k) if !allowed.contains(&field.as_str()) => {
-            format!("`{}` is not available for `{field}` (allowed: {})", k.api_name(), allowed.join(", "))
+            format!("`{}` is not available for {shown} (allowed: {})", k.api_name(), allowed.join(", "))
         }
         _ => return Some(field),
     };
@@ -526,10 +577,11 @@ fn aggregation_column(
 ) -> Option<String> {
     let value = ctx.required(mapping, path, value, "the output column, a lowercase identifier")?;
     let column = ctx.identifier(path, value)?;
+    let shown = ctx.shown(&value.value, &column);
     let problem = if RESERVED_COLUMNS.contains(&column.as_str()) {
-        format!("`{column}` is written by chatetl itself (reserved: {})", RESERVED_COLUMNS.join(", "))
+        format!("{shown} is written by chatetl itself (reserved: {})", RESERVED_COLUMNS.join(", "))
     } else if let Some(first) = columns.get(&column) {
-        format!("column `{column}` is already used by aggregations[{first}]")
+        format!("column {shown} is already used by aggregations[{first}]")
     } else {
         columns.insert(column.clone(), i);
         return Some(column);

@@ -325,7 +325,9 @@ pub(super) fn parse<T: DeserializeOwned>(text: &str) -> Result<Spanned<T>, Parse
         let message = "the file is empty (expected a mapping of settings)".to_string();
         return Err(ParseError { line: 1, column: 1, message });
     }
-    let options = serde_saphyr::options! { with_snippet: false };
+    // Booleans are YAML 1.2's `true` and `false` only: `enabled: "no"` or `include_partial: on`
+    // is an error, not a quiet YAML 1.1 reading.
+    let options = serde_saphyr::options! { with_snippet: false, strict_booleans: true };
     serde_saphyr::from_str_with_options::<Spanned<T>>(text, options).map_err(|error| {
         let mut inner = &error;
         while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = inner

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
-use super::ctx::{Ctx, Deferrable, one_of};
+use super::ctx::{Ctx, Deferrable, Secrets, one_of, quoted};
+use super::interpolate::referenced_variables;
 use super::raw::{RawConfig, RawSource, RawWarehouse};
 use crate::config::{Credentials, Secret, SourceConfig, SourceKind, UnsetVariable, Warehouse};
 
@@ -55,13 +56,42 @@ pub(super) struct JobDefaults {
     pub time_zone: Option<Tz>,
 }
 
+/// The jobs folder.
+pub(super) struct JobsDir {
+    pub path: PathBuf,
+    /// Where it is named (the mapping when defaulted).
+    pub at: Location,
+    /// How messages show it (never a variable's value).
+    pub shown: String,
+}
+
+/// The variables that hold a secret in `raw` (a source's `token` or `password`, `warehouse.url`),
+/// each with the key that reads it: no other key may use them.
+pub(super) fn secrets(raw: &RawConfig) -> Secrets {
+    let mut secrets = Secrets::new();
+    let mut add = |key: String, value: &Option<Spanned<String>>| {
+        for variable in value.iter().flat_map(|v| referenced_variables(&v.value)) {
+            secrets.entry(variable).or_insert_with(|| key.clone());
+        }
+    };
+    for (name, source) in raw.sources.iter().flat_map(|s| s.value.iter()) {
+        add(format!("sources.{name}.token"), &source.value.token);
+        add(format!("sources.{name}.password"), &source.value.password);
+    }
+    if let Some(warehouse) = &raw.warehouse {
+        add("warehouse.url".to_string(), &warehouse.value.url);
+    }
+    secrets
+}
+
 /// What `chatetl.yaml` yields; each `None` part had problems, already reported.
 pub(super) struct Settings {
     pub sources: Option<BTreeMap<String, SourceConfig>>,
     pub warehouse: Option<Warehouse>,
     pub defaults: JobDefaults,
-    /// The resolved jobs folder, and where it was named (the mapping when defaulted).
-    pub jobs_dir: Option<(PathBuf, Location)>,
+    /// The resolved jobs folder, where it was named (the mapping when defaulted), and how
+    /// messages show it.
+    pub jobs_dir: Option<JobsDir>,
     /// The unset credential variables of each source (also of sources with other problems).
     pub unset: BTreeMap<String, Vec<UnsetVariable>>,
 }
@@ -125,23 +155,68 @@ pub(super) fn jobs_dir(
     mapping: Location,
     raw: Option<&Spanned<String>>,
     base: &Path,
-) -> Option<(PathBuf, Location)> {
+) -> Option<JobsDir> {
     match raw {
-        None => Some((base.join("jobs"), mapping)),
-        Some(v) => Some((base.join(ctx.non_empty("jobs_dir", v, "a folder")?), v.referenced)),
+        None => Some(JobsDir {
+            path: base.join("jobs"),
+            at: mapping,
+            shown: quoted(&base.join("jobs").display().to_string()),
+        }),
+        Some(v) => {
+            let dir = ctx.non_empty("jobs_dir", v, "a folder")?;
+            if dir.contains(char::is_control) {
+                let shown = ctx.shown(&v.value, &dir);
+                ctx.error(v.referenced, "jobs_dir", format!("{shown} holds a control character (expected a folder)"));
+                return None;
+            }
+            let path = base.join(dir.trim());
+            let shown = ctx.shown(&v.value, &path.display().to_string());
+            Some(JobsDir { path, at: v.referenced, shown })
+        }
     }
 }
 
-/// An `http://` or `https://` URL without its trailing slash.
+/// An `http://` or `https://` URL without its trailing slash, a query or a fragment.
 fn url(ctx: &mut Ctx, path: &str, v: &Spanned<String>) -> Option<String> {
-    let url = ctx.text(path, v)?;
+    let (url, shown) = ctx.text_shown(path, v)?;
     let url = url.trim().trim_end_matches('/');
-    let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
-        ctx.error(v.referenced, path, format!("expected an http:// or https:// URL, found `{url}`"));
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let authority = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if authority.is_some_and(|a| a.contains('@')) {
+        // Rejected rather than redacted: a base URL is printed whole by `plan`, in `-v` logs, in
+        // error messages and in the run history, and each of those would have to redact it
+        // correctly forever; refused here, the secret never gets past the loader. (Not echoed:
+        // the value holds the password.)
+        let message = "holds credentials (`user:password@` before the host), which would be printed wherever the \
+                       URL is; give them to the source's `token` or `username` and `password` instead";
+        ctx.error(v.referenced, path, message);
+        return None;
+    }
+    if rest.is_some_and(|r| r.contains(['?', '#'])) {
+        // A query may hold a key too: not echoed either.
+        ctx.error(v.referenced, path, "expected the API's root URL, without a query (`?`) or fragment (`#`)");
+        return None;
+    }
+    if authority.is_none_or(|h| h.is_empty()) || url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        ctx.error(v.referenced, path, format!("expected an http:// or https:// URL, found {shown}"));
         return None;
     }
     Some(url.to_string())
+}
+
+/// What is wrong with a credential's value, never showing it: empty, or a control character
+/// (a newline, often left by a secret file, would split the HTTP header it is sent in).
+fn credential_problem(text: &str, what: &str) -> Option<String> {
+    if text.trim().is_empty() {
+        return Some(format!("expected {what}, found an empty value"));
+    }
+    let control = text.chars().find(|c| c.is_control())?;
+    let which = match control {
+        '\n' | '\r' => "a line break (not shown; a secret file's trailing newline, perhaps)".to_string(),
+        '\t' => "a tab (not shown)".to_string(),
+        c => format!("a control character, U+{:04X} (not shown)", u32::from(c)),
+    };
+    Some(format!("expected {what} without control characters, found one with {which}"))
 }
 
 /// One source: what the jobs' checks need, the validated source, and its unset credential
@@ -205,9 +280,10 @@ fn source(
         if key != "organization_id" {
             credential_variables.extend(referenced_variables(&v.value));
         }
-        match ctx.deferrable(&p(key), v) {
-            Deferrable::Text(text) if text.trim().is_empty() => {
-                ctx.error(v.referenced, &p(key), format!("expected {what}, found an empty value"));
+        let secret = matches!(key, "token" | "password");
+        match ctx.deferrable(&p(key), v, secret) {
+            Deferrable::Text(text) if let Some(problem) = credential_problem(&text, what) => {
+                ctx.error(v.referenced, &p(key), problem);
                 None
             }
             Deferrable::Text(text) => Some(text),
@@ -278,15 +354,6 @@ fn source(
     (info, source, unset)
 }
 
-/// The variables `${NAME}` and `${NAME:-default}` in `text` as written, in order.
-fn referenced_variables(text: &str) -> Vec<String> {
-    text.split("${")
-        .skip(1)
-        .map(|rest| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
-        .filter(|name| !name.is_empty())
-        .collect()
-}
-
 #[derive(Clone, Copy)]
 enum WarehouseKind {
     Parquet,
@@ -311,18 +378,29 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
     }
     match kind {
         WarehouseKind::Parquet => {
-            let path = ctx
-                .required(at, "warehouse.path", &r.path, "the folder the tables are written to")
-                .and_then(|v| ctx.non_empty("warehouse.path", v, "a folder"))?;
-            Some(Warehouse::Parquet { path: base.join(path.trim()) })
+            let v = ctx.required(at, "warehouse.path", &r.path, "the folder the tables are written to")?;
+            let path = base.join(ctx.non_empty("warehouse.path", v, "a folder")?.trim());
+            if let Some(problem) = unusable_folder(&path) {
+                let shown = ctx.shown(&v.value, &path.display().to_string());
+                ctx.error(v.referenced, "warehouse.path", format!("{shown} {problem}"));
+                return None;
+            }
+            Some(Warehouse::Parquet { path })
         }
         WarehouseKind::Postgres => {
             let url =
                 ctx.required(at, "warehouse.url", &r.url, "a postgres:// URL, e.g. `${DATABASE_URL}`").and_then(|v| {
-                    let url = ctx.text("warehouse.url", v)?;
+                    let url = ctx.secret_text("warehouse.url", v)?;
+                    // The value may hold a password: never echo it.
                     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                        // The value may hold a password: never echo it.
                         ctx.error(v.referenced, "warehouse.url", "expected a postgres:// or postgresql:// URL");
+                        return None;
+                    }
+                    if let Some(c) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
+                        let which =
+                            if c == '\n' || c == '\r' { "a line break" } else { "a space or control character" };
+                        let message = format!("expected a postgres:// URL, found one with {which} (not shown)");
+                        ctx.error(v.referenced, "warehouse.url", message);
                         return None;
                     }
                     Some(Secret::new(url))
@@ -334,4 +412,50 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
             Some(Warehouse::Postgres { url: url?, schema: schema? })
         }
     }
+}
+
+/// Why the Parquet warehouse cannot be a folder at `path`, if it cannot: something else is there,
+/// or it does not exist and cannot be created (a file, or a folder that cannot be written, on the
+/// way). Checked without creating anything, so that `validate` changes nothing.
+fn unusable_folder(path: &Path) -> Option<String> {
+    if path.to_string_lossy().contains(char::is_control) {
+        return Some("holds a control character (expected a folder name without any)".to_string());
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return None,
+        Ok(_) => return Some("is not a folder (a file is in its place)".to_string()),
+        Err(_) if path.symlink_metadata().is_ok() => {
+            return Some("is a symbolic link to something that does not exist".to_string());
+        }
+        Err(_) => {}
+    }
+    let mut ancestor = path.parent();
+    while let Some(dir) = ancestor {
+        let probe = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        match std::fs::metadata(probe) {
+            Ok(meta) if meta.is_dir() => {
+                return (!writable(probe)).then(|| format!("cannot be created: `{}` is not writable", probe.display()));
+            }
+            Ok(_) => return Some(format!("cannot be created: `{}` is not a folder", probe.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Some(format!("cannot be created: `{}`: {e}", probe.display()));
+            }
+            Err(_) => ancestor = dir.parent(),
+        }
+    }
+    None
+}
+
+/// Whether this process may create entries in the folder `dir`.
+#[cfg(unix)]
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; access only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn writable(_dir: &Path) -> bool {
+    true
 }

@@ -292,7 +292,10 @@ warehouse:
         "chatetl.yaml:5:15: sources.giosg.base_url: expected an http:// or https:// URL, found `ftp://x`".into(),
         "chatetl.yaml:6:12: sources.giosg.token: expected an API token, found an empty value".into(),
         "chatetl.yaml:8:18: sources.giosg.concurrency: expected a whole number of at least 1, found `0`".into(),
-        "chatetl.yaml:9:26: sources.giosg.requests_per_second: expected a number greater than 0, found `-1`".into(),
+        // The value came from the environment: named, not shown (any variable may hold a secret).
+        "chatetl.yaml:9:26: sources.giosg.requests_per_second: expected a number greater than 0, found the value of \
+         ${CFG_T4_RPS}"
+            .into(),
         "chatetl.yaml:12:8: warehouse.url: expected a postgres:// or postgresql:// URL".into(),
         "chatetl.yaml:13:11: warehouse.schema: `Analytics` is not a valid identifier".into(),
         "chatetl.yaml:14:9: warehouse.path: not used by a postgres warehouse".into(),
@@ -698,4 +701,112 @@ fn config_selects_jobs_by_glob_and_source() {
     );
     let mixed = select(&["*"], &[]).unwrap();
     assert!(mixed.refuse_disabled().is_ok() && mixed.disabled.len() == 1);
+}
+
+#[test]
+fn config_rejects_a_schedule_that_never_fires_and_a_start_out_of_range() {
+    let job = |line: &str| SMALL_JOB.replace("start: 2024-01-01\n", line);
+    let dir = folder(
+        CONFIG,
+        &[
+            ("a.yaml", &job("start: 2024-01-01\nschedule: \"0 0 0 30 2 *\"\n")),
+            ("b.yaml", &job("start: 0000-01-01\n")),
+            ("c.yaml", &job("start: 2099-01-01\n")),
+        ],
+    );
+    let errors = errors_in(&dir, &env());
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("jobs/a.yaml:8:11: schedule: cron expression `0 0 0 30 2 *` never fires"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].starts_with("jobs/b.yaml:7:8: start: `0000-01-01` is before 2000-01-01"), "{errors:#?}");
+    assert!(errors[2].starts_with("jobs/c.yaml:7:8: start: `2099-01-01` is in the future (today is "), "{errors:#?}");
+}
+
+#[test]
+fn config_refuses_credentials_with_control_characters_without_showing_them() {
+    let dir = folder(CONFIG, &[("real_chats.yaml", REAL_CHATS)]);
+    for (token, which) in [("s3cr3t-tok\n", "a line break"), ("s3cr3t\u{1}tok", "a control character, U+0001")] {
+        let env = HashMap::from([("GIOSG_TOKEN", token), ("GIOSG_ORG_ID", "org-1")]);
+        let errors = errors_in(&dir, &env);
+        assert_only(
+            &errors,
+            "chatetl.yaml:7:12: sources.giosg.token: expected an API token without control characters",
+        );
+        assert!(errors[0].contains(which) && !errors[0].contains("s3cr3t"), "{errors:#?}");
+    }
+}
+
+#[test]
+fn config_refuses_credentials_in_urls_and_secret_variables_outside_credentials() {
+    let with = |url: &str| CONFIG.replace("${GIOSG_BASE_URL:-https://api.giosg.com/}", url);
+    let dir = folder(&with("https://user:s3cr3t-pw@api.giosg.com"), &[]);
+    let errors = errors_in(&dir, &env());
+    assert_only(
+        &errors,
+        "chatetl.yaml:6:15: sources.giosg.base_url: holds credentials (`user:password@` before the host)",
+    );
+    assert!(!errors[0].contains("s3cr3t"), "{errors:#?}");
+    let dir = folder(&with("https://api.giosg.com/?key=s3cr3t-key"), &[]);
+    let errors = errors_in(&dir, &env());
+    assert_only(&errors, "chatetl.yaml:6:15: sources.giosg.base_url: expected the API's root URL, without a query");
+    assert!(!errors[0].contains("s3cr3t"), "{errors:#?}");
+    // A variable that a credential reads may not be used elsewhere, where it would be printed.
+    let dir = folder(&with("${GIOSG_TOKEN}"), &[("j.yaml", &SMALL_JOB.replace("Chats", "Chats ${GIOSG_TOKEN}"))]);
+    let errors = errors_in(&dir, &env());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(
+            "chatetl.yaml:6:15: sources.giosg.base_url: uses `${GIOSG_TOKEN}`, which holds a credential (it is read by \
+             `sources.giosg.token`)"
+        ),
+        "{errors:#?}"
+    );
+    assert!(errors[1].starts_with("jobs/j.yaml:1:14: description: uses `${GIOSG_TOKEN}`"), "{errors:#?}");
+    assert!(errors.iter().all(|e| !e.contains("tok-secret-123")), "{errors:#?}");
+}
+
+#[test]
+fn config_names_the_variable_instead_of_showing_a_value_from_the_environment() {
+    let config = CONFIG.replace("time_zone: Europe/Helsinki ", "time_zone: ${ZONE} ");
+    let job = SMALL_JOB.replace("window: day", "window: ${WINDOW}").replace("column: chats}", "column: \"${COLUMN}\"}");
+    let dir = folder(&config, &[("j.yaml", &job)]);
+    let mut env = env();
+    env.extend([("ZONE", "s3cr3t-zone"), ("WINDOW", "s3cr3t-window"), ("COLUMN", "S3cr3t")]);
+    let errors = errors_in(&dir, &env);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("chatetl.yaml:1:12: time_zone: unknown time zone the value of ${ZONE}"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].starts_with("jobs/j.yaml:4:9: window: unknown window the value of ${WINDOW}"), "{errors:#?}");
+    assert!(
+        errors[2].contains("aggregations[0].column: the value of ${COLUMN} is not a valid identifier"),
+        "{errors:#?}"
+    );
+    assert!(errors.iter().all(|e| !e.to_lowercase().contains("s3cr3t")), "{errors:#?}");
+}
+
+#[test]
+fn config_reports_job_names_that_are_not_files_and_an_unusable_warehouse() {
+    let dir = folder(&CONFIG.replace("path: ./warehouse", "path: chatetl.yaml/wh"), &[]);
+    std::os::unix::fs::symlink("nowhere.yaml", dir.path().join("jobs/dangling.yaml")).unwrap();
+    std::fs::create_dir(dir.path().join("jobs/folder.yaml")).unwrap();
+    let errors = errors_in(&dir, &env());
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    let file = dir.path().join("chatetl.yaml");
+    assert!(
+        errors[0].starts_with(&format!(
+            "chatetl.yaml:16:9: warehouse.path: `{}` cannot be created: `{}` is not a folder",
+            file.join("wh").display(),
+            file.display()
+        )),
+        "{errors:#?}"
+    );
+    assert!(errors[1].starts_with("jobs/dangling.yaml:1:1: is a symbolic link that leads to no file"), "{errors:#?}");
+    assert!(errors[2].starts_with("jobs/folder.yaml:1:1: is a folder, not a job file"), "{errors:#?}");
+    let dir = folder(&CONFIG.replace("path: ./warehouse", "path: chatetl.yaml"), &[]);
+    assert_only(&errors_in(&dir, &env()), "chatetl.yaml:16:9: warehouse.path: `");
+    assert!(errors_in(&dir, &env())[0].ends_with("is not a folder (a file is in its place)"));
 }
