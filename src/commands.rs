@@ -787,6 +787,8 @@ pub async fn schedule(path: std::path::PathBuf, config: Config, args: ScheduleAr
             catch_up: args.catch_up,
         };
         let scheduler = Scheduler::with_metrics(path, runner, Clock::System, opts, metrics);
+        // Healthy implies the freshness gauges are there: read before the probes say so.
+        scheduler.load_stored_state().await;
         *current.write().expect("health lock") =
             Some(Probes { health: scheduler.health_check(), ready: scheduler.readiness_check() });
         scheduler.run(shutdown, reload_rx).await;

@@ -240,6 +240,8 @@ struct Inner {
     stopping: CancellationToken,
     /// The last warehouse check, which /healthz reports without waiting on the warehouse.
     warehouse: Mutex<WarehouseCheck>,
+    /// Whether [`Inner::record_stored_state`] ran (once is enough).
+    stored_state_read: std::sync::atomic::AtomicBool,
     /// Scheduled jobs that have not yet had a run without a failed window since the daemon
     /// started: /readyz is 503 while there are any.
     behind: Mutex<std::collections::BTreeSet<String>>,
@@ -309,6 +311,7 @@ impl Scheduler {
                 stopping: CancellationToken::new(),
                 // The runner just opened the warehouse: it answered.
                 warehouse: Mutex::new(WarehouseCheck { checked_at: std::time::Instant::now(), failing: None }),
+                stored_state_read: std::sync::atomic::AtomicBool::new(false),
                 behind: Mutex::new(behind),
             }),
         }
@@ -345,6 +348,13 @@ impl Scheduler {
                 }
             })
         })
+    }
+
+    /// Reads every job's watermark and last success from the warehouse into the metrics (done by
+    /// [`Scheduler::run`] too, once): call it before serving the metrics of a daemon that starts,
+    /// so its freshness gauges are there from its first scrape.
+    pub async fn load_stored_state(&self) {
+        self.inner.record_stored_state().await;
     }
 
     /// 200 once every scheduled job has had a run without a failed window since the daemon
@@ -580,6 +590,9 @@ impl Inner {
     /// freshness gauges (and alerts on them) work from start-up, not from each job's first tick.
     async fn record_stored_state(&self) {
         let runner = self.runner.read().expect("runner lock").clone();
+        if self.stored_state_read.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let names: Vec<String> = runner.config.jobs.keys().cloned().collect();
         match runner.sink.status(&names).await {
             Ok(statuses) => {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{TOKEN, TestDb, TestWarehouse, chatetl, dump, serve, write_config};
+use crate::util::{TOKEN, TestDb, TestWarehouse, chatetl, dump, serve, start_daemon, stop_daemon, write_config};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -132,23 +132,7 @@ async fn the_alert_rules_fire_on_a_stale_failing_job_a_paused_one_and_a_silent_d
     std::fs::write(daemon_dir.join("chatetl.yaml"), config).unwrap();
     std::fs::write(daemon_dir.join("jobs/daily_chats.yaml"), job("giosg")).unwrap();
     std::fs::write(daemon_dir.join("jobs/refused_chats.yaml"), job("refused")).unwrap();
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
-        .args(["--config", daemon_dir.join("chatetl.yaml").to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("health and metrics on ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let base = rx.recv_timeout(PATIENCE).expect("the daemon prints its endpoint");
+    let (daemon, base) = start_daemon(&daemon_dir.join("chatetl.yaml"), &[]);
     let first = scrape_until(&base, "refused_chats paused, daily_chats failing", |s| {
         of(s, "chatetl_job_paused", "refused_chats") == Some(1.0)
             && of(s, "chatetl_job_run_failures_total", "daily_chats").is_some_and(|n| n >= 1.0)
@@ -161,9 +145,7 @@ async fn the_alert_rules_fire_on_a_stale_failing_job_a_paused_one_and_a_silent_d
         of(s, "chatetl_job_run_failures_total", "daily_chats").is_some_and(|n| n > failures)
     })
     .await;
-    // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
-    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    stop_daemon(daemon);
 
     // Two hours of samples at 1 m: the first scrape's values, then the second's.
     let input_series: Vec<Value> = second

@@ -7,15 +7,13 @@
 //! cut: while cut it accepts connections and forwards nothing, so connections hang as they do
 //! across a partitioned network (a stopped server would refuse at once, the easier case).
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::util::{TOKEN, TestDb, TestWarehouse, chatetl, dump, serve, write_config};
+use crate::util::{TOKEN, TestDb, TestWarehouse, chatetl, dump, serve, start_daemon, stop_daemon, write_config};
 
 /// How long a wait may take before the test fails (a guard against hangs, not a delay).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -114,22 +112,8 @@ async fn the_daemon_listens_before_postgres_answers_and_healthz_never_waits_on_i
                aggregations:\n  - { type: count, column: chats }\nstart: 2024-05-01\nschedule: \"0 0 6 1 1 *\"\n";
     let url = proxy.url(&db.url);
     let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&url), &[("daily.yaml", job.into())]);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_chatetl"))
-        .args(["--config", config.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("health and metrics on ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let base = rx.recv_timeout(PATIENCE).expect("the daemon listens although the warehouse does not answer");
+    // It listens although the warehouse does not answer.
+    let (mut daemon, base) = start_daemon(&config, &[]);
 
     // Not ready while the warehouse does not answer: 503 at once, with the reason.
     let (status, body, took) = healthz(&base).await;
@@ -153,9 +137,7 @@ async fn the_daemon_listens_before_postgres_answers_and_healthz_never_waits_on_i
     proxy.set_cut(false);
     healthz_until(&base, "the warehouse answers again", |s, _| s == 200).await;
 
-    // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
-    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    stop_daemon(daemon);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,22 +188,7 @@ async fn with_catch_up_the_daemon_is_alive_at_once_and_ready_once_every_job_caug
     let job = "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nscopes: [org]\n\
                aggregations:\n  - { type: count, column: chats }\nstart: 2024-05-01\nschedule: \"0 0 6 1 1 *\"\n";
     let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &[("daily.yaml", job.into())]);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_chatetl"))
-        .args(["--config", config.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0", "--catch-up"])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("health and metrics on ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let base = rx.recv_timeout(PATIENCE).expect("the daemon prints its endpoint");
+    let (daemon, base) = start_daemon(&config, &["--catch-up"]);
     healthz_until(&base, "the daemon is alive", |s, _| s == 200).await;
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503, "alive, not ready: the catch-up is still running");
@@ -241,7 +208,69 @@ async fn with_catch_up_the_daemon_is_alive_at_once_and_ready_once_every_job_caug
     let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Helsinki).date_naive();
     let yesterday_end = chatetl::time::local_day_start(chrono_tz::Europe::Helsinki, today);
     assert!(watermark.is_some_and(|w| w >= yesterday_end - chrono::Duration::days(1)), "{watermark:?}");
-    // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
-    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    stop_daemon(daemon);
+}
+
+/// The value of `name`'s sample for job `daily` in a /metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{chatetl_job=\"daily\",");
+    text.lines().find(|l| l.starts_with(&prefix)).map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_there_from_start_up_and_move_while_a_run_is_still_going() {
+    let db = TestDb::new().await;
+    let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Helsinki).date_naive();
+    let start = today - chrono::Duration::days(20);
+    let first = (start - chrono::Duration::days(1)).to_string();
+    let d = dump(&["--seed", "2", "--start", &first, "--days", "22", "--sessions-per-day", "5"]);
+    let sim = serve(&d.path).await;
+    let dir = tempfile::tempdir().unwrap();
+    // One window per request and a yearly schedule: only a catch-up runs it, chunk by chunk.
+    let job = format!(
+        "description: d\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nscopes: [org]\n\
+         aggregations:\n  - {{ type: count, column: chats }}\nstart: {start}\nlookback_windows: 0\n\
+         max_windows_per_request: 1\nschedule: \"0 0 6 1 1 *\"\n"
+    );
+    let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &[("daily.yaml", job)]);
+    let c = config.to_str().unwrap();
+    let half = (start + chrono::Duration::days(9)).to_string();
+    let (code, out, err) =
+        chatetl(&["--config", c, "backfill", "--job", "daily", "--from", &start.to_string(), "--to", &half]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // A restart: once the daemon is up (healthy), before any tick, the freshness gauges come
+    // from the warehouse.
+    let (daemon, base) = start_daemon(&config, &[]);
+    healthz_until(&base, "the daemon is up", |s, _| s == 200).await;
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let watermark = chatetl::time::local_day_start(chrono_tz::Europe::Helsinki, start + chrono::Duration::days(10));
+    assert_eq!(sample(&text, "chatetl_job_watermark_timestamp_seconds"), Some(watermark.timestamp() as f64), "{text}");
+    assert!(sample(&text, "chatetl_job_last_success_timestamp_seconds").is_some(), "{text}");
+    assert!(sample(&text, "chatetl_job_watermark_lag_seconds").is_some_and(|lag| lag > 9.0 * 86400.0), "{text}");
+    assert!(sample(&text, "chatetl_job_next_run_timestamp_seconds").is_some(), "{text}");
+    assert_eq!(sample(&text, "chatetl_job_runs_total"), Some(0.0), "no run yet: {text}");
+    stop_daemon(daemon);
+
+    // A catch-up of ten windows, one request each, one at a time, each answered slowly: the
+    // counters move as each window commits, before the run ends.
+    sim.handle.set_faults(chatetl::simulator::FaultConfig { latency_ms: 400, ..Default::default() });
+    let (daemon, base) = start_daemon(&config, &["--catch-up", "--concurrency", "1"]);
+    let deadline = Instant::now() + PATIENCE;
+    let text = loop {
+        let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        let loaded = sample(&text, "chatetl_job_windows_loaded_total").unwrap_or(0.0);
+        if loaded >= 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no window counted within {PATIENCE:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let loaded = sample(&text, "chatetl_job_windows_loaded_total").unwrap();
+    assert!(loaded < 10.0, "counted while the run goes on: {loaded} of 10 windows");
+    assert_eq!(sample(&text, "chatetl_job_runs_total"), Some(0.0), "the run has not ended: {text}");
+    assert!(sample(&text, "chatetl_job_requests_total").is_some_and(|n| n >= loaded), "{text}");
+    assert!(text.contains("chatetl_source_requests_total{source=\"giosg\",class=\"2xx\"}"), "{text}");
+    assert!(text.contains("chatetl_source_request_duration_seconds_bucket{le=\"0.5\",source=\"giosg\"}"), "{text}");
+    stop_daemon(daemon);
 }

@@ -540,3 +540,35 @@ pub fn try_read_table(dir: &Path) -> std::io::Result<TableReading> {
     reading.rows.sort();
     Ok(reading)
 }
+
+/// `chatetl --config <config> schedule --listen 127.0.0.1:0 <extra>` as a child process, and
+/// the base URL of its health and metrics endpoint (read from its stderr, which a thread keeps
+/// draining so the daemon never blocks on it).
+pub fn start_daemon(config: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_chatetl"))
+        .args(["--config", config.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("health and metrics on ").nth(1) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let base = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the daemon prints its endpoint");
+    (daemon, base)
+}
+
+/// Sends SIGTERM to `daemon` and waits for it: it must exit 0.
+pub fn stop_daemon(mut daemon: std::process::Child) {
+    // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(daemon.wait().unwrap().code(), Some(0), "the daemon stops cleanly on SIGTERM");
+}
