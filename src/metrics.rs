@@ -102,12 +102,20 @@ impl Metrics {
         *self.requests.lock().unwrap_or_else(PoisonError::into_inner) = Some(stats);
     }
 
-    /// What the warehouse remembers of a job, read when the daemon starts, so freshness gauges
-    /// are there before its first tick: its watermark and the end of its last successful run.
-    pub fn record_state(&self, job: &str, watermark: Option<DateTime<Utc>>, last_success: Option<DateTime<Utc>>) {
+    /// What the warehouse remembers of a job, read when the daemon starts, so its gauges are
+    /// there before its first tick: its watermark, the end of its last successful run and how
+    /// long its last run took.
+    pub fn record_state(
+        &self,
+        job: &str,
+        watermark: Option<DateTime<Utc>>,
+        last_success: Option<DateTime<Utc>>,
+        last_run_duration_secs: Option<f64>,
+    ) {
         self.update(job, |m| {
             m.watermark = m.watermark.or(watermark);
             m.last_success = m.last_success.or(last_success);
+            m.last_run_duration_secs = m.last_run_duration_secs.or(last_run_duration_secs);
         });
     }
 
@@ -751,12 +759,13 @@ mod tests {
         let metrics = Metrics::new();
         metrics.register("giosg_daily", "giosg", "chat_sessions");
         let (watermark, success) = (at(0, 0, 0, 0), at(6, 30, 2, 0));
-        metrics.record_state("giosg_daily", Some(watermark), Some(success));
+        metrics.record_state("giosg_daily", Some(watermark), Some(success), Some(12.5));
         let exp = parse(&metrics.render_openmetrics(at(12, 0, 0, 0)));
         let v = |name: &str| value(&exp, name, Some("giosg_daily"));
         assert_eq!(v("chatetl_job_watermark_timestamp_seconds"), Some(watermark.timestamp() as f64));
         assert_eq!(v("chatetl_job_watermark_lag_seconds"), Some(12.0 * 3600.0));
         assert_eq!(v("chatetl_job_last_success_timestamp_seconds"), Some(success.timestamp() as f64));
+        assert_eq!(v("chatetl_job_last_run_duration_seconds"), Some(12.5));
         assert_eq!(v("chatetl_job_runs"), Some(0.0), "no run counted");
     }
 

@@ -600,7 +600,11 @@ impl Inner {
                     let last_success = s.last_success.or_else(|| {
                         s.last_run.as_ref().filter(|r| r.status == "succeeded").and_then(|r| r.finished_at)
                     });
-                    self.metrics.record_state(&s.job, s.watermark, last_success);
+                    let duration = s
+                        .last_run
+                        .as_ref()
+                        .and_then(|r| r.finished_at.map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0));
+                    self.metrics.record_state(&s.job, s.watermark, last_success, duration);
                 }
             }
             Err(e) => warn!(error = %e, "cannot read the jobs' state for the metrics; they fill in as jobs run"),

@@ -249,6 +249,7 @@ async fn metrics_are_there_from_start_up_and_move_while_a_run_is_still_going() {
     assert!(sample(&text, "chatetl_job_last_success_timestamp_seconds").is_some(), "{text}");
     assert!(sample(&text, "chatetl_job_watermark_lag_seconds").is_some_and(|lag| lag > 9.0 * 86400.0), "{text}");
     assert!(sample(&text, "chatetl_job_next_run_timestamp_seconds").is_some(), "{text}");
+    assert!(sample(&text, "chatetl_job_last_run_duration_seconds").is_some(), "{text}");
     assert_eq!(sample(&text, "chatetl_job_runs_total"), Some(0.0), "no run yet: {text}");
     stop_daemon(daemon);
 

@@ -428,23 +428,7 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
 
     // Windows are not reloaded (lookback 0), so the next process loads exactly the rest.
     e.sim.handle.set_faults(FaultConfig::default());
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
-        .args(["--config", e.path.to_str().unwrap(), "schedule", "--listen", "127.0.0.1:0", "--concurrency", "1"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the endpoint's address from stderr, and keep draining it so the daemon never blocks.
-    let stderr = daemon.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("health and metrics on ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(20)).expect("the daemon prints its endpoint");
+    let (daemon, url) = crate::util::start_daemon(&e.path, &["--concurrency", "1"]);
     // The daemon listens before it opens the warehouse: ready once it has.
     eventually("/healthz: the scheduler runs and the warehouse answers", PATIENCE, || async {
         (reqwest::get(format!("{url}/healthz")).await.unwrap().status() == 200).then_some(())
@@ -465,9 +449,7 @@ async fn sigterm_during_a_catch_up_leaves_whole_windows_and_the_next_start_compl
     .await;
     assert_eq!(metric(&text, "chatetl_job_windows_loaded_total"), Some(days_added as f64), "{text}");
     assert_eq!(metric(&text, "chatetl_job_rows_loaded_total"), Some(rows_added as f64), "{text}");
-    let pid = daemon.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(daemon.wait().unwrap().success());
+    crate::util::stop_daemon(daemon);
     let wm: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics'")
         .fetch_one(&pool)
         .await
