@@ -1,9 +1,13 @@
-//! Job state: watermarks, window loads and run history, and the rule that moves a watermark.
+//! Job state: watermarks, window loads, failed windows and run history, the rule that moves a
+//! watermark, and job definitions.
 //!
-//! Owns: the state records both warehouses keep ([`JobState`], [`WindowLoad`], [`RunRecord`],
-//! [`JobStatus`]) and [`advance_watermark`]: the watermark only moves forward, over windows whose
-//! loads are committed and contiguous from it. The Postgres warehouse keeps these rows in the
-//! `chatetl` schema (`migrations/`), written in the data's transaction (`sink::postgres`); the
+//! Owns: the state records both warehouses keep ([`JobState`], [`WindowLoad`], [`WindowFailure`],
+//! [`RunRecord`], [`JobStatus`]); [`advance_watermark`]: the watermark only moves forward, over
+//! windows whose loads are committed and contiguous from it; and a job's [`Definition`] (the
+//! canonical document of what its rows mean, and its hash) with [`compare`], which tells added
+//! aggregations ([`Change::Added`]: columns added in place) from any other change
+//! ([`Change::Other`]: a rebuild). The Postgres warehouse keeps these rows in the `chatetl`
+//! schema keyed by target (`migrations/`), written in the data's transaction (`sink::postgres`); the
 //! Parquet warehouse keeps them in the SQLite database `<path>/_chatetl/state.db`
 //! (`sink::parquet`), committed after the data files are in place.
 
