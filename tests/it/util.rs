@@ -352,6 +352,13 @@ fn parquet_cell(col: &dyn Array, i: usize) -> String {
     }
 }
 
+/// Every batch of the Parquet file `path`, read with the parquet crate's own Arrow reader.
+pub fn parquet_batches(path: &Path) -> impl Iterator<Item = arrow_array::RecordBatch> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    reader.map(|b| b.unwrap())
+}
+
 /// A table's rows as (column, value) pairs, sorted: compared whole between two loads.
 pub type Rows = Vec<Vec<(String, String)>>;
 
@@ -360,11 +367,7 @@ pub type Rows = Vec<Vec<(String, String)>>;
 pub fn parquet_rows(dir: &Path, skip: &[&str]) -> Rows {
     let mut rows = Vec::new();
     for path in parquet_files(dir) {
-        let file = std::fs::File::open(&path).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
+        for batch in parquet_batches(&path) {
             let schema = batch.schema();
             for i in 0..batch.num_rows() {
                 let row = schema
@@ -474,11 +477,7 @@ pub fn parquet_window_rows(dir: &Path) -> BTreeMap<DateTime<Utc>, usize> {
     use arrow_array::types::TimestampMicrosecondType;
     let mut out = BTreeMap::new();
     for path in parquet_files(dir) {
-        let file = std::fs::File::open(&path).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
+        for batch in parquet_batches(&path) {
             let starts = batch.column_by_name("_window_start").unwrap().as_primitive::<TimestampMicrosecondType>();
             for us in starts.values().iter() {
                 *out.entry(DateTime::<Utc>::from_timestamp_micros(*us).unwrap()).or_insert(0) += 1;

@@ -54,9 +54,18 @@ pub fn is_data_name(name: &str) -> bool {
     !name.starts_with('.') && !name.starts_with('_')
 }
 
-/// Every data file below `table_dir` (empty when it does not exist), sorted.
-pub fn data_files(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+/// What a table folder holds: its data files and the temp files interrupted writes left.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// `data.parquet` files below data folders, sorted.
+    pub data: Vec<PathBuf>,
+    /// Hidden `.data.parquet.tmp-…` files below data folders.
+    pub temps: Vec<PathBuf>,
+}
+
+/// Walks the data folders below `table_dir` once (an empty [`Scan`] when it does not exist).
+pub fn scan(table_dir: &Path) -> std::io::Result<Scan> {
+    let mut out = Scan::default();
     let mut stack = vec![table_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
@@ -66,20 +75,24 @@ pub fn data_files(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         };
         for entry in entries {
             let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !is_data_name(name) {
-                continue;
-            }
-            if entry.file_type()?.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry.file_type()?.is_dir();
+            if is_dir && is_data_name(&name) {
                 stack.push(entry.path());
-            } else if name == DATA_FILE {
-                out.push(entry.path());
+            } else if !is_dir && name == DATA_FILE {
+                out.data.push(entry.path());
+            } else if !is_dir && name.starts_with('.') && name.contains(".tmp-") {
+                out.temps.push(entry.path());
             }
         }
     }
-    out.sort();
+    out.data.sort();
     Ok(out)
+}
+
+/// Every data file below `table_dir` (empty when it does not exist), sorted.
+pub fn data_files(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(scan(table_dir)?.data)
 }
 
 /// `create_dir_all`, with each folder it creates made durable (its parent fsynced), so a power
@@ -107,31 +120,18 @@ pub fn create_dir_all_durably(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes the temp files an interrupted write left below `table_dir` (`.data.parquet.tmp-…`,
-/// hidden from readers but still bytes on disk); returns how many. Called with the job's lock
-/// held, so no write of the table is in flight.
-pub fn remove_temp_files(table_dir: &Path) -> std::io::Result<usize> {
-    let mut removed = 0;
-    let mut stack = vec![table_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+/// Removes the temp files of `scan` (left by interrupted writes: hidden from readers but still
+/// bytes on disk); returns how many. Called with the job's lock held, so no write of the table
+/// is in flight.
+pub fn remove_temp_files(scan: &Scan) -> std::io::Result<usize> {
+    for path in &scan.temps {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_dir = entry.file_type()?.is_dir();
-            if is_dir && is_data_name(&name) {
-                stack.push(entry.path());
-            } else if !is_dir && name.starts_with('.') && name.contains(".tmp-") {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
-            }
         }
     }
-    Ok(removed)
+    Ok(scan.temps.len())
 }
 
 /// The settings every data file is written with.
@@ -449,10 +449,12 @@ mod tests {
         write_atomic(&month.join(DATA_FILE), |f| std::io::Write::write_all(f, b"data")).unwrap();
         std::fs::write(month.join(".data.parquet.tmp-0123abcd"), b"half").unwrap();
         std::fs::write(dir.path().join(".data.parquet.tmp-ffff"), b"half").unwrap();
-        assert_eq!(remove_temp_files(dir.path()).unwrap(), 2);
+        let found = scan(dir.path()).unwrap();
+        assert_eq!(found.data, [month.join(DATA_FILE)]);
+        assert_eq!(remove_temp_files(&found).unwrap(), 2);
         let left: Vec<_> = std::fs::read_dir(&month).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, [DATA_FILE]);
-        assert_eq!(remove_temp_files(&dir.path().join("missing")).unwrap(), 0);
+        assert_eq!(remove_temp_files(&scan(&dir.path().join("missing")).unwrap()).unwrap(), 0);
     }
 
     #[test]

@@ -142,15 +142,15 @@ impl ParquetSink {
             // A copy an interrupted column addition left (half built, or the old table after
             // the swap): never data, but a `root/**` glob would read it.
             files::remove_dir_all(&work).map_err(io_err(format!("job {name}: cannot remove {}", work.display())))?;
-            let temps = files::remove_temp_files(&dir)
+            // One walk of the table folder: its temp files go, its first data file speaks for all
+            // (every file has the table's one schema).
+            let found = files::scan(&dir).map_err(io_err(format!("job {name}: cannot list {}", dir.display())))?;
+            let temps = files::remove_temp_files(&found)
                 .map_err(io_err(format!("job {name}: cannot remove temp files below {}", dir.display())))?;
             if temps > 0 {
                 info!(job = %name, files = temps, "removed temp files an interrupted write left");
             }
-            // Every file has the table's one schema: the first one found speaks for all.
-            let first =
-                files::data_files(&dir).map_err(io_err(format!("job {name}: cannot list {}", dir.display())))?;
-            let Some(first) = first.first() else { return Ok(Vec::new()) };
+            let Some(first) = found.data.first() else { return Ok(Vec::new()) };
             let found = files::read_schema(first).map_err(|e| SinkError::warehouse(format!("job {name}: {e}")))?;
             let missing: Vec<String> = columns.iter().filter(|c| found.field_with_name(c).is_err()).cloned().collect();
             // Value columns the files lack (an endpoint that gained a field in a chatetl release)
