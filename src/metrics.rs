@@ -595,6 +595,7 @@ mod tests {
             failures,
             added_columns: Vec::new(),
             promoted: false,
+            fused_with: Vec::new(),
         }
     }
 

@@ -18,8 +18,12 @@
 //! - A **snapshot** window is the second starting at the tick that captured it: its start is the
 //!   `captured_at` of the rows, so a retried tick replaces its own snapshot.
 //!
+//! Which jobs share requests is [`fusion`]'s.
+//!
 //! To add a window unit: a [`WindowUnit`] variant and its arms in [`window_containing`] and
 //! [`Window::label`]; everything else is built on those two.
+
+pub mod fusion;
 
 use chrono::format::ParseErrorKind;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Timelike, Utc};

@@ -30,7 +30,7 @@ use crate::error::ErrorKind;
 use crate::plan::{self, Window};
 use crate::sink::{Commit, Sink, SinkError};
 use crate::source::http::{CallCounts, StatsRegistry};
-use crate::source::{ClientError, FetchError, Source};
+use crate::source::{ClientError, FetchError, Source, WindowRows};
 use crate::state::{Change, RunRecord, WindowFailure, definition_hash};
 use crate::time::local_day_start;
 
@@ -242,6 +242,8 @@ pub struct RunReport {
     pub added_columns: Vec<String>,
     /// A rebuild's shadow table replaced the live one at the end of this run.
     pub promoted: bool,
+    /// The jobs that shared this run's requests (query fusion); empty when it had its own.
+    pub fused_with: Vec<String>,
 }
 
 impl RunReport {
@@ -413,9 +415,68 @@ impl Runner {
         result
     }
 
-    async fn run_locked(&self, job: &Job, mut windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
+    /// Loads jobs that can share requests ([`plan::fusion::groups`]: they differ only in their
+    /// aggregations) with one request per chunk and scope for all of them: the union of their
+    /// windows is chunked, each chunk fetched once with every member's aggregations, and each
+    /// member commits its own windows of it into its own table, with its own state, run record
+    /// and failures. A member that cannot start (locked, a changed definition) or whose commit
+    /// fails leaves the others loading; a failed request fails the chunk's windows of every
+    /// member. One job alone is [`Runner::run`]. Results come in the order of `jobs`; a chunk's
+    /// requests are counted in the report of its first member with windows in it.
+    pub async fn run_fused(
+        &self,
+        jobs: &[(Job, Vec<Window>)],
+        opts: &RunOptions,
+    ) -> Vec<(String, Result<RunReport, RunError>)> {
+        let mut results: Vec<Option<Result<RunReport, RunError>>> = jobs.iter().map(|_| None).collect();
+        let mut locks = Vec::new();
+        let mut members = Vec::new();
+        for (i, (job, windows)) in jobs.iter().enumerate() {
+            let lock = match self.sink.try_lock_job(&job.name).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    results[i] = Some(Err(RunError::Locked(job.name.clone())));
+                    continue;
+                }
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+            };
+            locks.push(lock);
+            match self.begin(job, windows.clone(), opts).await {
+                Ok(member) => members.push((i, member)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let (indexes, members): (Vec<usize>, Vec<Member>) = members.into_iter().unzip();
+        if !members.is_empty() {
+            for (i, result) in indexes.into_iter().zip(self.load(members, opts).await) {
+                results[i] = Some(result);
+            }
+        }
+        for lock in locks {
+            lock.release().await;
+        }
+        jobs.iter().zip(results).map(|((job, _), r)| (job.name.clone(), r.expect("every job has a result"))).collect()
+    }
+
+    async fn run_locked(&self, job: &Job, windows: Vec<Window>, opts: &RunOptions) -> Result<RunReport, RunError> {
+        let member = self.begin(job, windows, opts).await?;
+        self.load(vec![member], opts).await.pop().expect("one member, one result")
+    }
+
+    /// The start of one job's run (its lock held): runs left by a dead process closed, the
+    /// definition compared (added aggregations become columns), the table prepared, loaded
+    /// windows skipped (backfill, rebuild), the run recorded as running.
+    async fn begin<'a>(
+        &self,
+        job: &'a Job,
+        mut windows: Vec<Window>,
+        opts: &RunOptions,
+    ) -> Result<Member<'a>, RunError> {
         let started = Instant::now();
-        let source = self.source_of(job)?;
+        self.source_of(job)?;
         let schema = table_schema(job);
         let definition = crate::state::definition(job);
         let hash = definition.hash.clone();
@@ -457,9 +518,8 @@ impl Runner {
                 .retain(|w| !loaded.get(&w.start).is_some_and(|l| l.window_end == w.end && l.definition_hash == hash));
         }
         let skipped = planned - windows.len();
-        let chunks = plan::chunk(&windows, job.max_windows_per_request);
         let run_id = uuid::Uuid::new_v4().to_string();
-        let mut record = RunRecord {
+        let record = RunRecord {
             run_id: run_id.clone(),
             job: job.name.clone(),
             kind: opts.kind.as_str().to_string(),
@@ -477,33 +537,11 @@ impl Runner {
             error_kind: None,
         };
         self.sink.record_run(&record).await?;
-        info!(job = %job.name, run_id = %run_id, windows = windows.len(), skipped, chunks = chunks.len(), kind = record.kind, "run started");
-
-        let bar = progress::bar(opts.progress, windows.len() as u64, &job.name);
-        let ctx = ChunkContext {
-            job,
-            schema: &schema,
-            source: &source,
-            sink: &self.sink,
-            hash: &hash,
-            run_id: &run_id,
-            history_start,
-            partial_after: opts.partial_after,
-        };
-        // Cancelled by the caller (shutdown) or by this run when the upstream refuses the
-        // credentials: no new chunk starts; those in flight finish.
-        let stop = opts.cancel.clone().unwrap_or_default().child_token();
-        let mut started_windows = 0usize;
-        let mut outcomes = futures::stream::iter(chunks)
-            .take_while(|_| std::future::ready(!stop.is_cancelled()))
-            .map(|chunk| {
-                started_windows += chunk.len();
-                ctx.load(chunk)
-            })
-            .buffer_unordered(opts.concurrency.max(1));
-        let mut report = RunReport {
+        let chunks = plan::chunk(&windows, job.max_windows_per_request).len();
+        info!(job = %job.name, run_id = %run_id, windows = windows.len(), skipped, chunks, kind = record.kind, "run started");
+        let report = RunReport {
             job: job.name.clone(),
-            run_id: run_id.clone(),
+            run_id,
             windows_planned: planned,
             windows_skipped: skipped,
             windows_loaded: 0,
@@ -516,97 +554,199 @@ impl Runner {
             failures: Vec::new(),
             added_columns,
             promoted: false,
+            fused_with: Vec::new(),
         };
-        let (mut done, total) = (0usize, windows.len());
-        let mut calls = CallCounts::default();
-        while let Some((chunk, counts, result)) = outcomes.next().await {
-            done += chunk.len();
-            calls += counts;
-            if let Some(observer) = &opts.observer {
-                let n = chunk.len() as u64;
-                let (loaded, rows, failure) = match &result {
-                    Ok(rows) => (n, *rows, None),
-                    Err(e) => (0, 0, Some(e.kind())),
-                };
-                let done = ChunkDone {
-                    windows_loaded: loaded,
-                    windows_failed: n - loaded,
-                    rows,
-                    requests: u64::from(counts.requests),
-                    retries: u64::from(counts.retries),
-                    failure,
-                };
-                (observer.0)(&job.name, &done);
+        Ok(Member { job, schema, hash, history_start, windows, record, report, started, started_windows: 0 })
+    }
+
+    /// Loads the windows of `members` (begun, one job or a fused group) chunk by chunk and
+    /// records how each run ended; one result per member, in order.
+    async fn load(&self, mut members: Vec<Member<'_>>, opts: &RunOptions) -> Vec<Result<RunReport, RunError>> {
+        let lead = members[0].job;
+        let source = self.sources.get(&lead.source).cloned().expect("begin checked the source");
+        let fused = (members.len() > 1).then(|| {
+            let jobs: Vec<&Job> = members.iter().map(|m| m.job).collect();
+            plan::fusion::Fused::new(&jobs)
+        });
+        let names: Vec<String> = members.iter().map(|m| m.job.name.clone()).collect();
+        if fused.is_some() {
+            for m in &mut members {
+                m.report.fused_with = names.iter().filter(|n| **n != m.job.name).cloned().collect();
             }
-            let span = format!(
-                "{} .. {}",
-                chunk[0].label(job.window, job.time_zone),
-                chunk[chunk.len() - 1].label(job.window, job.time_zone)
-            );
-            match result {
-                Ok(rows) => {
-                    report.windows_loaded += chunk.len();
-                    report.rows += rows;
-                    if bar.is_none() {
-                        info!(job = %job.name, windows = %span, rows, progress = format!("{done}/{total}"), "windows loaded");
-                    }
+            info!(jobs = ?names, "these jobs differ only in their aggregations: one request per chunk loads them all");
+        }
+        let mut all: Vec<Window> = members.iter().flat_map(|m| m.windows.iter().copied()).collect();
+        all.sort();
+        all.dedup();
+        // Each chunk with, per member, the chunk's windows that member loads.
+        let chunks: Vec<(Vec<Window>, Vec<Vec<Window>>)> = plan::chunk(&all, lead.max_windows_per_request)
+            .into_iter()
+            .map(|chunk| {
+                let own = members
+                    .iter()
+                    .map(|m| chunk.iter().copied().filter(|w| m.windows.binary_search(w).is_ok()).collect())
+                    .collect();
+                (chunk, own)
+            })
+            .collect();
+        let total = all.len();
+        let bar = progress::bar(opts.progress, total as u64, &names.join("+"));
+        let parts: Vec<MemberParts> = members
+            .iter()
+            .map(|m| MemberParts {
+                run_id: m.report.run_id.clone(),
+                schema: m.schema.clone(),
+                hash: m.hash.clone(),
+                history_start: m.history_start,
+            })
+            .collect();
+        let ctx = ChunkContext {
+            members: members.iter().map(|m| m.job).collect(),
+            fetch_job: fused.as_ref().map_or(lead, |f| &f.job),
+            fused: fused.as_ref(),
+            parts,
+            source: &source,
+            sink: &self.sink,
+            partial_after: opts.partial_after,
+        };
+        // Cancelled by the caller (shutdown) or by this run when the upstream refuses the
+        // credentials: no new chunk starts; those in flight finish.
+        let stop = opts.cancel.clone().unwrap_or_default().child_token();
+        let mut started = vec![0usize; members.len()];
+        let mut outcomes = futures::stream::iter(chunks)
+            .take_while(|_| std::future::ready(!stop.is_cancelled()))
+            .map(|(chunk, own)| {
+                for (n, w) in started.iter_mut().zip(&own) {
+                    *n += w.len();
                 }
-                Err(error) => {
-                    report.windows_failed += chunk.len();
-                    let kind = error.kind();
-                    if kind == ErrorKind::Credentials && !stop.is_cancelled() {
-                        error!(job = %job.name, source = %job.source, "the upstream refused the credentials: the run stops");
-                        stop.cancel();
-                    }
-                    let message = format!("job {}, window {}: {error}", job.name, chunk_label(job, &chunk));
-                    warn!(job = %job.name, windows = %span, %kind, retryable = kind.retryable(), error = %error, "windows failed");
-                    let failed_at = Utc::now();
-                    let failures: Vec<WindowFailure> = chunk
-                        .iter()
-                        .map(|w| WindowFailure {
-                            window_start: w.start,
-                            window_end: w.end,
-                            run_id: run_id.clone(),
-                            kind,
-                            error: message.clone(),
-                            failed_at,
-                            attempts: 1,
-                        })
-                        .collect();
-                    // The windows keep their old rows either way; a failure that cannot be
-                    // recorded only means `run --failed` will not list them. A failed capture
-                    // cannot be taken again for its time: only the run records it.
-                    if job.kind == JobKind::Windowed
-                        && let Err(e) = self.sink.record_failures(&job.name, &failures).await
-                    {
-                        warn!(job = %job.name, windows = %span, error = %e, "cannot record the failed windows");
-                    }
-                    report.failures.push(ChunkFailure {
-                        first: chunk[0],
-                        last: chunk[chunk.len() - 1],
-                        windows: chunk.len(),
-                        kind,
-                        message,
-                    });
-                }
+                ctx.load(chunk, own)
+            })
+            .buffer_unordered(opts.concurrency.max(1));
+        let mut done = 0usize;
+        let mut calls: Vec<CallCounts> = vec![CallCounts::default(); members.len()];
+        while let Some((chunk, counts, results)) = outcomes.next().await {
+            done += chunk.len();
+            // The chunk's requests belong to its first member with windows in it.
+            let mut counted = false;
+            for (i, own, result) in results {
+                let member = &mut members[i];
+                let counts = if counted { CallCounts::default() } else { counts };
+                counted = true;
+                calls[i] += counts;
+                member.outcome(&own, counts, result, opts, &stop, bar.is_none(), (done, total));
             }
             if let Some(b) = &bar {
                 b.inc(chunk.len() as u64);
             }
         }
         drop(outcomes);
-        report.windows_cancelled = total - started_windows;
-        if report.windows_cancelled > 0 {
-            warn!(job = %job.name, windows = report.windows_cancelled, "run cancelled; the remaining windows were not started");
-        }
         if let Some(b) = bar {
             b.finish_and_clear();
+        }
+        let mut results = Vec::new();
+        for ((mut member, started), calls) in members.into_iter().zip(started).zip(calls) {
+            member.started_windows = started;
+            results.push(member.finish(&self.sink, calls, opts).await);
+        }
+        results
+    }
+}
+
+/// One job's run in progress: what [`Runner::begin`] set up, and its report so far.
+struct Member<'a> {
+    job: &'a Job,
+    schema: TableSchema,
+    hash: String,
+    history_start: DateTime<Utc>,
+    /// Sorted, without repeats, without skipped windows.
+    windows: Vec<Window>,
+    record: RunRecord,
+    report: RunReport,
+    started: Instant,
+    started_windows: usize,
+}
+
+impl Member<'_> {
+    /// Takes one chunk's outcome for this job's windows `own` of it: counts, progress, and for a
+    /// failure its log line and its entry in the report.
+    /// (The failed windows were recorded by the chunk's own future: awaiting the warehouse here
+    /// would stop the other chunks in flight from being polled while they hold its locks.)
+    #[allow(clippy::too_many_arguments, reason = "one call site, in the chunk loop")]
+    fn outcome(
+        &mut self,
+        own: &[Window],
+        counts: CallCounts,
+        result: Result<u64, Arc<LoadError>>,
+        opts: &RunOptions,
+        stop: &CancellationToken,
+        log: bool,
+        (done, total): (usize, usize),
+    ) {
+        let job = self.job;
+        if let Some(observer) = &opts.observer {
+            let n = own.len() as u64;
+            let (loaded, rows, failure) = match &result {
+                Ok(rows) => (n, *rows, None),
+                Err(e) => (0, 0, Some(e.kind())),
+            };
+            let chunk = ChunkDone {
+                windows_loaded: loaded,
+                windows_failed: n - loaded,
+                rows,
+                requests: u64::from(counts.requests),
+                retries: u64::from(counts.retries),
+                failure,
+            };
+            (observer.0)(&job.name, &chunk);
+        }
+        let span = format!(
+            "{} .. {}",
+            own[0].label(job.window, job.time_zone),
+            own[own.len() - 1].label(job.window, job.time_zone)
+        );
+        let report = &mut self.report;
+        match result {
+            Ok(rows) => {
+                report.windows_loaded += own.len();
+                report.rows += rows;
+                if log {
+                    info!(job = %job.name, windows = %span, rows, progress = format!("{done}/{total}"), "windows loaded");
+                }
+            }
+            Err(error) => {
+                report.windows_failed += own.len();
+                let kind = error.kind();
+                if kind == ErrorKind::Credentials && !stop.is_cancelled() {
+                    error!(job = %job.name, source = %job.source, "the upstream refused the credentials: the run stops");
+                    stop.cancel();
+                }
+                let message = failure_message(job, own, &error);
+                warn!(job = %job.name, windows = %span, %kind, retryable = kind.retryable(), error = %error, "windows failed");
+                report.failures.push(ChunkFailure {
+                    first: own[0],
+                    last: own[own.len() - 1],
+                    windows: own.len(),
+                    kind,
+                    message,
+                });
+            }
+        }
+    }
+
+    /// Records how the run ended and returns its report.
+    async fn finish(mut self, sink: &Sink, calls: CallCounts, opts: &RunOptions) -> Result<RunReport, RunError> {
+        let job = self.job;
+        let report = &mut self.report;
+        report.windows_cancelled = self.windows.len() - self.started_windows;
+        if report.windows_cancelled > 0 {
+            warn!(job = %job.name, windows = report.windows_cancelled, "run cancelled; the remaining windows were not started");
         }
         report.failures.sort_by_key(|f| f.first);
         report.requests = u64::from(calls.requests);
         report.retries = u64::from(calls.retries);
-        report.elapsed = started.elapsed();
+        report.elapsed = self.started.elapsed();
 
+        let record = &mut self.record;
         record.finished_at = Some(Utc::now());
         record.windows_loaded = report.windows_loaded as u32;
         record.windows_failed = report.windows_failed as u32;
@@ -626,64 +766,140 @@ impl Runner {
         .into();
         record.error = report.failures.first().map(|f| f.message.clone());
         record.error_kind = report.error_kind();
-        self.sink.record_run(&record).await?;
-        info!(job = %job.name, run_id = %run_id, loaded = report.windows_loaded, failed = report.windows_failed,
+        sink.record_run(record).await?;
+        info!(job = %job.name, run_id = %report.run_id, loaded = report.windows_loaded, failed = report.windows_failed,
               rows = report.rows, requests = report.requests, retries = report.retries,
               elapsed_ms = report.elapsed.as_millis() as u64, "run finished");
-        Ok(report)
+        Ok(self.report)
     }
 }
 
+/// What loading a chunk needs: the members, the job its requests are built from (the one job,
+/// or the fused one), and per member its run id, schema, definition hash and history start.
 struct ChunkContext<'a> {
-    job: &'a Job,
-    schema: &'a TableSchema,
+    members: Vec<&'a Job>,
+    fetch_job: &'a Job,
+    fused: Option<&'a plan::fusion::Fused>,
+    parts: Vec<MemberParts>,
     source: &'a Source,
     sink: &'a Sink,
-    hash: &'a str,
-    run_id: &'a str,
-    history_start: DateTime<Utc>,
     partial_after: Option<DateTime<Utc>>,
 }
 
+/// What a member's commits need of its run.
+struct MemberParts {
+    run_id: String,
+    schema: TableSchema,
+    hash: String,
+    history_start: DateTime<Utc>,
+}
+
+/// Per member with windows in a chunk: its index, those windows, and its rows or the cause.
+type MemberOutcomes = Vec<(usize, Vec<Window>, Result<u64, Arc<LoadError>>)>;
+
 impl ChunkContext<'_> {
-    /// Fetches, builds and commits one chunk: the chunk, the requests it made (also when it
-    /// failed), and its rows or the typed cause.
-    async fn load(&self, chunk: Vec<Window>) -> (Vec<Window>, CallCounts, Result<u64, LoadError>) {
-        let job = self.job;
-        let label = |w: &Window| w.label(job.window, job.time_zone);
-        let span = info_span!("window", job = %job.name, window = %chunk_label(job, &chunk));
-        let (fetched, counts) = self.source.fetch(job, &chunk).instrument(span.clone()).await;
-        let result = async {
-            let rows = fetched?;
-            let loaded_at = Utc::now();
-            let windows = chunk
-                .iter()
-                .zip(rows)
-                .map(|(w, rows)| {
-                    batch::build(self.schema, *w, rows, loaded_at, self.run_id)
-                        .map(|batch| WindowBatch { window: *w, batch })
-                        .map_err(|message| LoadError::Rows { window: label(w), message })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let committed = self
-                .sink
-                .commit(Commit {
-                    job,
-                    schema: self.schema,
-                    history_start: self.history_start,
-                    definition_hash: self.hash,
-                    run_id: self.run_id,
-                    requests: counts.requests,
-                    windows,
-                    partial_after: self.partial_after,
-                })
-                .await?;
-            Ok(committed)
-        }
-        .instrument(span)
-        .await;
-        (chunk, counts, result)
+    /// Fetches one chunk once and commits each member's windows of it: the chunk, the requests
+    /// it made (also when it failed), and each member's outcome.
+    async fn load(&self, chunk: Vec<Window>, own: Vec<Vec<Window>>) -> (Vec<Window>, CallCounts, MemberOutcomes) {
+        let fetch_job = self.fetch_job;
+        let span = info_span!("window", job = %fetch_job.name, window = %chunk_label(fetch_job, &chunk));
+        let (fetched, counts) = self.source.fetch(fetch_job, &chunk).instrument(span.clone()).await;
+        let fetched = fetched.map_err(|e| Arc::new(LoadError::Fetch(e)));
+        let loaded_at = Utc::now();
+        // The chunk's requests are recorded with the first member's windows (as its report counts them).
+        let first = own.iter().position(|w| !w.is_empty());
+        let commits = own.into_iter().enumerate().filter(|(_, w)| !w.is_empty()).map(|(i, windows)| {
+            let rows = fetched.as_ref().map_err(Arc::clone);
+            let chunk = &chunk;
+            async move {
+                let result = match rows {
+                    Ok(rows) => {
+                        let requests = if Some(i) == first { counts.requests } else { 0 };
+                        self.commit(i, chunk, rows, &windows, loaded_at, requests).await.map_err(Arc::new)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(error) = &result {
+                    self.record_failures(i, &windows, error).await;
+                }
+                (i, windows, result)
+            }
+        });
+        let outcomes = futures::future::join_all(commits).instrument(span).await;
+        (chunk, counts, outcomes)
     }
+
+    /// Records member `i`'s `windows` as failed with `error`. The windows keep their old rows
+    /// either way; a failure that cannot be recorded only means `run --failed` will not list
+    /// them. A failed capture cannot be taken again for its time: only the run records it.
+    async fn record_failures(&self, i: usize, windows: &[Window], error: &LoadError) {
+        let job = self.members[i];
+        if job.kind != JobKind::Windowed {
+            return;
+        }
+        let (message, kind, failed_at) = (failure_message(job, windows, error), error.kind(), Utc::now());
+        let failures: Vec<WindowFailure> = windows
+            .iter()
+            .map(|w| WindowFailure {
+                window_start: w.start,
+                window_end: w.end,
+                run_id: self.parts[i].run_id.clone(),
+                kind,
+                error: message.clone(),
+                failed_at,
+                attempts: 1,
+            })
+            .collect();
+        if let Err(e) = self.sink.record_failures(&job.name, &failures).await {
+            warn!(job = %job.name, windows = %chunk_label(job, windows), error = %e, "cannot record the failed windows");
+        }
+    }
+
+    /// Builds member `i`'s batches of its `windows` out of the chunk's rows and commits them.
+    async fn commit(
+        &self,
+        i: usize,
+        chunk: &[Window],
+        rows: &WindowRows,
+        windows: &[Window],
+        loaded_at: DateTime<Utc>,
+        requests: u32,
+    ) -> Result<u64, LoadError> {
+        let job = self.members[i];
+        let MemberParts { run_id, schema, hash, history_start } = &self.parts[i];
+        let batches = chunk
+            .iter()
+            .zip(rows)
+            .filter(|(w, _)| windows.binary_search(w).is_ok())
+            .map(|(w, rows)| {
+                let rows = match self.fused {
+                    Some(fused) => fused.rows_of(i, rows),
+                    None => rows.clone(),
+                };
+                batch::build(schema, *w, rows, loaded_at, run_id)
+                    .map(|batch| WindowBatch { window: *w, batch })
+                    .map_err(|message| LoadError::Rows { window: w.label(job.window, job.time_zone), message })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self
+            .sink
+            .commit(Commit {
+                job,
+                schema,
+                history_start: *history_start,
+                definition_hash: hash,
+                run_id,
+                requests,
+                windows: batches,
+                partial_after: self.partial_after,
+            })
+            .await?)
+    }
+}
+
+/// `job …, window …: cause`: how a chunk's failure is reported and recorded.
+fn failure_message(job: &Job, windows: &[Window], error: &LoadError) -> String {
+    format!("job {}, window {}: {error}", job.name, chunk_label(job, windows))
 }
 
 /// `2024-03-31` for one window, `2024-03-01..2024-03-31` for several.

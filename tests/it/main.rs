@@ -9,6 +9,7 @@ mod config_cli;
 mod config_corpus;
 mod container;
 mod exporter;
+mod fusion;
 mod giosg_events;
 mod history;
 mod jobs;
