@@ -9,7 +9,6 @@ use chatetl::config::{Config, Job, JobKind, Selection};
 use chatetl::error::ErrorKind;
 use chatetl::plan::{self, Window};
 use chatetl::runner::{Progress, RunKind, RunOptions, RunReport, Runner};
-use chatetl::source::Source;
 use chrono::{DateTime, Utc};
 
 #[cfg(feature = "simulator")]
@@ -193,70 +192,218 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
         jobs.extend(selection.disabled.iter().map(|j| (*j).clone()));
         jobs.sort_by(|a, b| a.name.cmp(&b.name));
     }
+    let now = Utc::now();
     let mut planned = Vec::new();
     for job in &jobs {
-        planned.push((job, range_windows(job, &args.range, Utc::now())?.map(|(w, _)| w)));
+        planned.push((job, range_windows(job, &args.range, now)?.map(|(w, _)| w)));
     }
     let runner = match planned.iter().any(|(_, w)| w.is_none()) {
         true => Some(Runner::open(config.clone()).await?),
         false => None,
     };
-    for (i, (job, windows)) in planned.into_iter().enumerate() {
-        let windows = match (windows, &runner) {
+    let mut windows_of = Vec::new();
+    for (job, windows) in planned {
+        windows_of.push(match (windows, &runner) {
             (Some(w), _) => w,
-            (None, Some(runner)) => runner.incremental_windows(job, Utc::now()).await?.0,
+            (None, Some(runner)) => runner.incremental_windows(job, now).await?.0,
             (None, None) => unreachable!("a runner is opened for incremental plans"),
-        };
-        if i > 0 {
+        });
+    }
+    let refs: Vec<&Job> = jobs.iter().collect();
+    let groups = if args.no_fusion {
+        (0..refs.len()).map(|i| vec![i]).collect()
+    } else {
+        let fusable = |job: &Job| config.sources.get(&job.source).is_some_and(|s| plan::fusion::fusable(s, job));
+        plan::fusion::groups(&refs, fusable)
+    };
+    let bodies = chosen(&args.select) || args.bodies;
+    let mut totals: Vec<PlannedRequests> = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 && bodies {
             println!();
         }
-        plan_job(&config, job, &windows)?;
+        let members: Vec<(&Job, &[Window])> = group.iter().map(|&j| (refs[j], windows_of[j].as_slice())).collect();
+        totals.push(plan_group(&config, &members, bodies)?);
+    }
+    if !bodies || groups.len() > 1 {
+        if bodies {
+            println!();
+        }
+        print!("{}", plan_totals(&config, &totals));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints one job's windows and the requests that load them (without credentials).
-fn plan_job(config: &Config, job: &Job, windows: &[Window]) -> anyhow::Result<()> {
-    let source_config =
-        config.sources.get(&job.source).with_context(|| format!("job {}: unknown source {}", job.name, job.source))?;
-    let source = Source::new(source_config).map_err(anyhow::Error::msg)?;
-    let chunks = plan::chunk(windows, job.max_windows_per_request);
-    let requests: usize = chunks.iter().map(|c| source.requests(job, c).len()).sum();
+/// What one planned unit (a job, or jobs sharing requests) sends.
+struct PlannedRequests {
+    jobs: Vec<String>,
+    source: String,
+    /// Requests of the first page of each.
+    requests: u64,
+    /// Every page, estimated where the page count is known only from the answers.
+    with_pages: u64,
+    /// Whether `with_pages` is an estimate (a lower bound).
+    estimated: bool,
+}
+
+/// Prints one unit's windows and, with `bodies`, the requests that load them (without
+/// credentials); returns what it sends.
+fn plan_group(config: &Config, members: &[(&Job, &[Window])], bodies: bool) -> anyhow::Result<PlannedRequests> {
+    let lead = members[0].0;
+    let source_config = config
+        .sources
+        .get(&lead.source)
+        .with_context(|| format!("job {}: unknown source {}", lead.name, lead.source))?;
+    let fused = (members.len() > 1).then(|| {
+        let jobs: Vec<&Job> = members.iter().map(|(j, _)| *j).collect();
+        plan::fusion::Fused::new(&jobs)
+    });
+    let fetch_job = fused.as_ref().map_or(lead, |f| &f.job);
+    let mut all: Vec<Window> = members.iter().flat_map(|(_, w)| w.iter().copied()).collect();
+    all.sort();
+    all.dedup();
+    let api = chatetl::source::api(lead.endpoint);
+    let chunks = plan::chunk(&all, lead.max_windows_per_request);
+    let (mut requests, mut with_pages, mut estimated) = (0u64, 0u64, false);
+    for chunk in &chunks {
+        let n = api.requests(source_config, fetch_job, chunk).len() as u64;
+        requests += n;
+        match api.pages(fetch_job, chunk) {
+            Some(pages) => {
+                with_pages += n * u64::from(pages);
+                estimated = true;
+            }
+            None => with_pages += n,
+        }
+    }
     let disabled = if source_config.enabled { "" } else { " (disabled: its source has `enabled: false`)" };
-    println!(
-        "job {}{disabled}: {} {} windows in {} ({}), {} requests",
-        job.name,
-        windows.len(),
-        match job.window {
-            chatetl::config::WindowUnit::Day => "day",
-            chatetl::config::WindowUnit::Hour => "hour",
-            chatetl::config::WindowUnit::Snapshot => "snapshot",
-        },
-        job.time_zone.name(),
-        if windows.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },
-        requests
-    );
-    if !source_config.unset.is_empty() {
+    let unit = |job: &Job| match job.window {
+        chatetl::config::WindowUnit::Day => "day",
+        chatetl::config::WindowUnit::Hour => "hour",
+        chatetl::config::WindowUnit::Snapshot => "snapshot",
+    };
+    let pages = if estimated { format!(" (about {with_pages} with pages)") } else { String::new() };
+    if fused.is_some() {
+        let names: Vec<&str> = members.iter().map(|(j, _)| j.name.as_str()).collect();
+        println!(
+            "jobs {}{disabled} share one request per chunk (they differ only in aggregations): {} {} windows in {} ({}), \
+             {requests} requests{pages} for all {} instead of {}",
+            names.join(", "),
+            all.len(),
+            unit(lead),
+            lead.time_zone.name(),
+            if all.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },
+            names.len(),
+            members
+                .iter()
+                .map(|(j, w)| plan::chunk(w, j.max_windows_per_request)
+                    .iter()
+                    .map(|c| api.requests(source_config, j, c).len())
+                    .sum::<usize>())
+                .sum::<usize>(),
+        );
+        for (job, windows) in members {
+            println!("job {}: {} {} windows, in the shared requests", job.name, windows.len(), unit(job));
+        }
+    } else {
+        println!(
+            "job {}{disabled}: {} {} windows in {} ({}), {requests} requests{pages}",
+            lead.name,
+            all.len(),
+            unit(lead),
+            lead.time_zone.name(),
+            if all.is_empty() { "nothing to load".to_string() } else { format!("{} chunks", chunks.len()) },
+        );
+    }
+    if !source_config.unset.is_empty() && bodies {
         let vars: Vec<&str> = source_config.unset.iter().map(|u| u.variable.as_str()).collect();
         eprintln!(
             "note: job {}: source {} has unset variables ({}); plan sends nothing, but run needs them",
-            job.name,
+            lead.name,
             source_config.name,
             vars.join(", ")
         );
     }
-    for chunk in &chunks {
-        let first = chunk[0].label(job.window, job.time_zone);
-        let last = chunk[chunk.len() - 1].label(job.window, job.time_zone);
-        println!("\n# windows {first} .. {last} ({} windows)", chunk.len());
-        for req in source.requests(job, chunk) {
-            println!("{} {}", req.method, req.url);
-            if let Some(body) = &req.body {
-                println!("{}", serde_json::to_string_pretty(body)?);
+    if bodies {
+        for chunk in &chunks {
+            let first = chunk[0].label(lead.window, lead.time_zone);
+            let last = chunk[chunk.len() - 1].label(lead.window, lead.time_zone);
+            println!("\n# windows {first} .. {last} ({} windows)", chunk.len());
+            for req in api.requests(source_config, fetch_job, chunk) {
+                println!("{} {}", req.method, req.url);
+                if let Some(body) = &req.body {
+                    println!("{}", serde_json::to_string_pretty(body)?);
+                }
             }
         }
     }
-    Ok(())
+    Ok(PlannedRequests {
+        jobs: members.iter().map(|(j, _)| j.name.clone()).collect(),
+        source: lead.source.clone(),
+        requests,
+        with_pages,
+        estimated,
+    })
+}
+
+/// The totals of a plan: requests per source and the time they take at the source's
+/// `requests_per_second` (sources run side by side, so the whole run takes the longest of them),
+/// then in all.
+fn plan_totals(config: &Config, planned: &[PlannedRequests]) -> String {
+    let mut by_source: std::collections::BTreeMap<&str, (u64, u64, bool, usize)> = Default::default();
+    for p in planned {
+        let e = by_source.entry(p.source.as_str()).or_default();
+        e.0 += p.requests;
+        e.1 += p.with_pages;
+        e.2 |= p.estimated;
+        e.3 += p.jobs.len();
+    }
+    let mut rows = Vec::new();
+    let (mut all, mut longest) = (0u64, 0f64);
+    for (source, (requests, with_pages, estimated, jobs)) in &by_source {
+        let rate = config.sources.get(*source).map_or(f64::INFINITY, |s| s.requests_per_second);
+        let secs = *with_pages as f64 / rate;
+        all += with_pages;
+        longest = longest.max(secs);
+        rows.push(vec![
+            source.to_string(),
+            jobs.to_string(),
+            requests.to_string(),
+            format!("{}{with_pages}", if *estimated { "~" } else { "" }),
+            format!("{rate}"),
+            human_secs(secs),
+        ]);
+    }
+    let jobs: usize = planned.iter().map(|p| p.jobs.len()).sum();
+    let first: u64 = planned.iter().map(|p| p.requests).sum();
+    let estimated = planned.iter().any(|p| p.estimated);
+    rows.push(vec![
+        "total".into(),
+        jobs.to_string(),
+        first.to_string(),
+        format!("{}{all}", if estimated { "~" } else { "" }),
+        String::new(),
+        human_secs(longest),
+    ]);
+    let mut out = table(&["source", "jobs", "requests", "with pages", "per second", "time at the rate"], &rows);
+    out.push('\n');
+    if estimated {
+        out.push_str(
+            "~ estimated: a paged answer's page count is known only from the answers (at least one row per bucket)\n",
+        );
+    }
+    out.push_str("sources run side by side: the run takes as long as its slowest source\n");
+    out
+}
+
+/// `2 h 5 min`, `3 min 20 s`, `4.2 s`.
+fn human_secs(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        _ if secs < 60.0 => format!("{secs:.1} s"),
+        _ if s < 3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -315,58 +462,130 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     require_credentials(&config, &contacted)?;
     let runner = Runner::open(config).await?;
     let interrupt = interrupt_token()?;
-    let mut reports = Vec::new();
+    let base = RunOptions {
+        concurrency: args.concurrency,
+        progress: Progress::Auto,
+        force: true,
+        cancel: Some(interrupt.clone()),
+        ..RunOptions::default()
+    };
+    // Every job's windows, at one `now`, so jobs that share requests agree on them.
+    let now = Utc::now();
+    let mut planned: Vec<(Job, Vec<Window>, RunOptions)> = Vec::new();
     let mut fatal = Vec::new();
     for (job, windows) in jobs {
-        if interrupt.is_cancelled() {
-            break;
-        }
-        let mut opts = RunOptions {
-            concurrency: args.concurrency,
-            progress: Progress::Auto,
-            force: true,
-            cancel: Some(interrupt.clone()),
-            ..RunOptions::default()
-        };
-        let result = if args.rebuild {
-            runner.rebuild(&job, Utc::now(), &opts).await
-        } else {
-            let windows = match (windows, listed) {
-                (Some((w, partial_after)), _) => {
-                    opts.kind = RunKind::Range;
-                    opts.partial_after = Some(partial_after);
-                    w
+        let mut opts = base.clone();
+        let windows = match (args.rebuild, windows, listed) {
+            (true, _, _) => Vec::new(),
+            (false, Some((w, partial_after)), _) => {
+                opts.kind = RunKind::Range;
+                opts.partial_after = Some(partial_after);
+                w
+            }
+            (false, None, Some(kind)) => {
+                opts.kind = kind;
+                // A listed window still in progress (include_partial) stays incomplete.
+                let settle = chrono::Duration::seconds(job.settle_secs as i64);
+                opts.partial_after = Some(now - settle);
+                let w = listed_windows(&runner, &job, kind).await?;
+                if w.is_empty() {
+                    eprintln!(
+                        "note: job {}: no {} windows",
+                        job.name,
+                        if kind == RunKind::Failed { "failed" } else { "outdated" }
+                    );
                 }
-                (None, Some(kind)) => {
-                    opts.kind = kind;
-                    // A listed window still in progress (include_partial) stays incomplete.
-                    let settle = chrono::Duration::seconds(job.settle_secs as i64);
-                    opts.partial_after = Some(Utc::now() - settle);
-                    let w = listed_windows(&runner, &job, kind).await?;
-                    if w.is_empty() {
-                        eprintln!(
-                            "note: job {}: no {} windows",
-                            job.name,
-                            if kind == RunKind::Failed { "failed" } else { "outdated" }
-                        );
-                    }
-                    w
-                }
-                (None, None) => {
-                    let (w, partial_after) = runner.incremental_windows(&job, Utc::now()).await?;
+                w
+            }
+            (false, None, None) => match runner.incremental_windows(&job, now).await {
+                Ok((w, partial_after)) => {
                     opts.kind = RunKind::Incremental;
                     opts.partial_after = Some(partial_after);
                     w
                 }
-            };
-            runner.run(&job, windows, &opts).await
+                Err(e) => {
+                    fatal.push((e.kind(), format!("job {}: {e:#}", job.name)));
+                    continue;
+                }
+            },
         };
+        planned.push((job, windows, opts));
+    }
+    let order: Vec<String> = planned.iter().map(|(j, _, _)| j.name.clone()).collect();
+    let units = units(&runner.config, planned, args.rebuild || args.no_fusion);
+    // Sources side by side, each within its own budget (its client's rate and concurrency); a
+    // source's jobs one unit after the other.
+    let mut by_source: std::collections::BTreeMap<String, Vec<Unit>> = Default::default();
+    for unit in units {
+        by_source.entry(unit[0].0.source.clone()).or_default().push(unit);
+    }
+    let (runner, interrupt_ref, rebuild) = (&runner, &interrupt, args.rebuild);
+    let per_source = by_source.into_values().map(|units| async move {
+        let mut results = Vec::new();
+        for unit in units {
+            if interrupt_ref.is_cancelled() {
+                break;
+            }
+            if rebuild {
+                for (job, _, opts) in unit {
+                    results.push((job.name.clone(), runner.rebuild(&job, Utc::now(), &opts).await));
+                }
+            } else {
+                let opts = unit[0].2.clone();
+                let members: Vec<(Job, Vec<Window>)> = unit.into_iter().map(|(j, w, _)| (j, w)).collect();
+                results.extend(runner.run_fused(&members, &opts).await);
+            }
+        }
+        results
+    });
+    let mut results: Vec<(String, Result<RunReport, chatetl::runner::RunError>)> =
+        futures::future::join_all(per_source).await.into_iter().flatten().collect();
+    results.sort_by_key(|(name, _)| order.iter().position(|n| n == name));
+    let mut reports = Vec::new();
+    for (name, result) in results {
         match result {
             Ok(r) => reports.push(r),
-            Err(e) => fatal.push((e.kind(), format!("job {}: {e:#}", job.name))),
+            Err(e) => fatal.push((e.kind(), format!("job {name}: {e:#}"))),
         }
     }
     finish(&reports, &fatal, interrupt.is_cancelled())
+}
+
+/// Jobs run together: one job, or jobs that share requests (query fusion), with their windows and
+/// options.
+type Unit = Vec<(Job, Vec<Window>, RunOptions)>;
+
+/// Groups planned jobs into [`Unit`]s: jobs whose requests differ only in aggregations
+/// ([`plan::fusion::groups`]) and whose runs are of one kind share a unit, unless `separate`.
+fn units(config: &Config, planned: Vec<(Job, Vec<Window>, RunOptions)>, separate: bool) -> Vec<Unit> {
+    let groups = if separate {
+        (0..planned.len()).map(|i| vec![i]).collect()
+    } else {
+        let jobs: Vec<&Job> = planned.iter().map(|(j, _, _)| j).collect();
+        let fusable = |job: &Job| config.sources.get(&job.source).is_some_and(|s| plan::fusion::fusable(s, job));
+        let mut groups = Vec::new();
+        for group in plan::fusion::groups(&jobs, fusable) {
+            // Runs of another kind (a range, listed windows) or another partial instant stay apart.
+            let mut kinds: Vec<Vec<usize>> = Vec::new();
+            for i in group {
+                let same = |g: &Vec<usize>| {
+                    let (a, b) = (&planned[g[0]].2, &planned[i].2);
+                    a.kind == b.kind && a.partial_after == b.partial_after
+                };
+                match kinds.iter_mut().find(|g| same(g)) {
+                    Some(g) => g.push(i),
+                    None => kinds.push(vec![i]),
+                }
+            }
+            groups.extend(kinds);
+        }
+        groups
+    };
+    let mut planned: Vec<Option<(Job, Vec<Window>, RunOptions)>> = planned.into_iter().map(Some).collect();
+    groups
+        .into_iter()
+        .map(|g| g.into_iter().map(|i| planned[i].take().expect("each job in one group")).collect())
+        .collect()
 }
 
 pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -428,6 +647,18 @@ fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: boo
     }
     for (_, f) in fatal {
         eprintln!("error: {f}");
+    }
+    let mut told = std::collections::BTreeSet::new();
+    for r in reports.iter().filter(|r| !r.fused_with.is_empty()) {
+        let mut group: Vec<&str> = r.fused_with.iter().map(String::as_str).chain([r.job.as_str()]).collect();
+        group.sort();
+        if told.insert(group.clone()) {
+            eprintln!(
+                "note: {} differ only in aggregations and shared one request per chunk (--no-fusion: one each); \
+                 a chunk's requests are counted under the first of them",
+                group.join(", ")
+            );
+        }
     }
     if interrupted {
         let cut: Vec<&str> = reports.iter().filter(|r| r.windows_cancelled > 0).map(|r| r.job.as_str()).collect();

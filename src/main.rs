@@ -83,7 +83,10 @@ Examples:
   chatetl plan --job real_chats --from 2024-03-01 --to 2024-03-31
   chatetl plan --job real_chats            # what the next incremental run would load
   chatetl plan --source thulium --from 2024-03-01 --to 2024-03-01
-Requests are printed without their credentials, so plan needs none."
+  chatetl plan                             # every job: requests and time at the sources' rates
+Requests are printed without their credentials, so plan needs none. Jobs that differ only in
+their aggregations share one request per chunk (query fusion; --no-fusion plans them apart).
+The totals count every page, estimated where the page count is known only from the answers."
     };
 }
 
@@ -99,6 +102,8 @@ Examples:
   chatetl run --job real_chats --rebuild        # the whole history into a shadow table, swapped in
   chatetl run --job real_chats --failed         # exactly the windows that failed
   chatetl run --job real_chats --outdated       # fill columns added to the job in older windows
+Jobs of different sources run side by side, each source within its own requests_per_second and
+concurrency; jobs that differ only in their aggregations share one request per chunk.
 Exit codes: 0 every window loaded; 1 some window failed (the others are kept), an outage or the
 warehouse; 2 bad usage or configuration (also an unset credential variable of a source the jobs
 read, or a job of a disabled source); 3 refused credentials; 4 a refused request or an unreadable
@@ -210,6 +215,13 @@ struct PlanArgs {
     select: SelectArgs,
     #[command(flatten)]
     range: RangeArgs,
+    /// Plan each job's own requests, as `run --no-fusion` sends them.
+    #[arg(long)]
+    no_fusion: bool,
+    /// Also print the request bodies when planning every job (with --job or --source they are
+    /// always printed).
+    #[arg(long)]
+    bodies: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +247,10 @@ struct RunArgs {
     /// fills the new columns in that history (`status` counts them).
     #[arg(long, conflicts_with_all = ["from", "to"])]
     outdated: bool,
+    /// Send each job's own requests, even where jobs differ only in their aggregations and could
+    /// share one request per chunk (query fusion, the default).
+    #[arg(long)]
+    no_fusion: bool,
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,11 @@ impl Api for RealTime {
         windows.iter().map(|w| request(self.0, source, job, w, 1)).collect()
     }
 
+    /// Paged: the page count is only known from the answers (at least one page).
+    fn pages(&self, _job: &Job, _windows: &[Window]) -> Option<u32> {
+        Some(1)
+    }
+
     fn fetch<'a>(
         &'a self,
         calls: &'a Calls<'a>,

@@ -100,6 +100,12 @@ pub trait Api: Sync {
     /// paged endpoints, the first page of each. `chatetl plan` prints them.
     fn requests(&self, source: &SourceConfig, job: &Job, windows: &[Window]) -> Vec<HttpRequest>;
 
+    /// Pages each of those requests takes, for `chatetl plan`'s totals: `None` where an answer is
+    /// one page, else an estimate from what the plan knows (the answers alone tell the truth).
+    fn pages(&self, _job: &Job, _windows: &[Window]) -> Option<u32> {
+        None
+    }
+
     /// Sends them through `calls` (every page) and returns the rows of each window.
     fn fetch<'a>(
         &'a self,

@@ -549,6 +549,22 @@ impl Api for ChatSummary {
         requests(source, job, windows)
     }
 
+    /// At least one row per bucket (one user, or `sum_users`), and pages until one shorter than
+    /// the limit, an empty one included: `rows / limit + 1`.
+    fn pages(&self, job: &Job, windows: &[Window]) -> Option<u32> {
+        let p = params(job)?;
+        let (first, last) = (windows.first()?, windows.last()?);
+        let minutes = (last.end - first.start).num_minutes().max(0) as u64;
+        let buckets = match p.aggregate_by {
+            AggregateBy::Minute => minutes,
+            AggregateBy::Hour => minutes.div_ceil(60),
+            AggregateBy::HourOfDay => minutes.div_ceil(60).min(24),
+            AggregateBy::Day => minutes.div_ceil(24 * 60),
+            AggregateBy::Week | AggregateBy::Month | AggregateBy::Year => windows.len() as u64,
+        };
+        Some(u32::try_from(buckets / u64::from(p.limit) + 1).unwrap_or(u32::MAX))
+    }
+
     fn fetch<'a>(
         &'a self,
         calls: &'a Calls<'a>,

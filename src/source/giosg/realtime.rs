@@ -63,6 +63,11 @@ impl Api for Realtime {
         windows.iter().map(|_| first_request(self.0, source, job)).collect()
     }
 
+    /// Paged: the page count is only known from the answers (at least one page).
+    fn pages(&self, _job: &Job, _windows: &[Window]) -> Option<u32> {
+        Some(1)
+    }
+
     fn fetch<'a>(
         &'a self,
         calls: &'a Calls<'a>,
