@@ -14,6 +14,11 @@
 //! its credentials is paused (no run, no request, `chatetl_job_paused 1`, a `paused` run record)
 //! until the configuration is reloaded, instead of being retried on every tick.
 //!
+//! Jobs that could share requests ([`crate::plan::fusion`]) and fire on the same schedule in the
+//! same zone are a tick group: the first of their loops to fire at an instant runs every member
+//! that is free with one request per chunk ([`Runner::run_fused`]), and the others' loops, firing
+//! at the same instant, find their tick taken. The catch-up at start goes through the same path.
+//!
 //! Ticks only trigger: what a tick loads comes from the watermark (incremental catch-up, plus the
 //! job's lookback), and the per-job run lock (a PostgreSQL advisory lock, or a file lock) keeps
 //! a second daemon from loading the same job at the same time. So late, doubled or missed ticks
@@ -34,7 +39,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config, Job, JobKind};
 use crate::error::ErrorKind;
 use crate::metrics::{HealthCheck, Metrics};
-use crate::runner::{ChunkDone, ChunkObserver, Progress, RunError, RunKind, RunOptions, Runner};
+use crate::runner::{ChunkDone, ChunkObserver, Progress, RunError, RunKind, RunOptions, RunReport, Runner};
 use crate::schedule_time::Schedule;
 use crate::state::{RunRecord, definition_hash};
 
@@ -245,6 +250,11 @@ struct Inner {
     /// Scheduled jobs that have not yet had a run without a failed window since the daemon
     /// started: /readyz is 503 while there are any.
     behind: Mutex<std::collections::BTreeSet<String>>,
+    /// Each scheduled job's tick group (itself first, then the others; alone: itself), set
+    /// when the loops start.
+    tick_groups: Mutex<HashMap<String, Vec<String>>>,
+    /// The latest tick each job was run for, by its own loop or its group's.
+    ticked: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 /// How often the warehouse is checked for /healthz, and how long one check may take.
@@ -313,6 +323,8 @@ impl Scheduler {
                 warehouse: Mutex::new(WarehouseCheck { checked_at: std::time::Instant::now(), failing: None }),
                 stored_state_read: std::sync::atomic::AtomicBool::new(false),
                 behind: Mutex::new(behind),
+                tick_groups: Mutex::new(HashMap::new()),
+                ticked: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -499,6 +511,7 @@ fn start_loops(inner: &Arc<Inner>, since: DateTime<Utc>, pending: &HashMap<Strin
     let stop = inner.stopping.child_token();
     let mut tasks = JoinSet::new();
     let runner = inner.runner.read().expect("runner lock").clone();
+    *inner.tick_groups.lock().expect("tick groups lock") = tick_groups(&runner.config);
     for job in runner.config.jobs.values() {
         let Some(expr) = &job.schedule else {
             info!(job = %job.name, "no schedule: not run by the scheduler");
@@ -524,6 +537,30 @@ fn start_loops(inner: &Arc<Inner>, since: DateTime<Utc>, pending: &HashMap<Strin
     }
     let count = tasks.len();
     Loops { stop, tasks, count }
+}
+
+/// Every scheduled job's tick group: the jobs that share requests ([`crate::plan::fusion::groups`])
+/// and fire on the same schedule in the same zone; the job itself first.
+fn tick_groups(config: &Config) -> HashMap<String, Vec<String>> {
+    let jobs: Vec<&Job> = config.jobs.values().filter(|j| j.schedule.is_some()).collect();
+    let fusable = |job: &Job| config.sources.get(&job.source).is_some_and(|s| crate::plan::fusion::fusable(s, job));
+    let mut out = HashMap::new();
+    for group in crate::plan::fusion::groups(&jobs, fusable) {
+        let mut by_schedule: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for i in group {
+            let job = jobs[i];
+            let key = (job.schedule.clone().unwrap_or_default(), job.time_zone.name().to_string());
+            by_schedule.entry(key).or_default().push(job.name.clone());
+        }
+        for names in by_schedule.into_values() {
+            for name in &names {
+                let mut members = vec![name.clone()];
+                members.extend(names.iter().filter(|n| *n != name).cloned());
+                out.insert(name.clone(), members);
+            }
+        }
+    }
+    out
 }
 
 /// Ticks `job` at each fire time from `first` on; once `stop` is cancelled, returns the fire
@@ -561,8 +598,13 @@ async fn job_loop(
 }
 
 impl Inner {
-    /// Starts a run of `job` for the tick at `at`, unless one is still in flight.
+    /// Starts a run of `job` for the tick at `at`, unless one is still in flight, with the
+    /// members of its tick group that are free (one request per chunk for all of them); a job
+    /// its group already ran for `at` has nothing left to do.
     fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>) {
+        if self.ticked.lock().expect("ticked lock").get(&job.name) == Some(&at) {
+            return;
+        }
         if self.paused.lock().expect("paused lock").contains(&job.name) {
             info!(job = %job.name, tick = %at, "tick skipped: the job is paused until the configuration is reloaded (its credentials were refused)");
             return;
@@ -572,17 +614,38 @@ impl Inner {
             warn!(job = %job.name, tick = %at, "tick skipped: the previous run of this job is still going");
             return;
         }
+        let runner = self.runner.read().expect("runner lock").clone();
+        let partners = self.tick_groups.lock().expect("tick groups lock").get(&job.name).cloned().unwrap_or_default();
+        let mut members = vec![job.clone()];
+        for name in partners.iter().skip(1) {
+            let Some(partner) = runner.config.jobs.get(name) else { continue };
+            let free = !self.paused.lock().expect("paused lock").contains(name)
+                && self.ticked.lock().expect("ticked lock").get(name) != Some(&at)
+                && self.running.lock().expect("running lock").insert(name.clone());
+            if free {
+                members.push(partner.clone());
+            }
+        }
+        let mut ticked = self.ticked.lock().expect("ticked lock");
+        for m in &members {
+            ticked.insert(m.name.clone(), at);
+        }
+        drop(ticked);
         // Published before the loop sleeps again: "every loop asleep" implies this run counted.
-        self.activity.send_modify(|a| a.in_flight += 1);
-        let guard = RunningGuard { inner: self.clone(), job: job.name.clone() };
+        self.activity.send_modify(|a| a.in_flight += members.len());
+        let guards: Vec<RunningGuard> =
+            members.iter().map(|m| RunningGuard { inner: self.clone(), job: m.name.clone() }).collect();
         let inner = self.clone();
-        let job = job.clone();
         let mut runs = self.runs.lock().expect("runs lock");
         // Reap finished runs so a daemon that ticks for months keeps no record of each one.
         while runs.try_join_next().is_some() {}
         runs.spawn(async move {
-            let _guard = guard;
-            inner.run_once(&job, at).await;
+            let _guards = guards;
+            if members.len() == 1 {
+                inner.run_once(&members[0], at).await;
+            } else {
+                inner.run_group(&runner, &members, at).await;
+            }
         });
     }
 
@@ -611,6 +674,22 @@ impl Inner {
         }
     }
 
+    /// The options of a scheduled run.
+    fn run_options(&self, partial_after: DateTime<Utc>) -> RunOptions {
+        RunOptions {
+            kind: RunKind::Scheduled,
+            concurrency: self.opts.concurrency,
+            progress: Progress::Log,
+            force: true,
+            partial_after: Some(partial_after),
+            cancel: Some(self.stop_runs.clone()),
+            observer: Some(ChunkObserver({
+                let metrics = self.metrics.clone();
+                Arc::new(move |job: &str, chunk: &ChunkDone| metrics.record_chunk(job, chunk))
+            })),
+        }
+    }
+
     async fn run_once(&self, job: &Job, at: DateTime<Utc>) {
         let runner = self.runner.read().expect("runner lock").clone();
         // A snapshot is captured at its tick (a retried tick replaces it); history runs up to now.
@@ -618,21 +697,37 @@ impl Inner {
         self.activity.send_modify(|a| a.runs_started += 1);
         let result = async {
             let (windows, partial_after) = runner.incremental_windows(job, now).await?;
-            let opts = RunOptions {
-                kind: RunKind::Scheduled,
-                concurrency: self.opts.concurrency,
-                progress: Progress::Log,
-                force: true,
-                partial_after: Some(partial_after),
-                cancel: Some(self.stop_runs.clone()),
-                observer: Some(ChunkObserver({
-                    let metrics = self.metrics.clone();
-                    Arc::new(move |job: &str, chunk: &ChunkDone| metrics.record_chunk(job, chunk))
-                })),
-            };
-            runner.run(job, windows, &opts).await
+            runner.run(job, windows, &self.run_options(partial_after)).await
         }
         .await;
+        self.finished(&runner, job, at, result).await;
+    }
+
+    /// One tick of a tick group (windowed jobs sharing requests), at one `now` for all members.
+    async fn run_group(&self, runner: &Runner, members: &[Job], at: DateTime<Utc>) {
+        let now = self.clock.now();
+        self.activity.send_modify(|a| a.runs_started += members.len() as u64);
+        let mut planned = Vec::new();
+        let mut partial_after = now;
+        for job in members {
+            match runner.incremental_windows(job, now).await {
+                Ok((windows, partial)) => {
+                    partial_after = partial;
+                    planned.push((job.clone(), windows));
+                }
+                Err(e) => self.finished(runner, job, at, Err(e)).await,
+            }
+        }
+        // Members share settle_secs (part of what fuses them), so one instant is every member's.
+        let results = runner.run_fused(&planned, &self.run_options(partial_after)).await;
+        for ((job, _), (_, result)) in planned.iter().zip(results) {
+            self.finished(runner, job, at, result).await;
+        }
+    }
+
+    /// Records how a tick's run of `job` ended: metrics, readiness, a pause after refused
+    /// credentials, and its log line.
+    async fn finished(&self, runner: &Runner, job: &Job, at: DateTime<Utc>, result: Result<RunReport, RunError>) {
         match result {
             Ok(report) => {
                 let watermark = runner.sink.job_state(&job.name).await.ok().and_then(|s| s.watermark);
@@ -641,7 +736,7 @@ impl Inner {
                     self.behind.lock().expect("behind lock").remove(&job.name);
                 }
                 if report.error_kind() == Some(ErrorKind::Credentials) {
-                    self.pause(&runner, job).await;
+                    self.pause(runner, job).await;
                 } else if !report.ok() {
                     warn!(job = %job.name, tick = %at, failed = report.windows_failed, cancelled = report.windows_cancelled, "tick left windows to the next one");
                 }

@@ -582,3 +582,56 @@ async fn refused_credentials_pause_the_job_until_the_configuration_is_reloaded()
     assert_eq!(m.windows_loaded, 3, "2, 3 and 4 May: {m:?}");
     d.stop().await;
 }
+
+/// A daily org-scope chat_sessions job `name` with one aggregation, on `schedule`.
+fn fusable_job(file: &'static str, aggregation: &str, schedule: &str) -> (&'static str, String) {
+    (
+        file,
+        format!(
+            "description: A metric\nsource: giosg\nendpoint: chat_sessions\nwindow: day\nscopes: [org]\n\
+             aggregations:\n  - {aggregation}\nstart: 2024-05-01\nlookback_windows: 0\nschedule: \"{schedule}\"\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_share_requests_and_a_schedule_tick_together_with_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let e = env(
+        &["--seed", "4", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
+        TestWarehouse::Parquet(&wh),
+        &[
+            fusable_job("a_chats.yaml", "{ type: count, column: chats }", "0 30 6 * * *"),
+            fusable_job("b_sales.yaml", "{ type: sum, field: sales, column: sales }", "0 30 6 * * *"),
+            fusable_job(
+                "c_messages.yaml",
+                "{ type: sum, field: user_message_count, column: messages }",
+                "0 30 6 * * *",
+            ),
+            // Same requests, another schedule: its own tick.
+            fusable_job("d_later.yaml", "{ type: count, column: chats }", "0 45 6 * * *"),
+        ],
+    )
+    .await;
+    let clock = ManualClock::new(local(2024, 5, 3, 0, 0, 0));
+    let d = start_daemon(&e.path, clock.clone()).await;
+    for job in ["a_chats", "b_sales", "c_messages"] {
+        d.tick_to(local(2024, 5, 3, 6, 30, 0), job, 1).await;
+    }
+    let requests = e.sim.handle.requests();
+    assert_eq!(requests.len(), 1, "one request (org scope, both days) for the three jobs: {requests:#?}");
+    let body: serde_json::Value = serde_json::from_str(&requests[0].body).unwrap();
+    assert_eq!(body["aggregations"].as_array().unwrap().len(), 3, "{body}");
+    let snapshot = d.metrics.snapshot();
+    assert_eq!(snapshot.get("d_later").map_or(0, |m| m.runs), 0, "d_later waits for its own fire time");
+    for job in ["a_chats", "b_sales", "c_messages"] {
+        assert_eq!(snapshot[job].windows_loaded, 2, "{job}: 05-01 and 05-02");
+        let (rows, windows, _) = parquet_rows_windows_and_files(&wh.join(job));
+        assert_eq!((rows, windows), (2, 2), "{job}: its own table, one org row per day");
+    }
+    d.tick_to(local(2024, 5, 3, 6, 45, 0), "d_later", 1).await;
+    assert_eq!(e.sim.handle.requests().len(), 2, "d_later's own request");
+    assert_eq!(d.metrics.snapshot()["a_chats"].runs, 1, "no second run of the group");
+    d.stop().await;
+}
