@@ -192,6 +192,10 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
         jobs.extend(selection.disabled.iter().map(|j| (*j).clone()));
         jobs.sort_by(|a, b| a.name.cmp(&b.name));
     }
+    // As `run` does, a range leaves out snapshot jobs (they have no history) unless named.
+    if args.range.from.is_some() {
+        jobs.retain(|j| j.kind == JobKind::Windowed || args.select.jobs.contains(&j.name));
+    }
     let now = Utc::now();
     let mut planned = Vec::new();
     for job in &jobs {

@@ -210,3 +210,41 @@ fn plan_prints_the_requests_of_every_shipped_job() {
         assert!(stdout.contains("GET http") || stdout.contains("POST http"), "{name}: {stdout}");
     }
 }
+
+/// The `total` line of a plan: (jobs, requests).
+fn plan_total(out: &str) -> (usize, u64) {
+    let line = out.lines().find(|l| l.starts_with("total ")).unwrap_or_else(|| panic!("a total line: {out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    (cells[1].parse().unwrap(), cells[2].parse().unwrap())
+}
+
+#[test]
+fn plan_totals_the_catalogue_and_fused_trios_send_a_third_of_their_requests() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatetl"))
+            .args(["--config", &format!("{root}/chatetl.yaml"), "plan", "--from", "2024-01-01", "--to", "2024-12-31"])
+            .args(extra)
+            .env("CHATETL_WAREHOUSE_PATH", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let (fused, apart) = (plan(&[]), plan(&["--no-fusion"]));
+    let windowed = chatetl::demo::shipped::JOBS.iter().filter(|(_, t)| !t.contains("kind: snapshot")).count();
+    assert_eq!(plan_total(&fused).0, windowed, "a range plans the windowed jobs: {fused}");
+    assert!(!fused.contains("POST http"), "without --job, only the totals: {fused}");
+    assert!(fused.contains("time at the rate") && fused.contains("giosg ") && fused.contains("thulium "), "{fused}");
+    // 2024 has 366 days: 12 chunks of at most 31 days, 3 scopes; each of the two trios sends 36
+    // requests instead of 108.
+    assert_eq!(plan_total(&apart).1 - plan_total(&fused).1, 2 * (108 - 36), "{fused}\n{apart}");
+    for trio in [
+        "jobs messages_in_real_chats, real_chats, sales_in_real_chats share one request per chunk",
+        "jobs average_purchase_value_in_real_chats, purchases_in_real_chats, real_chats_with_sales share one request",
+    ] {
+        assert!(fused.contains(trio), "{fused}");
+    }
+}
