@@ -287,11 +287,16 @@ fn plan_group(config: &Config, members: &[(&Job, &[Window])], bodies: bool) -> a
         chatetl::config::WindowUnit::Snapshot => "snapshot",
     };
     let pages = if estimated { format!(" (about {with_pages} with pages)") } else { String::new() };
+    let at_rate = format!(
+        ", {} at {}/s",
+        human_secs(with_pages as f64 / source_config.requests_per_second),
+        source_config.requests_per_second
+    );
     if fused.is_some() {
         let names: Vec<&str> = members.iter().map(|(j, _)| j.name.as_str()).collect();
         println!(
             "jobs {}{disabled} share one request per chunk (they differ only in aggregations): {} {} windows in {} ({}), \
-             {requests} requests{pages} for all {} instead of {}",
+             {requests} requests{pages} for all {} instead of {}{at_rate}",
             names.join(", "),
             all.len(),
             unit(lead),
@@ -311,7 +316,7 @@ fn plan_group(config: &Config, members: &[(&Job, &[Window])], bodies: bool) -> a
         }
     } else {
         println!(
-            "job {}{disabled}: {} {} windows in {} ({}), {requests} requests{pages}",
+            "job {}{disabled}: {} {} windows in {} ({}), {requests} requests{pages}{at_rate}",
             lead.name,
             all.len(),
             unit(lead),

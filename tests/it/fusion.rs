@@ -39,7 +39,7 @@ async fn a_fused_trio_sends_one_request_per_chunk_and_scope_and_loads_the_same_t
     assert!(
         out.contains(
             "jobs messages_in_real_chats, real_chats, sales_in_real_chats share one request per chunk (they differ \
-             only in aggregations): 62 day windows in Europe/Helsinki (2 chunks), 6 requests for all 3 instead of 18"
+             only in aggregations): 62 day windows in Europe/Helsinki (2 chunks), 6 requests for all 3 instead of 18, 0.0 s at 1000/s"
         ),
         "{out}"
     );
