@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 #[cfg(feature = "simulator")]
 use crate::DemoArgs;
 use crate::{
-    BackfillArgs, PlanArgs, ProbeArgs, RangeArgs, RunArgs, ScheduleArgs, SelectArgs, StatusArgs, UsageError,
+    BackfillArgs, DdlArgs, PlanArgs, ProbeArgs, RangeArgs, RunArgs, ScheduleArgs, SelectArgs, StatusArgs, UsageError,
     ValidateArgs,
 };
 
@@ -736,6 +736,39 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push(line(row.iter().map(String::as_str).collect()));
     }
     out.join("\n")
+}
+
+/// `ddl`: the external-table statements of the chosen jobs' tables for one engine.
+pub fn ddl(config: Config, args: DdlArgs) -> anyhow::Result<ExitCode> {
+    let location = match (&args.location, &config.warehouse) {
+        (Some(l), _) => l.clone(),
+        (None, chatetl::config::Warehouse::Parquet { path }) => {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            path.display().to_string()
+        }
+        (None, _) => {
+            return Err(UsageError(
+                "ddl describes a Parquet warehouse, and this configuration's is PostgreSQL: give --location with \
+                 the root of a Parquet warehouse (s3://bucket/prefix, gs://…, a path)"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let selection = select(&config, &args.select)?;
+    let mut jobs: Vec<&Job> = selection.enabled.clone();
+    if chosen(&args.select) {
+        jobs.extend(selection.disabled.iter().copied());
+        jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let schema = chatetl::runner::table_schema(job);
+        print!("{}", chatetl::ddl::ddl(args.engine, job, &schema, &location));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {

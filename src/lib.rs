@@ -20,7 +20,8 @@
 //! - [`config`]: `chatetl.yaml` and job files: types, `${ENV}` interpolation, validation, and the
 //!   endpoint registry (`config::Endpoint::info`).
 //! - [`plan`]: windows in a job's time zone (local days, wall-clock hours), incremental catch-up
-//!   with lookback, `--from`/`--to` ranges, and chunks of windows per request (pure).
+//!   with lookback, `--from`/`--to` ranges, chunks of windows per request, and which jobs share
+//!   requests (`plan::fusion`) (pure).
 //! - [`state`]: watermarks, window loads, failed windows and run history, the rule that moves a
 //!   watermark (on plain arguments), and job definitions (hash, canonical document, how two
 //!   differ).
@@ -36,7 +37,7 @@
 //!   a shadow table swapped in at the end.
 //! - [`runner`]: executes a plan: chunks, concurrency, progress, error isolation with typed load
 //!   errors, run records, failed windows, definition changes (columns added, or refused until a
-//!   shadow rebuild).
+//!   shadow rebuild), and fused runs of jobs that share requests.
 //! - [`probe`]: `chatetl probe`: one request per endpoint a job uses, its answer checked against
 //!   every assumption the clients make where the vendors' docs are silent
 //!   (`docs/assumptions.md`).
@@ -45,6 +46,8 @@
 //! - [`scheduler`]: `chatetl schedule`: a tick loop per job, overlap guard, reload, graceful
 //!   shutdown; [`metrics`] serves its health and metrics.
 //! - [`readback`]: reading results back from a warehouse (the demo's summary).
+//! - [`ddl`]: `chatetl ddl`: the external-table DDL with which BigQuery, Snowflake, Athena,
+//!   Trino, Databricks and DuckDB read a table of a Parquet warehouse.
 //! - [`telemetry`]: tracing set-up shared by every subcommand (`--log-format`, `-v`/`-q`).
 //! - [`demo`] (feature `simulator`, on by default): `chatetl demo`: the simulator and every
 //!   shipped job into a local warehouse.
@@ -53,6 +56,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod ddl;
 #[cfg(feature = "simulator")]
 pub mod demo;
 pub mod error;

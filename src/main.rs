@@ -159,6 +159,10 @@ enum Command {
         after_long_help = concat!(status_examples!(), "\n\n", select_help!())
     )]
     Status(StatusArgs),
+    /// Print the external-table DDL that lets BigQuery, Snowflake, Athena, Trino, Databricks or
+    /// DuckDB read a job's table from a Parquet warehouse; send nothing.
+    #[command(after_help = DDL_HELP)]
+    Ddl(DdlArgs),
     /// Ask each source once per endpoint a job uses and check its answers against every
     /// assumption chatetl makes where the vendors' docs are silent (docs/assumptions.md).
     #[command(after_help = PROBE_HELP)]
@@ -300,6 +304,27 @@ struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+const DDL_HELP: &str = "\
+Examples:
+  chatetl ddl --engine duckdb --job real_chats | duckdb lake.db      # a view over the local warehouse
+  chatetl ddl --engine athena --job 'real_chats*' --location s3://bucket/chatetl
+  chatetl ddl --engine bigquery --job real_chats --location gs://bucket/chatetl
+--location is the warehouse's root as the engine reaches it (default: the configured Parquet
+path). Placeholders in capitals (DATASET, STAGE, SCHEMA) are yours to fill in.";
+
+#[derive(Debug, Args)]
+struct DdlArgs {
+    /// The engine whose SQL is printed.
+    #[arg(long, value_enum)]
+    engine: chatetl::ddl::Engine,
+    /// Jobs by name or glob (repeatable); every enabled job when none is given.
+    #[command(flatten)]
+    select: SelectArgs,
+    /// The warehouse's root as the engine reads it: s3://bucket/prefix, gs://…, az://…, a path.
+    #[arg(long, value_name = "URL")]
+    location: Option<String>,
 }
 
 const PROBE_HELP: &str = "\
@@ -467,7 +492,7 @@ fn main() -> ExitCode {
     // Commands that print and end die quietly when their reader goes away (`chatetl plan | head`),
     // as Unix tools do; the long-running ones keep Rust's default (SIGPIPE ignored, EPIPE errors).
     #[cfg(unix)]
-    if matches!(cli.command, Command::Validate(_) | Command::Plan(_) | Command::Status(_)) {
+    if matches!(cli.command, Command::Validate(_) | Command::Plan(_) | Command::Status(_) | Command::Ddl(_)) {
         // SAFETY: called before any thread starts; restores the default disposition.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -507,6 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run(load_config(&cli.config)?, args).await,
         Command::Backfill(args) => commands::backfill(load_config(&cli.config)?, args).await,
         Command::Status(args) => commands::status(load_config(&cli.config)?, args).await,
+        Command::Ddl(args) => commands::ddl(load_config(&cli.config)?, args),
         Command::Probe(args) => commands::probe(load_config(&cli.config)?, args).await,
         // The daemon runs every enabled job, and re-reads the files on SIGHUP with
         // `config::load`: both need the credentials of every enabled source a job names.

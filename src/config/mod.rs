@@ -205,7 +205,7 @@ pub struct SourceConfig {
 pub enum Warehouse {
     /// Tables in `schema`; state in the `chatetl` schema of the same database.
     Postgres { url: Secret, schema: String },
-    /// `<path>/<table>/date=…/` partitions; state in `<path>/_chatetl/`.
+    /// `<path>/<table>/year=…/month=…/` partitions; state in `<path>/_chatetl/`.
     Parquet { path: PathBuf },
 }
 

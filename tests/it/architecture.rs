@@ -28,6 +28,7 @@ const LAYERS: &[&str] = &[
     "metrics",
     "scheduler",
     "readback",
+    "ddl",
     "telemetry",
     "demo",
 ];

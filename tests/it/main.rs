@@ -8,6 +8,7 @@ mod bounds;
 mod config_cli;
 mod config_corpus;
 mod container;
+mod ddl;
 mod exporter;
 mod fusion;
 mod giosg_events;
