@@ -122,6 +122,15 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
     let list = |ty: &dyn Fn(&Col) -> String| -> String {
         cols.iter().map(|c| format!("  {:<width$} {}", c.name, ty(c))).collect::<Vec<_>>().join(",\n")
     };
+    // Trino and Spark declare the partition keys as the last columns.
+    let commented_with_keys = |key_type: &str| -> Vec<String> {
+        let mut lines: Vec<String> = cols
+            .iter()
+            .map(|c| format!("  {:<width$} {} COMMENT {}", c.name, c.ty.name(engine), quote(&c.comment)))
+            .collect();
+        lines.extend(keys.iter().map(|k| format!("  {k:<width$} {key_type}")));
+        lines
+    };
     let head = format!(
         "-- {table}: {}\n-- chatetl job {}, Parquet under {dir}/{}\n",
         schema.description.replace('\n', " "),
@@ -178,11 +187,7 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
             )
         }
         Engine::Trino => {
-            let mut lines: Vec<String> = cols
-                .iter()
-                .map(|c| format!("  {:<width$} {} COMMENT {}", c.name, c.ty.name(engine), quote(&c.comment)))
-                .collect();
-            lines.extend(keys.iter().map(|k| format!("  {k:<width$} INTEGER")));
+            let lines = commented_with_keys("INTEGER");
             format!(
                 "CREATE TABLE IF NOT EXISTS hive.SCHEMA.{table} (\n{}\n)\nCOMMENT {}\nWITH (\n  format = 'PARQUET',\n  \
                  external_location = {},\n  partitioned_by = ARRAY[{}]\n);\n\
@@ -194,11 +199,7 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
             )
         }
         Engine::Databricks => {
-            let mut lines: Vec<String> = cols
-                .iter()
-                .map(|c| format!("  {:<width$} {} COMMENT {}", c.name, c.ty.name(engine), quote(&c.comment)))
-                .collect();
-            lines.extend(keys.iter().map(|k| format!("  {k:<width$} INT")));
+            let lines = commented_with_keys("INT");
             format!(
                 "CREATE TABLE IF NOT EXISTS {table} (\n{}\n)\nUSING PARQUET\nPARTITIONED BY ({})\nLOCATION {}\nCOMMENT {};\n\
                  MSCK REPAIR TABLE {table};\n",
