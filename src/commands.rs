@@ -557,7 +557,7 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => fatal.push((e.kind(), format!("job {name}: {e:#}"))),
         }
     }
-    finish(&reports, &fatal, interrupt.is_cancelled())
+    finish(&reports, &fatal, interrupt.is_cancelled(), args.json)
 }
 
 /// Jobs run together: one job, or jobs that share requests (query fusion), with their windows and
@@ -629,17 +629,35 @@ pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<Exit
         observer: None,
     };
     match runner.run(&job, windows, &opts).await {
-        Ok(report) => finish(&[report], &[], interrupt.is_cancelled()),
-        Err(e) => finish(&[], &[(e.kind(), format!("job {}: {e:#}", job.name))], interrupt.is_cancelled()),
+        Ok(report) => finish(&[report], &[], interrupt.is_cancelled(), args.json),
+        Err(e) => finish(&[], &[(e.kind(), format!("job {}: {e:#}", job.name))], interrupt.is_cancelled(), args.json),
     }
 }
 
 /// Prints the run summary and failures. The exit code is the most urgent failure's
 /// (`ErrorKind::exit_code`: 3 refused credentials, 4 a refused request or unreadable answer, 2 the
 /// configuration, 1 an outage or the warehouse), 1 for a run cut short, 130 when a signal
-/// interrupted it, 0 when all went well.
-fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: bool) -> anyhow::Result<ExitCode> {
-    println!("{}", summary_table(reports));
+/// interrupted it, 0 when all went well. With `json`, stdout is one JSON line instead of the
+/// table ([`json_summary`]), for an orchestrator (the last line of stdout is what Airflow's
+/// BashOperator keeps).
+fn finish(
+    reports: &[RunReport],
+    fatal: &[(ErrorKind, String)],
+    interrupted: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let kinds = fatal.iter().map(|(k, _)| *k).chain(reports.iter().filter_map(RunReport::error_kind));
+    let code: u8 = match ErrorKind::most_urgent(kinds) {
+        _ if interrupted => 130,
+        Some(kind) => kind.exit_code(),
+        None if reports.iter().any(|r| !r.ok()) => 1,
+        None => 0,
+    };
+    if json {
+        println!("{}", json_summary(reports, fatal, interrupted, code));
+    } else {
+        println!("{}", summary_table(reports));
+    }
     for r in reports {
         for f in &r.failures {
             eprintln!("error: {}", f.message);
@@ -679,14 +697,62 @@ fn finish(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: boo
                 cut.join(", ")
             );
         }
-        return Ok(ExitCode::from(130));
     }
-    let kinds = fatal.iter().map(|(k, _)| *k).chain(reports.iter().filter_map(RunReport::error_kind));
-    Ok(match ErrorKind::most_urgent(kinds) {
-        Some(kind) => ExitCode::from(kind.exit_code()),
-        None if reports.iter().any(|r| !r.ok()) => ExitCode::FAILURE,
-        None => ExitCode::SUCCESS,
+    Ok(ExitCode::from(code))
+}
+
+/// The one-line JSON summary of a run: its exit code, whether running it again can help
+/// (`retryable`: every failure is of a kind a retry can fix, or the run was interrupted), per
+/// job what it did, and every error with its kind.
+pub fn json_summary(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: bool, code: u8) -> String {
+    let kind_of = |k: ErrorKind| serde_json::json!({"kind": k.as_str(), "retryable": k.retryable()});
+    let jobs: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "job": r.job,
+                "run_id": r.run_id,
+                "status": if r.ok() { "succeeded" } else if r.windows_loaded > 0 { "partial" } else { "failed" },
+                "windows": r.windows_planned,
+                "loaded": r.windows_loaded,
+                "skipped": r.windows_skipped,
+                "failed": r.windows_failed,
+                "cancelled": r.windows_cancelled,
+                "rows": r.rows,
+                "requests": r.requests,
+                "retries": r.retries,
+                "seconds": (r.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "error_kind": r.error_kind().map(|k| k.as_str()),
+                "fused_with": r.fused_with,
+            })
+        })
+        .collect();
+    let mut errors: Vec<serde_json::Value> = reports
+        .iter()
+        .flat_map(|r| r.failures.iter().map(move |f| (r.job.as_str(), f.kind, f.message.as_str())))
+        .map(|(job, kind, message)| {
+            let mut e = kind_of(kind);
+            e["job"] = job.into();
+            e["message"] = message.into();
+            e
+        })
+        .collect();
+    errors.extend(fatal.iter().map(|(kind, message)| {
+        let mut e = kind_of(*kind);
+        e["message"] = message.as_str().into();
+        e
+    }));
+    let retryable = code != 0 && (interrupted || errors.iter().all(|e| e["retryable"] == true));
+    serde_json::json!({
+        "summary": "chatetl",
+        "exit_code": code,
+        "ok": code == 0,
+        "retryable": retryable,
+        "interrupted": interrupted,
+        "jobs": jobs,
+        "errors": errors,
     })
+    .to_string()
 }
 
 /// Per job: windows, loaded, skipped, failed, rows, requests, retries, seconds.

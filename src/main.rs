@@ -255,6 +255,10 @@ struct RunArgs {
     /// share one request per chunk (query fusion, the default).
     #[arg(long)]
     no_fusion: bool,
+    /// Print the summary as one JSON line on stdout (exit code, retryable, per job, errors) for
+    /// an orchestrator, instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -277,6 +281,9 @@ struct BackfillArgs {
     /// Reload windows that are already loaded.
     #[arg(long)]
     force: bool,
+    /// Print the summary as one JSON line on stdout, as `run --json` does.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
