@@ -46,6 +46,9 @@ pub struct Assumption {
 
 const GIOSG_REPORTS: &[Endpoint] = &[Endpoint::ChatSessions, Endpoint::Events, Endpoint::Workflow];
 const GIOSG_BUCKETED: &[Endpoint] = &[Endpoint::ChatSessions, Endpoint::Events];
+/// The endpoints whose query shapes beyond 001's (buckets, several aggregations) are probed by
+/// comparing answers ([`compare_verdicts`]).
+const GIOSG_EVENT_QUERIES: &[Endpoint] = &[Endpoint::Events, Endpoint::Workflow];
 
 /// Every assumption `probe` checks.
 pub const ASSUMPTIONS: &[Assumption] = &[
@@ -302,15 +305,14 @@ pub async fn probe(runner: &Runner, only_source: Option<&str>, now: DateTime<Utc
         };
         // Query shapes 001 never shows (buckets, several aggregations) show only by comparing
         // answers: a few more requests, each like the first (`compare`).
-        let compared = match endpoint {
-            Endpoint::Events | Endpoint::Workflow => {
-                let others: Vec<&Job> = runner.config.jobs.values().filter(|j| j.source == job.source).collect();
-                let mut asker = Asker { source: &source, requests: 0 };
-                let verdicts = compare_verdicts(&mut asker, job, &others, now).await;
-                report.requests += asker.requests;
-                verdicts
-            }
-            _ => BTreeMap::new(),
+        let compared = if GIOSG_EVENT_QUERIES.contains(&endpoint) {
+            let others: Vec<&Job> = runner.config.jobs.values().filter(|j| j.source == job.source).collect();
+            let mut asker = Asker { source: &source, requests: 0 };
+            let verdicts = compare_verdicts(&mut asker, job, &others, now).await;
+            report.requests += asker.requests;
+            verdicts
+        } else {
+            BTreeMap::new()
         };
         for assumption in ASSUMPTIONS.iter().filter(|a| a.endpoints.contains(&endpoint)) {
             let not_json = |body: &[u8]| {
@@ -619,12 +621,13 @@ async fn answered_rows(asker: &mut Asker<'_>, job: &Job, windows: &[Window]) -> 
         _ => Unanswered::Failed(e.to_string()),
     })?;
     let scope = job.scopes.first().copied().unwrap_or(Scope::Org);
-    let rows = match job.endpoint {
-        Endpoint::Workflow => windows
+    let rows = if job.endpoint == Endpoint::Workflow {
+        windows
             .iter()
             .map(|w| crate::source::giosg::workflow::parse(job, w, &body).map(|row| vec![row]))
-            .collect::<Result<Vec<_>, String>>(),
-        _ => crate::source::giosg::chat_sessions::parse(job, scope, windows, &body, "an events result"),
+            .collect::<Result<Vec<_>, String>>()
+    } else {
+        crate::source::giosg::chat_sessions::parse(job, scope, windows, &body, "an events result")
     };
     rows.map_err(|m| Unanswered::Unreadable(format!("{url}: {m}")))
 }

@@ -371,18 +371,15 @@ fn job_bucketed(
     endpoint: Endpoint,
     assume: SourceAssumptions,
 ) -> Option<bool> {
-    match (endpoint, value) {
-        (Endpoint::Events, None) => Some(assume.bucketed_events),
-        (Endpoint::Events, Some(v)) => Some(v.value),
-        (Endpoint::Workflow, Some(v)) if v.value => {
-            let message = "a workflow query cannot be bucketed (001's workflow body has a `timespan` but no \
-                           granularity or time zone to bucket by; see src/source/giosg/workflow.rs): expected \
-                           false (or no value)";
-            ctx.error(v.referenced, "bucketed", message);
-            None
-        }
-        _ => Some(false),
+    let events = endpoint == Endpoint::Events;
+    let Some(v) = value else { return Some(events && assume.bucketed_events) };
+    if endpoint == Endpoint::Workflow && v.value {
+        let message = "a workflow query cannot be bucketed (001's workflow body has a `timespan` but no granularity \
+                       or time zone to bucket by; see src/source/giosg/workflow.rs): expected false (or no value)";
+        ctx.error(v.referenced, "bucketed", message);
+        return None;
     }
+    Some(events && v.value)
 }
 
 /// Whether a chat summary request returns one bucket for its whole range (so it covers one window).
