@@ -25,7 +25,12 @@ const LOAD_COLUMNS: &[&str] = &["_loaded_at", "_run_id"];
 
 /// A simulator serving `days` generated days from `start`.
 async fn simulator(start: NaiveDate, days: u32) -> RunningSimulator {
-    let spec = DatasetSpec { start, days, sessions_per_day: 60, time_zone: HEL, ..DatasetSpec::default() };
+    busy_simulator(start, days, 60).await
+}
+
+/// A simulator serving `days` generated days from `start` with `sessions_per_day`.
+async fn busy_simulator(start: NaiveDate, days: u32, sessions_per_day: u32) -> RunningSimulator {
+    let spec = DatasetSpec { start, days, sessions_per_day, time_zone: HEL, ..DatasetSpec::default() };
     Simulator::new(dataset::generate(&spec), FaultConfig::default(), 1).spawn().await.unwrap()
 }
 
@@ -159,7 +164,9 @@ async fn a_bucketed_run_against_a_server_that_refuses_buckets_fails_naming_the_a
 async fn probe_setup(dir: &Path) -> (RunningSimulator, Config) {
     let today = Utc::now().with_timezone(&HEL).date_naive();
     let start = today - Duration::days(10);
-    let sim = simulator(start, 12).await;
+    // Busy enough that yesterday has bot clicks whatever the weekday (about 25 on a Sunday):
+    // the bucketed check needs data in the later window it asks for.
+    let sim = busy_simulator(start, 12, 300).await;
     let from = start.to_string();
     let mut jobs: Vec<(String, String)> = shipped_jobs_of("events", Some(&from))
         .into_iter()
