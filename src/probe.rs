@@ -19,12 +19,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Endpoint, Job, JobKind, Scope, WindowUnit};
+use crate::config::{Endpoint, Job, JobAggregation, JobKind, Scope, WindowUnit};
 use crate::error::ErrorKind;
 use crate::plan::{self, Window};
 use crate::query::{AggregationKind, Granularity};
+use crate::row::{Row, Value as Cell};
 use crate::runner::Runner;
 use crate::source::FetchError;
+use crate::source::http::HttpError;
 
 /// One assumption about an undocumented part of an answer.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -44,6 +46,9 @@ pub struct Assumption {
 
 const GIOSG_REPORTS: &[Endpoint] = &[Endpoint::ChatSessions, Endpoint::Events, Endpoint::Workflow];
 const GIOSG_BUCKETED: &[Endpoint] = &[Endpoint::ChatSessions, Endpoint::Events];
+/// The endpoints whose query shapes beyond 001's (buckets, several aggregations) are probed by
+/// comparing answers ([`compare_verdicts`]).
+const GIOSG_EVENT_QUERIES: &[Endpoint] = &[Endpoint::Events, Endpoint::Workflow];
 
 /// Every assumption `probe` checks.
 pub const ASSUMPTIONS: &[Assumption] = &[
@@ -81,6 +86,20 @@ pub const ASSUMPTIONS: &[Assumption] = &[
         statement: "start_time is each bucket's start in the job's zone, written YYYY-MM-DDTHH:MM:SS.sss±HH:MM",
         code: "src/query.rs (serde_ms_offset), src/source/giosg/chat_sessions.rs (bucket of a row)",
         fix: "the label format in src/query.rs (serde_ms_offset) or the bucket matching in src/source/giosg/chat_sessions.rs must follow what is seen",
+    },
+    Assumption {
+        id: "giosg.bucketed_events",
+        endpoints: &[Endpoint::Events],
+        statement: "an events query over several windows with granularity day (hour for hour windows) answers one bucket per window, equal to a granularity all query of that window (001 shows only all)",
+        code: "src/source/giosg/events.rs (query, with request_granularity in src/source/giosg/mod.rs), src/config/load/job.rs (bucketed)",
+        fix: "leave `assume.bucketed_events` of the source false (the default) and set no `bucketed: true` on its events jobs: they then send one granularity all request per window",
+    },
+    Assumption {
+        id: "giosg.fused_events",
+        endpoints: &[Endpoint::Events, Endpoint::Workflow],
+        statement: "an events query with several aggregations (a workflow query averaging several fields) answers every one, named as it is alone and equal to the single-aggregation answers (001 shows one per query)",
+        code: "src/source/giosg/events.rs and workflow.rs (query, parse)",
+        fix: "leave `assume.fused_events` of the source false (the default): jobs that differ only in their aggregations then send a request each",
     },
     Assumption {
         id: "giosg.realtime_paging",
@@ -203,11 +222,16 @@ fn probe_windows(job: &Job, now: DateTime<Utc>) -> Vec<Window> {
         WindowUnit::Day | WindowUnit::Snapshot => 7,
     }
     .min(per_request);
+    latest_windows(job, now, wanted)
+}
+
+/// The latest `n` (at most a week's) complete windows of `job` at `now`, in order.
+fn latest_windows(job: &Job, now: DateTime<Utc>, n: usize) -> Vec<Window> {
     let last = plan::window_containing(job.window, job.time_zone, now);
     let from = last.start - chrono::Duration::days(8);
     let windows = plan::windows_overlapping(job.window, job.time_zone, from, last.start);
     let complete: Vec<Window> = windows.into_iter().filter(|w| w.end <= last.start).collect();
-    complete[complete.len().saturating_sub(wanted)..].to_vec()
+    complete[complete.len().saturating_sub(n)..].to_vec()
 }
 
 /// A week of day windows (a day of hour windows) in January 2001, when no account has data.
@@ -279,12 +303,24 @@ pub async fn probe(runner: &Runner, only_source: Option<&str>, now: DateTime<Utc
         } else {
             None
         };
+        // Query shapes 001 never shows (buckets, several aggregations) show only by comparing
+        // answers: a few more requests, each like the first (`compare`).
+        let compared = if GIOSG_EVENT_QUERIES.contains(&endpoint) {
+            let others: Vec<&Job> = runner.config.jobs.values().filter(|j| j.source == job.source).collect();
+            let mut asker = Asker { source: &source, requests: 0 };
+            let verdicts = compare_verdicts(&mut asker, job, &others, now).await;
+            report.requests += asker.requests;
+            verdicts
+        } else {
+            BTreeMap::new()
+        };
         for assumption in ASSUMPTIONS.iter().filter(|a| a.endpoints.contains(&endpoint)) {
             let not_json = |body: &[u8]| {
                 let head: String = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
                 (Verdict::Contradicted, format!("the answer is not JSON; it starts with {head:?}"))
             };
             let (verdict, observed) = match (&value, assumption.id, &quiet) {
+                (_, id, _) if let Some(found) = compared.get(id) => found.clone(),
                 (_, "giosg.empty_buckets", Some((windows, Ok(body)))) => match serde_json::from_slice::<Value>(body) {
                     Ok(v) => check(assumption.id, job, windows, &request.url, &v),
                     Err(_) => not_json(body),
@@ -433,6 +469,9 @@ fn check(id: &str, job: &Job, windows: &[Window], url: &str, v: &Value) -> (Verd
                 Err(_) => contradicted(format!("a label `{label}` not like 2024-03-31T00:00:00.000+03:00")),
             }
         }
+        "giosg.bucketed_events" | "giosg.fused_events" => {
+            unobservable("one answer cannot tell: the probe compares the answers of several queries (compare_verdicts)")
+        }
         "giosg.realtime_paging" => {
             let has = |k: &str| v.get(k).is_some();
             if !has("results") || !v["results"].is_array() {
@@ -543,6 +582,281 @@ fn check(id: &str, job: &Job, windows: &[Window], url: &str, v: &Value) -> (Verd
         ),
         other => unobservable(format!("no check for {other}")),
     }
+}
+
+/// Sends probe requests to one source, counting them.
+struct Asker<'a> {
+    source: &'a crate::source::Source,
+    requests: u32,
+}
+
+impl Asker<'_> {
+    /// The answer to the first request of `job` over `windows` (its first scope's), and that
+    /// request's URL.
+    async fn first(&mut self, job: &Job, windows: &[Window]) -> Result<(String, bytes::Bytes), HttpError> {
+        let request = self.source.requests(job, windows).into_iter().next().expect("a giosg job has a request");
+        let (answer, counts) = self.source.send(&request).await;
+        self.requests += counts.requests;
+        answer.map(|body| (request.url, body))
+    }
+}
+
+/// Why a probe query gave no rows.
+enum Unanswered {
+    /// A 4xx other than 401, 403 and 429: the upstream refused the query's shape.
+    Refused(String),
+    /// Any other failure (credentials, an outage): the answer tells nothing.
+    Failed(String),
+    /// A 2xx answer the client cannot read.
+    Unreadable(String),
+}
+
+/// Rows per window of `job`'s first request over `windows` (its one scope), read as a load reads
+/// them (`source::giosg`).
+async fn answered_rows(asker: &mut Asker<'_>, job: &Job, windows: &[Window]) -> Result<Vec<Vec<Row>>, Unanswered> {
+    let (url, body) = asker.first(job, windows).await.map_err(|e| match &e {
+        HttpError::Status { status, .. } if (400..500).contains(status) && !matches!(status, 401 | 403 | 429) => {
+            Unanswered::Refused(e.to_string())
+        }
+        _ => Unanswered::Failed(e.to_string()),
+    })?;
+    let scope = job.scopes.first().copied().unwrap_or(Scope::Org);
+    let rows = if job.endpoint == Endpoint::Workflow {
+        windows
+            .iter()
+            .map(|w| crate::source::giosg::workflow::parse(job, w, &body).map(|row| vec![row]))
+            .collect::<Result<Vec<_>, String>>()
+    } else {
+        crate::source::giosg::chat_sessions::parse(job, scope, windows, &body, "an events result")
+    };
+    rows.map_err(|m| Unanswered::Unreadable(format!("{url}: {m}")))
+}
+
+/// Rows by bucket and dimensions, with their metrics.
+type Keyed = BTreeMap<(DateTime<Utc>, Vec<Option<String>>), Vec<Cell>>;
+
+fn keyed<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Keyed {
+    rows.into_iter().map(|r| ((r.bucket_start, r.dims.clone()), r.metrics.clone())).collect()
+}
+
+/// Whether two answers agree: nulls alike, numbers equal to 1e-9 of their size (a server may add
+/// an average's terms in another order).
+fn same_metrics(a: &[Cell], b: &[Cell]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Cell::Number(x), Cell::Number(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+            _ => x == y,
+        })
+}
+
+/// The first row where `got` and `want` (keyed alike; a row missing from one is `empty`)
+/// disagree, described.
+fn first_difference(got: &Keyed, want: &Keyed, empty: &[Cell], job: &Job) -> Option<String> {
+    let keys: std::collections::BTreeSet<_> = got.keys().chain(want.keys()).collect();
+    keys.into_iter().find_map(|key| {
+        let (g, w) = (got.get(key).map_or(empty, Vec::as_slice), want.get(key).map_or(empty, Vec::as_slice));
+        (!same_metrics(g, w)).then(|| {
+            let who: Vec<&str> = key.1.iter().flatten().map(String::as_str).collect();
+            format!(
+                "bucket {} ({}): {:?} instead of {:?}",
+                key.0.with_timezone(&job.time_zone).to_rfc3339(),
+                who.join(" "),
+                g,
+                w
+            )
+        })
+    })
+}
+
+/// Whether some row counts, sums or averages something other than 0 or nothing.
+fn has_data(rows: &[Row]) -> bool {
+    rows.iter().any(|r| r.metrics.iter().any(|m| matches!(m, Cell::Number(x) if *x != 0.0)))
+}
+
+/// `giosg.bucketed_events` (events) and `giosg.fused_events` (events and workflow) for `job`,
+/// whose source's jobs are `jobs`, by comparing answers a load would read: granularity `all`
+/// queries of the latest two complete windows (the job's first scope), then
+/// - one bucketed query over both windows (events), confirmed when its rows equal theirs window
+///   for window (not observable when the later window has no data: one bucket for both could not
+///   be told apart);
+/// - one query of another aggregation alone and one of the job's aggregations with it, over the
+///   later window (events: a kind the job lacks; workflow: a field another workflow job of the
+///   source averages, not observable without one), confirmed when the two-aggregation answer
+///   has both metrics, equal to the single answers.
+///
+/// Up to five requests; a refused query (4xx) contradicts, another failure is not observable.
+async fn compare_verdicts(
+    asker: &mut Asker<'_>,
+    job: &Job,
+    jobs: &[&Job],
+    now: DateTime<Utc>,
+) -> BTreeMap<&'static str, (Verdict, String)> {
+    let mut out = BTreeMap::new();
+    let scope = job.scopes.first().copied().unwrap_or(Scope::Org);
+    let plain = Job {
+        scopes: vec![scope],
+        granularity: Granularity::All,
+        bucketed: false,
+        max_windows_per_request: 1,
+        ..job.clone()
+    };
+    let events = job.endpoint == Endpoint::Events;
+    let windows = latest_windows(job, now, if events { 2 } else { 1 });
+    let source = &job.source;
+    // What a fused query adds to the job's aggregations: events a kind the job lacks, workflow a
+    // field another workflow job of the source averages.
+    let extra = if events {
+        let kinds: Vec<AggregationKind> = job.aggregations.iter().map(|a| a.kind).collect();
+        [AggregationKind::Count, AggregationKind::Avg, AggregationKind::Sum]
+            .into_iter()
+            .find(|k| !kinds.contains(k))
+            .map(|kind| JobAggregation { kind, field: None, column: "probe_other".into() })
+            .ok_or_else(|| unobservable(format!("job {} has count, sum and avg already: nothing to add", job.name)))
+    } else {
+        let own: Vec<Option<&String>> = job.aggregations.iter().map(|a| a.field.as_ref()).collect();
+        jobs.iter()
+            .filter(|j| j.endpoint == Endpoint::Workflow)
+            .flat_map(|j| &j.aggregations)
+            .find(|a| !own.contains(&a.field.as_ref()))
+            .map(|a| JobAggregation { column: "probe_other".into(), ..a.clone() })
+            .ok_or_else(|| {
+                unobservable(format!(
+                    "every workflow job of source {source} averages {}: no query would carry two averages, so \
+                     nothing is fused (and nothing to check)",
+                    expected_metrics(job).join(", ")
+                ))
+            })
+    };
+    if let (Err(why), false) = (&extra, events) {
+        // Nothing to fuse, and workflow is never bucketed: no request at all.
+        out.insert("giosg.fused_events", why.clone());
+        return out;
+    }
+    let mut reference: Vec<Vec<Row>> = Vec::new();
+    for w in &windows {
+        match answered_rows(asker, &plain, std::slice::from_ref(w)).await {
+            Ok(mut rows) => reference.push(rows.pop().unwrap_or_default()),
+            Err(Unanswered::Refused(m) | Unanswered::Failed(m) | Unanswered::Unreadable(m)) => {
+                let why = unobservable(format!("the granularity all query to compare with failed: {m}"));
+                out.insert("giosg.fused_events", why.clone());
+                if events {
+                    out.insert("giosg.bucketed_events", why);
+                }
+                return out;
+            }
+        }
+    }
+    let last = windows.len() - 1;
+    let unit = granularity_name(crate::source::giosg::request_granularity(&Job { bucketed: true, ..plain.clone() }));
+
+    if events {
+        let verdict = if !has_data(&reference[last]) {
+            unobservable(format!(
+                "the later of the two {unit} windows asked had no data, so one bucket for both could not be told from \
+                 buckets per {unit}; probe again when it has"
+            ))
+        } else {
+            let bucketed = Job { bucketed: true, max_windows_per_request: windows.len() as u32, ..plain.clone() };
+            match answered_rows(asker, &bucketed, &windows).await {
+                Err(Unanswered::Refused(m)) => contradicted(format!(
+                    "a query of {n} {unit} buckets was refused ({m}): do not set `assume: {{bucketed_events: true}}` \
+                     on source {source} or `bucketed: true` on its events jobs",
+                    n = windows.len()
+                )),
+                Err(Unanswered::Unreadable(m)) => contradicted(format!(
+                    "the answer to a query of {n} {unit} buckets cannot be read ({m}): do not set \
+                     `assume: {{bucketed_events: true}}` on source {source} or `bucketed: true` on its events jobs",
+                    n = windows.len()
+                )),
+                Err(Unanswered::Failed(m)) => unobservable(format!("the bucketed query failed: {m}")),
+                Ok(got) => {
+                    let empty = crate::source::giosg::empty_metrics(&plain);
+                    let got = keyed(got.iter().flatten());
+                    let want = keyed(reference.iter().flatten());
+                    match first_difference(&got, &want, &empty, job) {
+                        None => confirmed(format!(
+                            "`assume: {{bucketed_events: true}}` may be set on source {source} (or `bucketed: true` \
+                             on its events jobs): {n} {unit} buckets answered the rows of {n} granularity all queries \
+                             ({rows} rows)",
+                            n = windows.len(),
+                            rows = want.len()
+                        )),
+                        Some(d) => contradicted(format!(
+                            "a query of {n} {unit} buckets answered other rows than {n} granularity all queries, \
+                             {d}: do not set `assume: {{bucketed_events: true}}` on source {source} or \
+                             `bucketed: true` on its events jobs",
+                            n = windows.len()
+                        )),
+                    }
+                }
+            }
+        };
+        out.insert("giosg.bucketed_events", verdict);
+    }
+
+    let extra = match extra {
+        Ok(extra) => extra,
+        Err(why) => {
+            out.insert("giosg.fused_events", why);
+            return out;
+        }
+    };
+    let alone = Job { aggregations: vec![extra.clone()], ..plain.clone() };
+    let mut both = plain.clone();
+    both.aggregations.push(extra.clone());
+    let names = expected_metrics(&both).join(" and ");
+    let at = std::slice::from_ref(&windows[last]);
+    let verdict = match answered_rows(asker, &alone, at).await {
+        Err(e) => {
+            let m = match e {
+                Unanswered::Refused(m) | Unanswered::Failed(m) | Unanswered::Unreadable(m) => m,
+            };
+            unobservable(format!("the query of {} alone failed: {m}", extra.metric_name()))
+        }
+        Ok(alone_rows) => match answered_rows(asker, &both, at).await {
+            Err(Unanswered::Refused(m)) => contradicted(format!(
+                "a query of {names} was refused ({m}): do not set `assume: {{fused_events: true}}` on source {source}"
+            )),
+            Err(Unanswered::Unreadable(m)) => contradicted(format!(
+                "the answer to a query of {names} cannot be read as both ({m}): do not set \
+                 `assume: {{fused_events: true}}` on source {source}"
+            )),
+            Err(Unanswered::Failed(m)) => unobservable(format!("the query of {names} failed: {m}")),
+            Ok(got) => {
+                let (mine, other) = (keyed(&reference[last]), keyed(alone_rows.iter().flatten()));
+                let (empty_mine, empty_other) =
+                    (crate::source::giosg::empty_metrics(&plain), crate::source::giosg::empty_metrics(&alone));
+                let want: Keyed = mine
+                    .keys()
+                    .chain(other.keys())
+                    .map(|k| {
+                        let mut m = mine.get(k).cloned().unwrap_or_else(|| empty_mine.clone());
+                        m.extend(other.get(k).cloned().unwrap_or_else(|| empty_other.clone()));
+                        (k.clone(), m)
+                    })
+                    .collect();
+                let empty = crate::source::giosg::empty_metrics(&both);
+                match first_difference(&keyed(got.iter().flatten()), &want, &empty, job) {
+                    None => confirmed(format!(
+                        "`assume: {{fused_events: true}}` may be set on source {source}: a query of {names} \
+                         answered both, equal to one query each ({} rows)",
+                        want.len()
+                    )),
+                    Some(d) => contradicted(format!(
+                        "a query of {names} answered other values than one query each, {d}: do not set \
+                         `assume: {{fused_events: true}}` on source {source}"
+                    )),
+                }
+            }
+        },
+    };
+    out.insert("giosg.fused_events", verdict);
+    out
+}
+
+/// `day`, `hour`, … as job files and the API write it.
+fn granularity_name(g: Granularity) -> String {
+    serde_json::to_value(g).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// A label's shape: digits become Y, M, D, H or M by position (`2024-03-31` → `YYYY-MM-DD`).

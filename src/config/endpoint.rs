@@ -107,13 +107,19 @@ impl Endpoint {
                     "filters",
                     "vendor",
                     "event_sources",
+                    "bucketed",
                 ],
                 EVENT_DIMENSIONS,
                 &[AggregationKind::Count, AggregationKind::Sum, AggregationKind::Avg],
             ),
-            Endpoint::Workflow => {
-                ("workflow", Giosg, Windowed, &["aggregations", "where"], DIMENSIONS, &[AggregationKind::Avg])
-            }
+            Endpoint::Workflow => (
+                "workflow",
+                Giosg,
+                Windowed,
+                &["aggregations", "where", "bucketed"],
+                DIMENSIONS,
+                &[AggregationKind::Avg],
+            ),
             Endpoint::RealtimeRooms => ("realtime_rooms", Giosg, Snapshot, &["rooms", "include_shared"], &[], &[]),
             Endpoint::RealtimeUsers => ("realtime_users", Giosg, Snapshot, &["user_ids"], &[], &[]),
             Endpoint::ChatSummary => (

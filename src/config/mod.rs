@@ -198,6 +198,23 @@ pub struct SourceConfig {
     pub max_response_bytes: u64,
     /// Most pages one paged request may take (default 1000).
     pub max_pages: u32,
+    /// giosg: what the source's events and workflow endpoints are assumed to accept beyond
+    /// api-docs 001's bodies (`assume`); both off by default, and `chatetl probe` checks both.
+    pub assume: SourceAssumptions,
+}
+
+/// `assume` of a giosg source: query shapes api-docs 001 never shows for events and workflow,
+/// which a source opts into once `chatetl probe` has confirmed them (`docs/assumptions.md`,
+/// `giosg.bucketed_events` and `giosg.fused_events`). Both false by default and for other kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceAssumptions {
+    /// `bucketed_events`: events queries may cover up to `max_windows_per_request` windows with
+    /// `day` / `hour` buckets instead of one `granularity: all` query per window (the default
+    /// of the source's events jobs' `bucketed`; workflow queries have no buckets).
+    pub bucketed_events: bool,
+    /// `fused_events`: events and workflow queries may carry several aggregations, so jobs that
+    /// differ only in their aggregations can share one request.
+    pub fused_events: bool,
 }
 
 /// Where loaded windows go.
@@ -313,8 +330,14 @@ pub struct Job {
     pub table: String,
     pub time_zone: Tz,
     /// Consecutive windows one request may cover (default 31 for day windows, 168 for hour
-    /// windows; 1 when granularity is `all`).
+    /// windows; 1 when granularity is `all` and the job is not [`Job::bucketed`]).
     pub max_windows_per_request: u32,
+    /// events: requests cover up to `max_windows_per_request` windows, asking for buckets of the
+    /// window's length (`day` / `hour`) although `granularity` is `all`, and the answer is split
+    /// back per window (`bucketed`, default the source's `assume.bucketed_events`). Transport only:
+    /// the rows are those of one `all` request per window, so it is not part of the definition.
+    /// Always false for other endpoints (workflow has no buckets: `src/source/giosg/workflow.rs`).
+    pub bucketed: bool,
     /// Seconds a window must have ended before a scheduled run loads it (default 0).
     pub settle_secs: u64,
     /// Scheduled runs also load the current, incomplete window; it is replaced on later ticks
@@ -333,6 +356,16 @@ pub(crate) mod testing {
     /// (`https://service.giosg.com`) and a Thulium one (account zone Europe/Warsaw), default zone
     /// Europe/Helsinki.
     pub(crate) fn jobs(files: &[(&str, &str)]) -> std::collections::BTreeMap<String, Job> {
+        config(files).jobs
+    }
+
+    /// The giosg source of that chatetl.yaml (`https://service.giosg.com`, organization `o`).
+    pub(crate) fn giosg_source() -> super::SourceConfig {
+        config(&[]).sources.remove("giosg").unwrap()
+    }
+
+    /// The whole configuration [`jobs`] reads.
+    fn config(files: &[(&str, &str)]) -> super::Config {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         std::fs::write(
@@ -343,7 +376,7 @@ pub(crate) mod testing {
         for (name, text) in files {
             std::fs::write(dir.path().join("jobs").join(name), text).unwrap();
         }
-        super::load(&dir.path().join("chatetl.yaml")).unwrap().jobs
+        super::load(&dir.path().join("chatetl.yaml")).unwrap()
     }
 
     /// The job of one file's `text` (without `name`: it is called `j`).

@@ -19,6 +19,13 @@
 //! for an empty or missing field; the workflow field `dim1` is the event's `value`; the
 //! organization is the path's, and the body's `organization_id` must equal it (400 otherwise);
 //! `sum` over events is accepted though 001 only shows `count` and `avg`.
+//!
+//! 001 shows only `granularity: all` and one aggregation per query. By default the simulator
+//! answers other granularities with Druid's buckets, as chat_sessions does, and several
+//! aggregations (averaged fields) with one metric each; [`super::EventQueries`] (set per server) makes it
+//! refuse them with a 400 or answer them as a server reading only 001's keys would: one bucket
+//! for the whole interval, only the first aggregation. A workflow body with a `granularity` is a
+//! 400 whatever the switches (an unknown key: 001's workflow body has none).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -30,11 +37,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::SimState;
+use super::assumptions::{EventAggregations, EventBuckets};
 use super::chat_sessions::{ApiError, bad_request, read_query};
 use super::dataset::{DatasetSpec, HOUR_WEIGHTS, Org, pick, weekday_factor, weighted};
 use super::druid::{Query, Record, render_number};
 use super::wire::giosg::{
-    AggregationType, EVENT_DIMENSIONS, EventAggregation, EventsRequest, ReportResponse, ResponseField, WorkflowRequest,
+    AggregationType, EVENT_DIMENSIONS, EventAggregation, EventsRequest, Granularity, ReportResponse, ResponseField,
+    WorkflowRequest,
 };
 use crate::time::serde_ms_utc;
 
@@ -121,17 +130,27 @@ pub async fn events_handler(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ReportResponse>, ApiError> {
-    let query: EventsRequest = read_query(&state, &headers, &org, &body)?;
+    let mut query: EventsRequest = read_query(&state, &headers, &org, &body)?;
     query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
     if query.organization_id != org {
         return Err(bad_request(format!("organization_id {} is not the path's {org}", query.organization_id)));
     }
+    let habits = state.event_queries();
+    let granularity = match (query.granularity, habits.buckets) {
+        (Granularity::All, _) | (_, EventBuckets::Answered) => query.granularity,
+        (g, EventBuckets::Refused) => {
+            let name = serde_json::to_value(g).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            return Err(bad_request(format!("granularity: `{name}` is not supported (expected `all`)")));
+        }
+        (_, EventBuckets::OneBucket) => Granularity::All,
+    };
+    several_aggregations(habits.aggregations, &mut query.aggregations)?;
     let tz = crate::time::parse_tz(&query.interval.time_zone).map_err(bad_request)?;
     let q = Query {
         start: query.interval.start.with_timezone(&Utc),
         end: query.interval.end.with_timezone(&Utc),
         tz,
-        granularity: query.granularity,
+        granularity,
         group_by: &query.group_by,
         metrics: query
             .aggregations
@@ -163,8 +182,9 @@ pub async fn workflow_handler(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ReportResponse>, ApiError> {
-    let query: WorkflowRequest = read_query(&state, &headers, &org, &body)?;
+    let mut query: WorkflowRequest = read_query(&state, &headers, &org, &body)?;
     query.validate().map_err(|errs| bad_request(errs.join("; ")))?;
+    several_aggregations(state.event_queries().aggregations, &mut query.avg)?;
     let (start, end) = (query.timespan.after.with_timezone(&Utc), query.timespan.before.with_timezone(&Utc));
     let dataset = state.dataset();
     let holds = |e: &Event| {
@@ -188,6 +208,25 @@ pub async fn workflow_handler(
         })
         .collect();
     Ok(Json(ReportResponse { fields, data: vec![line] }))
+}
+
+/// Applies `habit` to a query's `aggregations` (events kinds, workflow's averaged fields) when
+/// there are several: kept, refused with a 400, or cut to the first.
+fn several_aggregations<T>(habit: EventAggregations, aggregations: &mut Vec<T>) -> Result<(), ApiError> {
+    if aggregations.len() < 2 {
+        return Ok(());
+    }
+    match habit {
+        EventAggregations::Answered => Ok(()),
+        EventAggregations::Refused => Err(bad_request(format!(
+            "aggregations: one aggregation per query is supported, {} were given",
+            aggregations.len()
+        ))),
+        EventAggregations::FirstOnly => {
+            aggregations.truncate(1);
+            Ok(())
+        }
+    }
 }
 
 /// A kind of event generated: (category, action, share of events, whether it has a value and its

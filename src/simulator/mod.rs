@@ -20,6 +20,8 @@
 //! - `GET /_sim/faults`, `PUT /_sim/faults`: the server-wide [`FaultConfig`];
 //! - `GET /_sim/assumptions`, `PUT /_sim/assumptions`: the server-wide [`Assumptions`] (how answers
 //!   are written where the docs are silent: the count metric's name, empty buckets);
+//! - `GET /_sim/event-queries`, `PUT /_sim/event-queries`: the server-wide [`EventQueries`] (how
+//!   events and workflow take buckets and several aggregations, which 001 never shows);
 //! - `POST /_sim/fault-rules`, `DELETE /_sim/fault-rules`: add a [`FaultRule`], clear them all;
 //! - `GET /_sim/organizations`: the organizations (ids and names; tokens are not shown).
 
@@ -47,7 +49,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::net::TcpListener;
 
-pub use assumptions::{Assumptions, CountMetricName};
+pub use assumptions::{Assumptions, CountMetricName, EventAggregations, EventBuckets, EventQueries};
 pub use dataset::{Dataset, DatasetSpec};
 pub use faults::{FaultConfig, FaultRule, RecordedRequest};
 
@@ -66,6 +68,7 @@ struct Inner {
     dataset: Arc<Dataset>,
     faults: Mutex<FaultConfig>,
     assumptions: Mutex<Assumptions>,
+    event_queries: Mutex<EventQueries>,
     rules: Mutex<Vec<FaultRule>>,
     log: Mutex<Vec<RecordedRequest>>,
     seq: AtomicU64,
@@ -87,6 +90,7 @@ impl Simulator {
             dataset: Arc::new(dataset),
             faults: Mutex::new(faults),
             assumptions: Mutex::new(Assumptions::default()),
+            event_queries: Mutex::new(EventQueries::default()),
             rules: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
@@ -99,6 +103,12 @@ impl Simulator {
     /// Serves answers written with `assumptions` instead of the defaults.
     pub fn with_assumptions(self, assumptions: Assumptions) -> Simulator {
         self.state.set_assumptions(assumptions);
+        self
+    }
+
+    /// Serves events and workflow queries as `event_queries` say instead of the defaults.
+    pub fn with_event_queries(self, event_queries: EventQueries) -> Simulator {
+        self.state.set_event_queries(event_queries);
         self
     }
 
@@ -125,6 +135,7 @@ impl Simulator {
             .route("/_sim/requests", get(admin_requests).delete(admin_clear_requests))
             .route("/_sim/faults", get(admin_faults).put(admin_set_faults))
             .route("/_sim/assumptions", get(admin_assumptions).put(admin_set_assumptions))
+            .route("/_sim/event-queries", get(admin_event_queries).put(admin_set_event_queries))
             .route("/_sim/fault-rules", post(admin_add_rule).delete(admin_clear_rules))
             .route("/_sim/organizations", get(admin_organizations));
         api.merge(admin).with_state(self.state.clone())
@@ -219,6 +230,16 @@ impl SimState {
         *self.inner.assumptions.lock().expect("assumptions lock") = assumptions;
     }
 
+    /// How events and workflow take buckets and several aggregations.
+    pub fn event_queries(&self) -> EventQueries {
+        *self.inner.event_queries.lock().expect("event queries lock")
+    }
+
+    /// Replaces the server-wide [`EventQueries`] (from the next request on).
+    pub fn set_event_queries(&self, event_queries: EventQueries) {
+        *self.inner.event_queries.lock().expect("event queries lock") = event_queries;
+    }
+
     /// Adds a targeted fault rule (checked before the header and the server-wide faults).
     pub fn add_rule(&self, rule: FaultRule) {
         self.inner.rules.lock().expect("rules lock").push(rule);
@@ -255,6 +276,15 @@ async fn admin_assumptions(State(s): State<SimState>) -> Json<Assumptions> {
 async fn admin_set_assumptions(State(s): State<SimState>, Json(a): Json<Assumptions>) -> Json<Assumptions> {
     s.set_assumptions(a.clone());
     Json(a)
+}
+
+async fn admin_event_queries(State(s): State<SimState>) -> Json<EventQueries> {
+    Json(s.event_queries())
+}
+
+async fn admin_set_event_queries(State(s): State<SimState>, Json(q): Json<EventQueries>) -> Json<EventQueries> {
+    s.set_event_queries(q);
+    Json(q)
 }
 
 async fn admin_add_rule(State(s): State<SimState>, Json(r): Json<FaultRule>) -> axum::http::StatusCode {

@@ -5,6 +5,7 @@
 mod alerts;
 mod architecture;
 mod bounds;
+mod bucketed;
 mod config_cli;
 mod config_corpus;
 mod container;

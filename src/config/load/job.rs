@@ -15,7 +15,8 @@ use super::raw::{RawAggregation, RawJob};
 use super::settings::{JobDefaults, SOURCE_KINDS, SourceInfo};
 use crate::config::bucket_split;
 use crate::config::{
-    AggregateBy, Diagnostic, Endpoint, EndpointParams, Job, JobAggregation, JobKind, Scope, SourceKind, WindowUnit,
+    AggregateBy, Diagnostic, Endpoint, EndpointParams, Job, JobAggregation, JobKind, Scope, SourceAssumptions,
+    SourceKind, WindowUnit,
 };
 use crate::query::{AggregationKind, DIMENSIONS, Granularity};
 
@@ -86,6 +87,7 @@ const ENDPOINT_KEYS: &[(&str, KeyAt)] = &[
     ("user_ids", |r| at(&r.user_ids)),
     ("department_id", |r| at(&r.department_id)),
     ("include_status_distribution", |r| at(&r.include_status_distribution)),
+    ("bucketed", |r| at(&r.bucketed)),
 ];
 
 /// The endpoint-specific keys present in `r`, with their location.
@@ -223,11 +225,13 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     };
     let lookback_windows = ctx.integer("lookback_windows", r.lookback_windows.as_ref(), 0, max_windows, 1);
     let params = params::endpoint_params(ctx, at, r, endpoint, window);
+    let bucketed = job_bucketed(ctx, r.bucketed.as_ref(), endpoint, info.map(|i| i.assume).unwrap_or_default());
     // One request covers one window when the API returns one bucket per request: granularity
-    // `all`, or a chat summary bucket longer than a window (a chat summary's granularity is
+    // `all` (unless the job is bucketed: then its requests ask for buckets of the window's
+    // length), or a chat summary bucket longer than a window (a chat summary's granularity is
     // `all` only as a placeholder: its buckets are `aggregate_by`'s).
     let summary = endpoint == Endpoint::ChatSummary;
-    let one_bucket = !summary && granularity == Some(Granularity::All);
+    let one_bucket = !summary && granularity == Some(Granularity::All) && bucketed != Some(true);
     let single = one_bucket
         || matches!(&params, Some(EndpointParams::ChatSummary { aggregate_by, .. }) if one_bucket_per_request(*aggregate_by));
     let default_per_request = match window {
@@ -246,7 +250,12 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             } else {
                 "this job gets one bucket per request, so expected 1 (or no value)"
             };
-            ctx.error(v.referenced, per_request_path, format!("{message}, found `{n}`"));
+            let hint = if endpoint == Endpoint::Events {
+                " (an events job covers several windows per request only with `bucketed: true`)"
+            } else {
+                ""
+            };
+            ctx.error(v.referenced, per_request_path, format!("{message}, found `{n}`{hint}"));
             max_windows_per_request = None;
         } else {
             max_windows_per_request = max_windows_per_request.map(|_| 1);
@@ -295,6 +304,7 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
             settle_secs: settle_secs?,
             include_partial,
             params: params?,
+            bucketed: bucketed?,
         })
     })();
     let window_failure = job.as_ref().and_then(|job| {
@@ -350,6 +360,26 @@ fn job_kind(ctx: &mut Ctx, at: Location, value: Option<&Spanned<String>>, endpoi
         return None;
     }
     Some(kind)
+}
+
+/// `bucketed` (events: default the source's `assume.bucketed_events`; workflow: only `false`,
+/// since 001's workflow body has no granularity or zone to bucket by; false for other endpoints,
+/// which never take the key).
+fn job_bucketed(
+    ctx: &mut Ctx,
+    value: Option<&Spanned<bool>>,
+    endpoint: Endpoint,
+    assume: SourceAssumptions,
+) -> Option<bool> {
+    let events = endpoint == Endpoint::Events;
+    let Some(v) = value else { return Some(events && assume.bucketed_events) };
+    if endpoint == Endpoint::Workflow && v.value {
+        let message = "a workflow query cannot be bucketed (001's workflow body has a `timespan` but no granularity \
+                       or time zone to bucket by; see src/source/giosg/workflow.rs): expected false (or no value)";
+        ctx.error(v.referenced, "bucketed", message);
+        return None;
+    }
+    Some(events && v.value)
 }
 
 /// Whether a chat summary request returns one bucket for its whole range (so it covers one window).

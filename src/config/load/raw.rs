@@ -79,6 +79,20 @@ pub(super) struct RawSource {
     pub max_response_bytes: Option<Spanned<RawNumber>>,
     /// Most pages one paged request may take, at least 1; default 1000. More fail the window.
     pub max_pages: Option<Spanned<RawNumber>>,
+    /// giosg: query shapes 001 does not show that this account is assumed to accept (checked by
+    /// `chatetl probe`); default: none.
+    pub assume: Option<Spanned<RawAssume>>,
+}
+
+/// `assume` of a giosg source.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAssume {
+    /// Events queries may cover several windows with `day` / `hour` buckets (the default of
+    /// events jobs' `bucketed`); default false.
+    pub bucketed_events: Option<Spanned<bool>>,
+    /// Events and workflow queries may carry several aggregations; default false.
+    pub fused_events: Option<Spanned<bool>>,
 }
 
 /// `warehouse`: `kind: parquet` with `path`, or `kind: postgres` with `url` and `schema`.
@@ -140,6 +154,9 @@ pub(super) struct RawJob {
     pub max_windows_per_request: Option<Spanned<RawNumber>>,
     /// `windowed` (default) or `snapshot`; must match the endpoint.
     pub kind: Option<Spanned<String>>,
+    /// events: one request covers up to `max_windows_per_request` windows with buckets of the
+    /// window's length; default: the source's `assume.bucketed_events`. workflow: only `false`.
+    pub bucketed: Option<Spanned<bool>>,
     /// events: the body's `vendor`; default `com.giosg.chat`.
     pub vendor: Option<Spanned<String>>,
     /// events: the body's `sources`; default `[trusted]`.

@@ -12,7 +12,7 @@ use serde_saphyr::{Location, Spanned};
 use super::ctx::{Ctx, Deferrable, Secrets, one_of, quoted};
 use super::interpolate::referenced_variables;
 use super::raw::{RawConfig, RawSource, RawWarehouse};
-use crate::config::{Credentials, Secret, SourceConfig, SourceKind, UnsetVariable, Warehouse};
+use crate::config::{Credentials, Secret, SourceAssumptions, SourceConfig, SourceKind, UnsetVariable, Warehouse};
 
 /// Source kinds by their name in `chatetl.yaml`.
 pub(super) const SOURCE_KINDS: &[(&str, SourceKind)] =
@@ -36,12 +36,14 @@ pub(super) struct SourceInfo {
     pub enabled: bool,
     /// Thulium: the account's zone, when valid.
     pub account_time_zone: Option<Tz>,
+    /// giosg: `assume` (the defaults when it has problems, already reported).
+    pub assume: SourceAssumptions,
 }
 
 impl SourceInfo {
     /// A source known only by name.
     pub fn unknown() -> SourceInfo {
-        SourceInfo { kind: None, enabled: true, account_time_zone: None }
+        SourceInfo { kind: None, enabled: true, account_time_zone: None, assume: SourceAssumptions::default() }
     }
 }
 
@@ -321,8 +323,32 @@ fn source(
         DEFAULT_MAX_RESPONSE_BYTES,
     );
     let max_pages = ctx.integer(&p("max_pages"), r.max_pages.as_ref(), 1, max, 1000);
+    let assume = match (&r.assume, kind) {
+        (None, _) => Some(SourceAssumptions::default()),
+        (Some(v), Some(SourceKind::Giosg) | None) => {
+            let flag = |f: &Option<Spanned<bool>>| f.as_ref().is_some_and(|f| f.value);
+            Some(SourceAssumptions {
+                bucketed_events: flag(&v.value.bucketed_events),
+                fused_events: flag(&v.value.fused_events),
+            })
+        }
+        (Some(v), Some(other)) => {
+            let kind_name = SOURCE_KINDS.iter().find(|(_, k)| *k == other).map_or("", |(n, _)| *n);
+            let message = format!(
+                "not used by a {kind_name} source (bucketed_events and fused_events are about giosg's events \
+                 and workflow queries)"
+            );
+            ctx.error(v.referenced, &p("assume"), message);
+            None
+        }
+    };
 
-    let info = SourceInfo { kind, enabled, account_time_zone: account_time_zone.flatten() };
+    let info = SourceInfo {
+        kind,
+        enabled,
+        account_time_zone: account_time_zone.flatten(),
+        assume: assume.unwrap_or_default(),
+    };
     let source = (|| {
         let base_url = base_url?;
         Some(SourceConfig {
@@ -349,6 +375,7 @@ fn source(
             max_retry_delay_secs: max_retry_delay_secs?,
             max_response_bytes: max_response_bytes?,
             max_pages: u32::try_from(max_pages?).ok()?,
+            assume: assume?,
         })
     })();
     (info, source, unset)

@@ -8,7 +8,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::{ConfigError, load, load_with_env};
-use crate::config::{Config, Endpoint, JobAggregation, Scope, SourceKind, Warehouse, WindowUnit};
+use crate::config::{Config, Endpoint, JobAggregation, Scope, SourceAssumptions, SourceKind, Warehouse, WindowUnit};
 use crate::query::{AggregationKind, Filter, Granularity, Ordering};
 
 /// The `chatetl.yaml` of the documentation.
@@ -809,4 +809,108 @@ fn config_reports_job_names_that_are_not_files_and_an_unusable_warehouse() {
     let dir = folder(&CONFIG.replace("path: ./warehouse", "path: chatetl.yaml"), &[]);
     assert_only(&errors_in(&dir, &env()), "chatetl.yaml:16:9: warehouse.path: `");
     assert!(errors_in(&dir, &env())[0].ends_with("is not a folder (a file is in its place)"));
+}
+
+/// An events job of 001's shape (granularity `all`, org and user scope).
+const EVENTS_JOB: &str = "description: Bot clicks
+source: giosg
+endpoint: events
+window: day
+granularity: all
+scopes: [org, user]
+aggregations:
+  - {type: count, column: clicks}
+start: 2024-01-01
+";
+
+/// A workflow job of 001's shape.
+const WORKFLOW_JOB: &str = "description: Invite wait
+source: giosg
+endpoint: workflow
+window: day
+aggregations:
+  - {type: avg, field: dim1, column: wait}
+where:
+  - {field: category, search: track_chat_invite}
+start: 2024-01-01
+";
+
+#[test]
+fn config_reads_assume_as_the_default_of_events_jobs_bucketed() {
+    // Nothing assumed: one events request per window.
+    let dir = folder(CONFIG, &[("clicks.yaml", EVENTS_JOB)]);
+    let config = load_in(&dir, &env()).unwrap();
+    assert_eq!(config.sources["giosg"].assume, SourceAssumptions::default());
+    let clicks = &config.jobs["clicks"];
+    assert_eq!((clicks.bucketed, clicks.max_windows_per_request), (false, 1));
+
+    let assuming = CONFIG.replace(
+        "    concurrency: 4\n",
+        "    concurrency: 4\n    assume:\n      bucketed_events: true   # probed\n      fused_events: true\n",
+    );
+    let hourly = EVENTS_JOB.replace("window: day", "window: hour");
+    let opted_out = format!("{EVENTS_JOB}bucketed: false\n");
+    let dir = folder(
+        &assuming,
+        &[
+            ("clicks.yaml", EVENTS_JOB),
+            ("hourly.yaml", &hourly),
+            ("out.yaml", &opted_out),
+            ("wf.yaml", WORKFLOW_JOB),
+            ("chats.yaml", SMALL_JOB),
+        ],
+    );
+    let config = load_in(&dir, &env()).unwrap();
+    assert_eq!(config.sources["giosg"].assume, SourceAssumptions { bucketed_events: true, fused_events: true });
+    let shape = |name: &str| {
+        let j = &config.jobs[name];
+        (j.bucketed, j.max_windows_per_request, j.granularity)
+    };
+    // Bucketed events jobs chunk as chat_sessions does; the job's granularity stays `all`.
+    assert_eq!(shape("clicks"), (true, 31, Granularity::All));
+    assert_eq!(shape("hourly"), (true, 168, Granularity::All));
+    assert_eq!(shape("out"), (false, 1, Granularity::All), "a job's `bucketed: false` wins");
+    assert_eq!(shape("wf"), (false, 1, Granularity::All), "workflow queries are never bucketed");
+    assert_eq!(shape("chats"), (false, 31, Granularity::Day), "chat_sessions are not affected");
+
+    // A job opts in without the source, and may bound its chunks.
+    let bounded = format!("{EVENTS_JOB}bucketed: true\nmax_windows_per_request: 7\n");
+    let dir = folder(CONFIG, &[("clicks.yaml", &bounded)]);
+    let clicks = &load_in(&dir, &env()).unwrap().jobs["clicks"];
+    assert_eq!((clicks.bucketed, clicks.max_windows_per_request), (true, 7));
+}
+
+#[test]
+fn config_refuses_bad_assume_and_bucketed_keys_with_their_location() {
+    let with_assume =
+        |lines: &str| CONFIG.replace("    concurrency: 4\n", &format!("    assume:\n{lines}    concurrency: 4\n"));
+    let dir = folder(&with_assume("      bucketed_event: true\n"), &[]);
+    let errors = errors_in(&dir, &env());
+    assert!(errors.iter().any(|e| e.starts_with("chatetl.yaml:10:7: unknown field `bucketed_event`")), "{errors:#?}");
+    let dir = folder(&with_assume("      fused_events: yes\n"), &[]);
+    let errors = errors_in(&dir, &env());
+    assert!(errors.iter().any(|e| e.starts_with("chatetl.yaml:10:21: invalid boolean")), "{errors:#?}");
+    let thulium = THREE_SOURCES.replace("    username:", "    assume: {bucketed_events: true}\n    username:");
+    let errors = errors_in(&folder(&thulium, &[]), &HashMap::new());
+    assert_only(&errors, "chatetl.yaml:11:13: sources.thulium.assume: not used by a thulium source");
+
+    let workflow = format!("{WORKFLOW_JOB}bucketed: true\n");
+    let errors = errors_in(&folder(CONFIG, &[("wf.yaml", &workflow)]), &env());
+    assert_only(&errors, "jobs/wf.yaml:10:11: bucketed: a workflow query cannot be bucketed");
+    let chats = format!("{SMALL_JOB}bucketed: true\n");
+    let errors = errors_in(&folder(CONFIG, &[("chats.yaml", &chats)]), &env());
+    assert_only(
+        &errors,
+        "jobs/chats.yaml:8:11: bucketed: not used by endpoint `chat_sessions` (only by events or workflow)",
+    );
+    let text = format!("{EVENTS_JOB}bucketed: 1\n");
+    let errors = errors_in(&folder(CONFIG, &[("clicks.yaml", &text)]), &env());
+    assert_only(&errors, "jobs/clicks.yaml:10:11: invalid boolean");
+    let unbucketed = format!("{EVENTS_JOB}max_windows_per_request: 7\n");
+    let errors = errors_in(&folder(CONFIG, &[("clicks.yaml", &unbucketed)]), &env());
+    assert_only(
+        &errors,
+        "jobs/clicks.yaml:10:26: max_windows_per_request: granularity `all` gives one bucket per request",
+    );
+    assert!(errors[0].ends_with("only with `bucketed: true`)"), "{errors:#?}");
 }

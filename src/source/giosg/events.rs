@@ -18,6 +18,30 @@
 //! windows or a non-numeric metric fails the request; the org scope has one row per window
 //! whether or not the answer leaves out empty buckets (count and sum 0, average null). The
 //! simulator serves exactly this shape (`docs/simulator.md`).
+//!
+//! # Bucketed queries (`bucketed`, an assumption `chatetl probe` checks)
+//!
+//! 001 shows only `granularity: all`, so by default a request covers one window. A job with
+//! `bucketed: true` (or of a source with `assume: {bucketed_events: true}`) sends one request per
+//! chunk of up to `max_windows_per_request` windows (31 days, 168 hours by default), exactly as
+//! chat_sessions does: the same `interval`, with `granularity` the window's unit (`day`, `hour`;
+//! [`super::request_granularity`]) while the job's own granularity stays `all`. The answer is
+//! split back by `start_time` into one row per window, scope and group, the empty-bucket rule of
+//! `super` included, so the rows are those of one `all` query per window (bucket_start = the
+//! window start). A server that refuses the granularity (a 4xx) fails the chunk with a message
+//! naming the assumption and the keys that turn it off ([`super::assumption_hint`]); one that silently
+//! answers one bucket for the whole interval cannot be told from a quiet chunk, which is why this
+//! is opt-in and probed (`giosg.bucketed_events` in `docs/assumptions.md`).
+//!
+//! # Several aggregations (`assume: {fused_events: true}`)
+//!
+//! `aggregations` is a list of plain kinds and each metric is named after its kind (`count`,
+//! `sum`, `avg`), so one query carries each kind at most once: two aggregations of one kind (a
+//! count for one job and a count for another) cannot be told apart in the answer, and the
+//! simulator refuses a kind requested twice. A query fusing several jobs therefore carries the
+//! union of their kinds, each once, and every job reads its own kinds from the one answer by
+//! name ([`super::metric_columns`]). That several kinds come back, each named by its kind, is
+//! the assumption `giosg.fused_events`.
 
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +124,7 @@ pub fn query(source: &SourceConfig, job: &Job, scope: Scope, windows: &[Window])
     EventsQuery {
         sources,
         interval: super::chat_sessions::interval(job, windows),
-        granularity: job.granularity,
+        granularity: super::request_granularity(job),
         group_by: scope.group_by().into_iter().map(String::from).collect(),
         organization_id: source.organization_id.clone(),
         vendor,
@@ -134,7 +158,11 @@ impl Api for Events {
         windows: &'a [Window],
     ) -> BoxFuture<'a, Result<WindowRows, FetchError>> {
         let requests = requests(calls.source, job, windows);
-        Box::pin(super::chat_sessions::fetch_scopes(calls, job, windows, requests, "an events result"))
+        Box::pin(async move {
+            super::chat_sessions::fetch_scopes(calls, job, windows, requests, "an events result")
+                .await
+                .map_err(|e| super::assumption_hint(calls.source, job, e))
+        })
     }
 }
 
@@ -177,6 +205,87 @@ mod tests {
             "data": []}"#;
         let err = rows(Scope::Org, short).unwrap_err();
         assert!(err.contains("no field for `count`, `avg`") && err.contains("events (metric)"), "{err}");
+    }
+
+    /// Helsinki days from 2024-03-30, over the spring change (the 31st has 23 hours).
+    fn days(n: i64) -> Vec<Window> {
+        let at = |d: i64| {
+            let date = chrono::NaiveDate::from_ymd_opt(2024, 3, 30).unwrap() + Duration::days(d);
+            crate::time::local_day_start(chrono_tz::Europe::Helsinki, date)
+        };
+        (0..n).map(|d| Window { start: at(d), end: at(d + 1) }).collect()
+    }
+
+    #[test]
+    fn a_bucketed_query_asks_for_day_buckets_over_its_windows_and_the_answer_splits_back() {
+        let source = crate::config::testing::giosg_source();
+        let plain = events_job();
+        assert_eq!(query(&source, &plain, Scope::Org, &days(1)).granularity, Granularity::All, "001's `all`");
+        let bucketed = Job { bucketed: true, max_windows_per_request: 31, ..plain };
+        let q = query(&source, &bucketed, Scope::User, &days(2));
+        assert_eq!(q.granularity, Granularity::Day);
+        assert_eq!(q.group_by, ["user_id"]);
+        let body = serde_json::to_value(&q).unwrap();
+        assert_eq!(body["interval"]["start"], "2024-03-30T00:00:00.000+02:00");
+        assert_eq!(body["interval"]["end"], "2024-03-31T23:59:59.999+03:00");
+        assert_eq!(bucketed.granularity, Granularity::All, "the job keeps its granularity");
+
+        let fields = r#""fields": [{"name": "start_time", "type": "dimension"}, {"name": "user_id", "type": "dimension"},
+            {"name": "count", "type": "metric"}, {"name": "avg", "type": "metric"}]"#;
+        let answer = format!(
+            r#"{{{fields}, "data": [["2024-03-30T00:00:00.000+02:00", "u1", 2, 41.5],
+                ["2024-03-31T00:00:00.000+02:00", "u1", 1, 3.0], ["2024-03-31T00:00:00.000+02:00", "u2", 4, 8.25]]}}"#
+        );
+        let rows = parse(&bucketed, Scope::User, &days(2), answer.as_bytes(), "an events result").unwrap();
+        let got: Vec<Vec<(Option<String>, Vec<Cell>)>> =
+            rows.iter().map(|w| w.iter().map(|r| (r.dims[2].clone(), r.metrics.clone())).collect()).collect();
+        let n = |c: f64, a: f64| vec![Cell::Number(c), Cell::Number(a)];
+        assert_eq!(
+            got,
+            vec![
+                vec![(Some("u1".into()), n(2.0, 41.5))],
+                vec![(Some("u1".into()), n(1.0, 3.0)), (Some("u2".into()), n(4.0, 8.25))]
+            ]
+        );
+        assert!(rows.iter().zip(days(2)).all(|(w, d)| w.iter().all(|r| r.bucket_start == d.start)));
+        // The org scope gets its empty day filled, as one `all` query per day would answer it.
+        let org_fields = fields.replace(r#"{"name": "user_id", "type": "dimension"},"#, "");
+        let answer = format!(r#"{{{org_fields}, "data": [["2024-03-31T00:00:00.000+02:00", 3, 5.5]]}}"#);
+        let rows = parse(&bucketed, Scope::Org, &days(2), answer.as_bytes(), "an events result").unwrap();
+        assert_eq!(rows[0][0].metrics, vec![Cell::Number(0.0), Cell::Null]);
+        assert_eq!(rows[1][0].metrics, n(3.0, 5.5));
+    }
+
+    #[test]
+    fn a_refused_bucketed_or_fused_query_names_the_assumption_and_the_key() {
+        let mut source = crate::config::testing::giosg_source();
+        let bucketed = Job { bucketed: true, max_windows_per_request: 31, ..events_job() };
+        let refused = |status: u16| {
+            FetchError::Http(crate::source::http::HttpError::Status {
+                status,
+                method: "POST".into(),
+                url: "https://service.giosg.com/api/events/v2/orgs/o/fetch".into(),
+                detail: "granularity not supported".into(),
+                retry_after: None,
+            })
+        };
+        let message = super::super::assumption_hint(&source, &bucketed, refused(400)).to_string();
+        assert!(message.contains("granularity not supported; the request asked for day buckets"), "{message}");
+        assert!(
+            message.contains("giosg.bucketed_events") && message.contains("`bucketed: false` in job j"),
+            "{message}"
+        );
+        assert!(!message.contains("fused_events"), "{message}");
+        for status in [401, 429, 503] {
+            let message = super::super::assumption_hint(&source, &bucketed, refused(status)).to_string();
+            assert!(!message.contains("giosg.bucketed_events"), "{status}: {message}");
+        }
+        source.assume.fused_events = true;
+        let fused = super::super::assumption_hint(&source, &events_job(), refused(400)).to_string();
+        assert!(
+            fused.contains("2 aggregations (assumption giosg.fused_events") && !fused.contains("bucketed"),
+            "{fused}"
+        );
     }
 
     #[test]

@@ -32,10 +32,12 @@ pub mod workflow;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Job, JobAggregation, WindowUnit};
+use crate::config::{Job, JobAggregation, SourceConfig, WindowUnit};
 use crate::plan::Window;
 use crate::query::{AggregationKind, Granularity, ResponseField};
 use crate::row::{Column, ColumnType, Value as Cell};
+use crate::source::FetchError;
+use crate::source::http::HttpError;
 
 /// chat_sessions, events and workflow tables: `scope`, `team_id`, `user_id`, then one column per
 /// aggregation (`bigint` for count, `double precision` otherwise); `counted` says what a count
@@ -148,6 +150,53 @@ pub fn bucket_starts(job: &Job, window: &Window) -> Option<Vec<DateTime<Utc>>> {
         | Granularity::Quarter
         | Granularity::Year => None,
     }
+}
+
+/// The granularity a request of `job` asks for: the job's own, except for a bucketed job of
+/// granularity `all` (events with `bucketed: true`), whose requests cover several windows and ask
+/// for buckets of the window's length (`day` for day windows, `hour` for hour windows), so each
+/// bucket is one window and [`bucket_starts`] (the window start) holds for both.
+pub fn request_granularity(job: &Job) -> Granularity {
+    match (job.bucketed, job.granularity, job.window) {
+        (true, Granularity::All, WindowUnit::Day) => Granularity::Day,
+        (true, Granularity::All, WindowUnit::Hour) => Granularity::Hour,
+        (_, g, _) => g,
+    }
+}
+
+/// `e`, with its detail saying which assumption a refused query (a 4xx other than 401, 403 and
+/// 429) relied on and which key turns it off: a bucketed query (`giosg.bucketed_events`) or one
+/// with several aggregations on a source that fuses them (`giosg.fused_events`). Other errors are
+/// returned as they are.
+pub fn assumption_hint(source: &SourceConfig, job: &Job, e: FetchError) -> FetchError {
+    let FetchError::Http(HttpError::Status { status, method, url, detail, retry_after }) = e else { return e };
+    let refused = (400..500).contains(&status) && !matches!(status, 401 | 403 | 429);
+    let mut hints = Vec::new();
+    if refused && job.bucketed && request_granularity(job) != job.granularity {
+        hints.push(format!(
+            "the request asked for {} buckets over several windows, which api-docs 001 never shows (assumption \
+             giosg.bucketed_events, see `chatetl probe`): set `bucketed: false` in job {} or leave \
+             `assume.bucketed_events` of source {} false",
+            granularity_name(request_granularity(job)),
+            job.name,
+            source.name
+        ));
+    }
+    if refused && source.assume.fused_events && job.aggregations.len() > 1 {
+        hints.push(format!(
+            "the request carried {} aggregations (assumption giosg.fused_events, see `chatetl probe`): set \
+             `assume.fused_events` of source {} to false",
+            job.aggregations.len(),
+            source.name
+        ));
+    }
+    let detail = if hints.is_empty() { detail } else { format!("{detail}; {}", hints.join("; ")) };
+    FetchError::Http(HttpError::Status { status, method, url, detail, retry_after })
+}
+
+/// `day`, `hour`, … as job files and the API write it.
+fn granularity_name(g: Granularity) -> String {
+    serde_json::to_value(g).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// The values of a bucket without rows: counts and sums 0, averages null, distinct counts 0.

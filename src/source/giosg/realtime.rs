@@ -531,6 +531,7 @@ mod tests {
             max_retry_delay_secs: 1,
             max_response_bytes: 1 << 20,
             max_pages: 1000,
+            assume: Default::default(),
         };
         let reqs = Realtime(Collection::Rooms).requests(&source, &j, &[window()]);
         assert_eq!(

@@ -15,6 +15,27 @@
 //! answering `[[null]]`. Extra fields are ignored; a field that cannot be matched, several lines,
 //! or a non-numeric value fails the window. The simulator serves exactly this
 //! (`docs/simulator.md`; `--omit-empty-buckets` answers no line when nothing matched).
+//!
+//! # Why workflow queries are not bucketed
+//!
+//! Events queries may cover several windows with day or hour buckets (`bucketed`, see
+//! `events.rs`); workflow queries may not, and a workflow job refuses `bucketed: true`. 001's
+//! events body is Druid's (`interval` with a `time_zone`, `granularity`, `start_time` per bucket
+//! in the answer), so a bucketed events query changes one value of a key 001 already sends. The
+//! workflow body shares none of that: a `timespan` of two instants with fixed offsets, no
+//! granularity and no zone. Bucketing it would invent two keys (a granularity, and a zone to put
+//! day boundaries in: a fixed offset is wrong across a DST change) and the whole shape of a
+//! bucketed answer, and a server that ignores unknown keys (the common habit) would answer one
+//! average for the whole chunk, which the client would load as the first window's value: wrong
+//! data with no error. The saving is also smaller: a workflow job has one scope, so a year is 365
+//! requests, not events' 730 for two scopes. So a workflow request stays one window.
+//!
+//! Several averages in one query are another matter: `avg` is a list in 001's body and each
+//! answer field is named `<field>_avg`, so a query averaging `dim1` and `dim2` for two jobs with
+//! the same `where` is unambiguous; [`query`] sends every aggregation's field and [`parse`] reads
+//! each by name. Whether the server answers all of them is the assumption
+//! `giosg.fused_events` (`assume: {fused_events: true}`), which `chatetl probe` checks when two
+//! workflow jobs of a source average different fields.
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
@@ -100,7 +121,9 @@ impl Api for Workflow {
 /// Sends each window's request and returns its one org-scope row.
 async fn fetch(calls: &Calls<'_>, job: &Job, windows: &[Window]) -> Result<WindowRows, FetchError> {
     let requests = requests(calls.source, job, windows);
-    let answers = futures::future::try_join_all(requests.iter().map(|r| calls.send(r))).await?;
+    let answers = futures::future::try_join_all(requests.iter().map(|r| calls.send(r)))
+        .await
+        .map_err(|e| super::assumption_hint(calls.source, job, e.into()))?;
     windows
         .iter()
         .zip(answers)
