@@ -8,7 +8,10 @@ use std::process::ExitCode;
 #[cfg(feature = "simulator")]
 use anyhow::Context;
 #[cfg(feature = "simulator")]
-use chatetl::simulator::{Assumptions, CountMetricName, Dataset, DatasetSpec, FaultConfig, Simulator, dataset};
+use chatetl::simulator::{
+    Assumptions, CountMetricName, Dataset, DatasetSpec, EventAggregations, EventBuckets, EventQueries, FaultConfig,
+    Simulator, dataset,
+};
 use chatetl::telemetry::{self, LogFormat};
 
 mod commands;
@@ -478,6 +481,30 @@ struct SimulateArgs {
     /// matched nothing have no line) instead of answering them with count 0.
     #[arg(long, help_heading = "Assumptions")]
     omit_empty_buckets: bool,
+    /// How an events query with `day`/`hour` granularity is answered: `answered` (a line per
+    /// bucket), `refused` (400) or `one_bucket` (the whole interval as one bucket).
+    #[arg(
+        long,
+        default_value = "answered",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(EventBuckets::NAMES),
+            |s: String| s.parse::<EventBuckets>().expect("one of NAMES")
+        ),
+        help_heading = "Assumptions"
+    )]
+    event_buckets: EventBuckets,
+    /// How an events query with several aggregations (a workflow query averaging several fields)
+    /// is answered: `answered`, `refused` (400) or `first_only` (only the first metric).
+    #[arg(
+        long,
+        default_value = "answered",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(EventAggregations::NAMES),
+            |s: String| s.parse::<EventAggregations>().expect("one of NAMES")
+        ),
+        help_heading = "Assumptions"
+    )]
+    event_aggregations: EventAggregations,
 }
 
 /// A count that must be at least 1 (`--concurrency 0` would never send a request), for clap's
@@ -633,8 +660,13 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if assumptions != Assumptions::default() {
         eprintln!("answering with {assumptions:?}");
     }
+    let event_queries = EventQueries { buckets: args.event_buckets, aggregations: args.event_aggregations };
+    if event_queries != EventQueries::default() {
+        eprintln!("answering events queries with {event_queries:?}");
+    }
     Simulator::new(dataset, faults, args.fault_seed)
         .with_assumptions(assumptions)
+        .with_event_queries(event_queries)
         .serve(listener, shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)

@@ -47,8 +47,8 @@ pub fn fusable(source: &SourceConfig, job: &Job) -> bool {
 }
 
 /// Whether `source` assumes events and workflow answer several aggregations in one query.
-fn fused_events(_source: &SourceConfig) -> bool {
-    false
+fn fused_events(source: &SourceConfig) -> bool {
+    source.assume.fused_events
 }
 
 /// The jobs of `jobs` (by index) in groups that can share requests, each group in input order,

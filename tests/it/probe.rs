@@ -52,10 +52,11 @@ async fn the_default_simulator_confirms_every_assumption_the_probe_can_see() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let contradicted: Vec<_> = report.findings.iter().filter(|f| f.verdict == Verdict::Contradicted).collect();
     assert!(contradicted.is_empty(), "{contradicted:#?}");
-    // One request per source and endpoint its jobs use (giosg 5, Thulium 1, Comm100 4), and one
-    // about a quiet week for each of chat_sessions and events.
-    assert_eq!(report.requests, 12, "{:?}", sim.handle.requests().iter().map(|r| &r.path).collect::<Vec<_>>());
-    assert_eq!(sim.handle.requests().len(), 12);
+    // One request per source and endpoint its jobs use (giosg 5, Thulium 1, Comm100 4), one
+    // about a quiet week for each of chat_sessions and events, and five for events comparing
+    // answers (2 `all` + 1 bucketed; 1 alone + 1 fused).
+    assert_eq!(report.requests, 17, "{:?}", sim.handle.requests().iter().map(|r| &r.path).collect::<Vec<_>>());
+    assert_eq!(sim.handle.requests().len(), 17);
     for id in chatetl::probe::ASSUMPTIONS.iter().map(|a| a.id) {
         let seen = verdicts(&report, id);
         assert!(!seen.is_empty(), "{id} was not checked");
