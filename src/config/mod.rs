@@ -332,11 +332,12 @@ pub struct Job {
     /// Consecutive windows one request may cover (default 31 for day windows, 168 for hour
     /// windows; 1 when granularity is `all` and the job is not [`Job::bucketed`]).
     pub max_windows_per_request: u32,
-    /// events: requests cover up to `max_windows_per_request` windows, asking for buckets of the
-    /// window's length (`day` / `hour`) although `granularity` is `all`, and the answer is split
-    /// back per window (`bucketed`, default the source's `assume.bucketed_events`). Transport only:
-    /// the rows are those of one `all` request per window, so it is not part of the definition.
-    /// Always false for other endpoints (workflow has no buckets: `src/source/giosg/workflow.rs`).
+    /// Requests cover up to `max_windows_per_request` windows, asking for buckets of the window's
+    /// length (`day` / `hour`) although `granularity` is `all`, and the answer is split back per
+    /// window. events: the job's `bucketed`, default the source's `assume.bucketed_events`;
+    /// chat_sessions: always (its day and hour buckets are documented). Transport only: the rows
+    /// are those of one `all` request per window, so it is not part of the definition. Always
+    /// false for other endpoints (workflow has no buckets: `src/source/giosg/workflow.rs`).
     pub bucketed: bool,
     /// Seconds a window must have ended before a scheduled run loads it (default 0).
     pub settle_secs: u64,

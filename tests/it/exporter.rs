@@ -467,10 +467,12 @@ async fn a_run_makes_the_minimum_number_of_requests() {
     assert_eq!(code, 0, "{out}\n{err}");
     let reqs = sim.handle.requests();
     let count = |needle: &str| reqs.iter().filter(|r| r.body.contains(needle)).count();
-    // 62 days: real_chats = 2 chunks of 31 days x 3 scopes; unique_visitors (granularity all) = 62 x 1.
+    // 62 days: real_chats = 2 chunks of 31 days x 3 scopes; unique_visitors (granularity all,
+    // org scope) asks for a day bucket per window: 2 chunks too.
     assert_eq!(count("\"count\""), 6);
-    assert_eq!(count("hyperUnique"), 62);
-    assert_eq!(reqs.len(), 68);
+    assert_eq!(count("hyperUnique"), 2);
+    assert!(reqs.iter().filter(|r| r.body.contains("hyperUnique")).all(|r| r.body.contains("\"granularity\":\"day\"")));
+    assert_eq!(reqs.len(), 8);
     let (_, plan_out, _) =
         run_cli(&path, &["plan", "--job", "real_chats", "--from", "2024-01-01", "--to", "2024-03-02"]);
     assert!(plan_out.contains("62 day windows") && plan_out.contains("6 requests"), "{plan_out}");

@@ -363,14 +363,19 @@ fn job_kind(ctx: &mut Ctx, at: Location, value: Option<&Spanned<String>>, endpoi
 }
 
 /// `bucketed` (events: default the source's `assume.bucketed_events`; workflow: only `false`,
-/// since 001's workflow body has no granularity or zone to bucket by; false for other endpoints,
-/// which never take the key).
+/// since 001's workflow body has no granularity or zone to bucket by; chat_sessions: always, as
+/// its `day` and `hour` buckets in the query's zone are what its day- and hour-granularity jobs
+/// already read (001 asks for `day` buckets), so a job of granularity `all` asks for buckets of
+/// its window over several windows; false for other endpoints, which never take the key).
 fn job_bucketed(
     ctx: &mut Ctx,
     value: Option<&Spanned<bool>>,
     endpoint: Endpoint,
     assume: SourceAssumptions,
 ) -> Option<bool> {
+    if endpoint == Endpoint::ChatSessions {
+        return Some(true);
+    }
     let events = endpoint == Endpoint::Events;
     let Some(v) = value else { return Some(events && assume.bucketed_events) };
     if endpoint == Endpoint::Workflow && v.value {

@@ -449,17 +449,20 @@ fn config_reports_a_malformed_filter_at_the_operand_that_fails() {
 #[test]
 fn config_keeps_granularity_within_the_window() {
     let hourly = SMALL_JOB.replace("window: day", "window: hour\ngranularity: day");
-    let all = SMALL_JOB.replace("window: day", "window: day\ngranularity: all\nmax_windows_per_request: 31");
-    let dir = folder(CONFIG, &[("a.yaml", &hourly), ("b.yaml", &all)]);
+    let dir = folder(CONFIG, &[("a.yaml", &hourly)]);
     let errors = errors_in(&dir, &env());
-    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(errors[0].starts_with("jobs/a.yaml:5:14: granularity: `day` buckets do not fit in an hour window"));
-    assert!(errors[1].starts_with("jobs/b.yaml:6:26: max_windows_per_request: granularity `all` gives one bucket"));
 
+    // A chat_sessions job of granularity `all` asks for buckets of its window (documented `day`
+    // and `hour` buckets), so its requests cover several windows like any other's.
     let all = SMALL_JOB.replace("window: day", "window: hour\ngranularity: all");
-    let dir = folder(CONFIG, &[("a.yaml", &all)]);
-    let job = &load_in(&dir, &env()).unwrap().jobs["a"];
-    assert_eq!((job.granularity, job.max_windows_per_request), (Granularity::All, 1));
+    let seven = SMALL_JOB.replace("window: day", "window: day\ngranularity: all\nmax_windows_per_request: 7");
+    let dir = folder(CONFIG, &[("a.yaml", &all), ("b.yaml", &seven)]);
+    let config = load_in(&dir, &env()).unwrap();
+    let (a, b) = (&config.jobs["a"], &config.jobs["b"]);
+    assert_eq!((a.granularity, a.max_windows_per_request, a.bucketed), (Granularity::All, 168, true));
+    assert_eq!((b.granularity, b.max_windows_per_request, b.bucketed), (Granularity::All, 7, true));
 }
 
 #[test]
@@ -871,7 +874,7 @@ fn config_reads_assume_as_the_default_of_events_jobs_bucketed() {
     assert_eq!(shape("hourly"), (true, 168, Granularity::All));
     assert_eq!(shape("out"), (false, 1, Granularity::All), "a job's `bucketed: false` wins");
     assert_eq!(shape("wf"), (false, 1, Granularity::All), "workflow queries are never bucketed");
-    assert_eq!(shape("chats"), (false, 31, Granularity::Day), "chat_sessions are not affected");
+    assert_eq!(shape("chats"), (true, 31, Granularity::Day), "chat_sessions are always bucketed, assume or not");
 
     // A job opts in without the source, and may bound its chunks.
     let bounded = format!("{EVENTS_JOB}bucketed: true\nmax_windows_per_request: 7\n");

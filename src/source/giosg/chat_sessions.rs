@@ -112,7 +112,7 @@ pub fn query(job: &Job, scope: Scope, windows: &[Window]) -> ChatSessionsQuery {
     parts.push(Filter::Selector { dimension: "scope".into(), value: json!(scope.as_str()) });
     ChatSessionsQuery {
         interval: interval(job, windows),
-        granularity: job.granularity,
+        granularity: super::request_granularity(job),
         group_by: scope.group_by().into_iter().map(String::from).collect(),
         aggregations: job
             .aggregations
@@ -155,7 +155,8 @@ pub fn parse(job: &Job, scope: Scope, windows: &[Window], body: &[u8], what: &st
         if let Some(starts) = &buckets[w]
             && !starts.contains(&bucket)
         {
-            let g = serde_json::to_value(job.granularity).ok().and_then(|v| v.as_str().map(String::from));
+            let g =
+                serde_json::to_value(super::request_granularity(job)).ok().and_then(|v| v.as_str().map(String::from));
             return Err(format!(
                 "data[{i}]: bucket {label} is not the start of a {} bucket of the window starting {}",
                 g.unwrap_or_default(),
@@ -323,6 +324,21 @@ mod tests {
         let counts: Vec<&Cell> = out[0].iter().map(|r| &r.metrics[0]).collect();
         assert_eq!((counts[2], counts[13], counts[0]), (&Cell::Number(1.0), &Cell::Number(4.0), &Cell::Number(0.0)));
         assert!(out[0].windows(2).all(|p| p[0].bucket_start < p[1].bucket_start));
+    }
+
+    #[test]
+    fn a_job_of_granularity_all_asks_for_buckets_of_its_window_and_gets_a_row_per_window() {
+        let job = chat_job("all", "org", &[UNIQUE]);
+        assert!(job.bucketed && job.max_windows_per_request == 31, "{job:?}");
+        assert_eq!(query(&job, Scope::Org, &days(5, 6)).granularity, crate::query::Granularity::Day);
+        let b = body(
+            &[("start_time", "dimension"), ("visitor_ids_hyper_unique", "metric")],
+            json!([["2024-03-05T00:00:00.000+02:00", 3.0], ["2024-03-06T00:00:00.000+02:00", 2.0]]),
+        );
+        let out = parse(&job, Scope::Org, &days(5, 6), &b, "r").unwrap();
+        assert_eq!((out[0].len(), out[1].len()), (1, 1));
+        assert_eq!((&out[0][0].metrics[0], &out[1][0].metrics[0]), (&Cell::Number(3.0), &Cell::Number(2.0)));
+        assert_eq!(out[1][0].bucket_start, days(6, 6)[0].start);
     }
 
     #[test]
