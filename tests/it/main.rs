@@ -16,6 +16,7 @@ mod giosg_events;
 mod history;
 mod jobs;
 mod operations;
+mod orchestrators;
 mod parquet_warehouse;
 mod postgres_warehouse;
 mod probe;
