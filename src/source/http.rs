@@ -279,7 +279,10 @@ pub struct HttpClient {
     /// giosg: `/orgs/<organization_id>/`; a 404 on such a path means the organization is
     /// unknown to these credentials (api-docs 002), a refusal like 401/403.
     organization_path: Option<String>,
-    client: reqwest::Client,
+    /// Built on the first request: commands that open a runner without sending anything
+    /// (`status`, an incremental `plan`) never pay for a TLS client.
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    timeout: Duration,
     auth: Credentials,
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
@@ -305,12 +308,6 @@ impl HttpClient {
     /// `stats`.
     pub fn new(source: &SourceConfig, stats: Arc<RequestStats>) -> Result<HttpClient, String> {
         let auth = source.credentials.clone();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(source.timeout_secs))
-            .connect_timeout(Duration::from_secs(source.timeout_secs.min(10)))
-            .user_agent(concat!("chatetl/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("source {}: cannot build an HTTP client: {e}", source.name))?;
         let rps = source.requests_per_second.max(0.001);
         let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rps))
             .ok_or_else(|| format!("source {}: invalid requests_per_second {rps}", source.name))?
@@ -320,7 +317,8 @@ impl HttpClient {
             credential_variables: source.credential_variables.clone(),
             organization_path: (source.kind == crate::config::SourceKind::Giosg && !source.organization_id.is_empty())
                 .then(|| format!("/orgs/{}/", source.organization_id)),
-            client,
+            client: std::sync::OnceLock::new(),
+            timeout: Duration::from_secs(source.timeout_secs),
             auth,
             limiter: RateLimiter::direct(quota),
             permits: Semaphore::new(source.concurrency.max(1)),
@@ -434,10 +432,28 @@ impl HttpClient {
         result
     }
 
+    /// The reqwest client, built the first time it is needed.
+    fn client(&self, req: &HttpRequest) -> Result<&reqwest::Client, HttpError> {
+        let built = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(self.timeout)
+                .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("chatetl/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("source {}: cannot build an HTTP client: {}", self.source, error_chain(&e)))
+        });
+        built.as_ref().map_err(|cause| HttpError::Transport {
+            method: req.method.to_string(),
+            url: req.url.clone(),
+            cause: cause.clone(),
+            timeout: false,
+        })
+    }
+
     /// Sends `req` once and reads its whole answer.
     async fn exchange(&self, req: &HttpRequest) -> Result<bytes::Bytes, HttpError> {
         let method = req.method.to_string();
-        let mut builder = self.client.request(req.method.clone(), &req.url);
+        let mut builder = self.client(req)?.request(req.method.clone(), &req.url);
         builder = match &self.auth {
             Credentials::Token(t) => builder.header(AUTHORIZATION, format!("Token {}", t.expose())),
             Credentials::Bearer(t) => builder.bearer_auth(t.expose()),
