@@ -643,9 +643,15 @@ impl Runner {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        // The run stopped itself: a request's credentials were refused (a caller's stop is
+        // `opts.cancel`). A member whose own chunks never started is refused all the same.
+        let refused = stop.is_cancelled() && !opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
         let mut results = Vec::new();
         for ((mut member, started), calls) in members.into_iter().zip(started).zip(calls) {
             member.started_windows = started;
+            if refused {
+                member.refused_before_start();
+            }
             results.push(member.finish(&self.sink, calls, opts).await);
         }
         results
@@ -733,6 +739,31 @@ impl Member<'_> {
         }
     }
 
+    /// After the source refused the credentials (on a request of another member of a fused
+    /// group): this job's windows that never started failed for that reason too, unless one of
+    /// its own requests already says so.
+    fn refused_before_start(&mut self) {
+        let job = self.job;
+        let left = &self.windows[self.started_windows..];
+        if left.is_empty() || self.report.failures.iter().any(|f| f.kind == ErrorKind::Credentials) {
+            return;
+        }
+        let message = format!(
+            "job {}, window {}: not loaded: source `{}` refused the credentials on a request this job shares with {}",
+            job.name,
+            chunk_label(job, left),
+            job.source,
+            self.report.fused_with.join(", ")
+        );
+        self.report.failures.push(ChunkFailure {
+            first: left[0],
+            last: left[left.len() - 1],
+            windows: left.len(),
+            kind: ErrorKind::Credentials,
+            message,
+        });
+    }
+
     /// Records how the run ended and returns its report.
     async fn finish(mut self, sink: &Sink, calls: CallCounts, opts: &RunOptions) -> Result<RunReport, RunError> {
         let job = self.job;
@@ -756,14 +787,7 @@ impl Member<'_> {
         // Interrupted: the caller (a signal, a shutdown) stopped the run before every window
         // started; a stop after refused credentials is that failure.
         let interrupted = report.windows_cancelled > 0 && opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
-        record.status = match (report.windows_failed, report.windows_loaded, report.windows_cancelled) {
-            _ if interrupted => "interrupted",
-            (0, _, 0) => "succeeded",
-            (0, _, _) => "interrupted",
-            (_, 0, _) => "failed",
-            _ => "partial",
-        }
-        .into();
+        record.status = run_status(report, interrupted).into();
         record.error = report.failures.first().map(|f| f.message.clone());
         record.error_kind = report.error_kind();
         sink.record_run(record).await?;
@@ -825,7 +849,9 @@ impl ChunkContext<'_> {
                 (i, windows, result)
             }
         });
-        let outcomes = futures::future::join_all(commits).instrument(span).await;
+        // One member after the other: a fused chunk holds one warehouse connection at a time,
+        // however many jobs share it (the pool also serves every job's lock and other chunks).
+        let outcomes = futures::stream::iter(commits).then(|c| c).collect::<Vec<_>>().instrument(span).await;
         (chunk, counts, outcomes)
     }
 
@@ -894,6 +920,19 @@ impl ChunkContext<'_> {
                 partial_after: self.partial_after,
             })
             .await?)
+    }
+}
+
+/// How a run ended, as its record says: `interrupted` when the caller stopped it (a signal, a
+/// shutdown) before every window started; else `failed` (nothing loaded) or `partial` when a
+/// failure is reported; `interrupted` when windows were left unstarted otherwise; `succeeded`.
+pub fn run_status(report: &RunReport, interrupted: bool) -> &'static str {
+    match (report.failures.is_empty(), report.windows_loaded, report.windows_cancelled) {
+        _ if interrupted => "interrupted",
+        (true, _, 0) => "succeeded",
+        (true, _, _) => "interrupted",
+        (false, 0, _) => "failed",
+        (false, _, _) => "partial",
     }
 }
 

@@ -198,3 +198,90 @@ async fn jobs_of_different_sources_run_side_by_side() {
     );
     assert!(out.contains("real_chats") && out.contains("thulium_chat_summary_daily"), "{out}");
 }
+
+/// The shipped job `name` with its `start` replaced.
+fn shipped_from(name: &'static str, start: &str) -> (&'static str, String) {
+    let text = chatetl::demo::shipped::JOBS.iter().find(|(f, _)| f.trim_end_matches(".yaml") == name).unwrap().1;
+    let text: Vec<String> =
+        text.lines().map(|l| if l.starts_with("start:") { format!("start: {start}") } else { l.to_string() }).collect();
+    (
+        chatetl::demo::shipped::JOBS.iter().find(|(f, _)| f.trim_end_matches(".yaml") == name).unwrap().0,
+        text.join("\n") + "\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fused_job_whose_chunks_never_started_after_refused_credentials_failed_for_that_reason() {
+    let d = dump(&["--seed", "24", "--start", "2024-01-01", "--days", "10", "--sessions-per-day", "5"]);
+    let sim = serve(&d.path).await;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Fused, but messages_in_real_chats' windows are all in chunks after real_chats' first one,
+    // whose request is refused: the run stops before they start.
+    let jobs = [shipped_from("real_chats", "2026-09-01"), shipped_from("messages_in_real_chats", "2026-11-15")];
+    let config = write_config(dir.path(), &sim, "not-the-token", TestWarehouse::Postgres(&db.url), &jobs);
+    let (code, out, err) = run_cli(&config, &["run", "--concurrency", "1", "--json"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    for job in summary["jobs"].as_array().unwrap() {
+        assert_eq!(job["error_kind"], "credentials", "{job}");
+        assert_eq!(job["status"], "failed", "{job}");
+    }
+    assert_eq!(summary["retryable"], false, "{summary}");
+    assert!(
+        err.contains("job messages_in_real_chats, window 2026-11-15..") && err.contains("refused the credentials"),
+        "{err}"
+    );
+    let runs: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT job, status, error_kind FROM chatetl.runs WHERE target = 'analytics' ORDER BY job")
+            .fetch_all(&db.pool().await)
+            .await
+            .unwrap();
+    let credentials = Some("credentials".to_string());
+    assert_eq!(
+        runs,
+        vec![
+            ("messages_in_real_chats".to_string(), "failed".to_string(), credentials.clone()),
+            ("real_chats".to_string(), "failed".to_string(), credentials),
+        ]
+    );
+    assert_eq!(sim.handle.requests().len(), 1, "nothing is sent after the refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_run_after_another_job_of_its_source_is_captured_when_its_turn_comes() {
+    let d = dump(&["--seed", "25", "--start", "2024-01-01", "--days", "10", "--sessions-per-day", "5"]);
+    let sim = serve(&d.path).await;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // a_chats (real_chats renamed) comes first in name order on the same source, and takes a
+    // while (a year of windows).
+    let (_, chats) = shipped_from("real_chats", "2025-11-01");
+    let jobs = [
+        ("a_chats.yaml", chats.replace("name: real_chats", "name: a_chats")),
+        shipped_from("giosg_realtime_rooms", "2024-01-01"),
+    ];
+    let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &jobs);
+    // Slow answers make a_chats' run last seconds: a capture planned at the start of the command
+    // would be stamped seconds before a_chats finished.
+    sim.handle.add_rule(chatetl::simulator::FaultRule {
+        path_contains: Some("chat_sessions".into()),
+        faults: chatetl::simulator::FaultConfig { latency_ms: 1100, ..Default::default() },
+        ..Default::default()
+    });
+    let (code, out, err) = run_cli(&config, &["run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let pool = db.pool().await;
+    let finished: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT date_trunc('second', finished_at) FROM chatetl.runs WHERE target = 'analytics' AND job = 'a_chats'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let captured: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT min(captured_at) FROM analytics.giosg_realtime_rooms")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(captured >= finished, "captured at {captured}, planned before a_chats finished at {finished}");
+}
