@@ -531,9 +531,21 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (runner, interrupt_ref, rebuild) = (&runner, &interrupt, args.rebuild);
     let per_source = by_source.into_values().map(|units| async move {
         let mut results = Vec::new();
-        for unit in units {
+        for mut unit in units {
             if interrupt_ref.is_cancelled() {
                 break;
+            }
+            // A snapshot is the state when it is captured: its window (its `captured_at`) is
+            // the instant its turn comes, not the instant the run started.
+            if unit.len() == 1 && unit[0].0.kind == JobKind::Snapshot && unit[0].2.kind == RunKind::Incremental {
+                let (job, windows, opts) = &mut unit[0];
+                match runner.incremental_windows(job, Utc::now()).await {
+                    Ok((w, partial_after)) => (*windows, opts.partial_after) = (w, Some(partial_after)),
+                    Err(e) => {
+                        results.push((job.name.clone(), Err(e)));
+                        continue;
+                    }
+                }
             }
             if rebuild {
                 for (job, _, opts) in unit {
@@ -702,7 +714,7 @@ fn finish(
 }
 
 /// The one-line JSON summary of a run: its exit code, whether running it again can help
-/// (`retryable`: every failure is of a kind a retry can fix, or the run was interrupted), per
+/// (`retryable`: it failed or was interrupted, and every error is of a kind a retry can fix), per
 /// job what it did, and every error with its kind.
 pub fn json_summary(reports: &[RunReport], fatal: &[(ErrorKind, String)], interrupted: bool, code: u8) -> String {
     let kind_of = |k: ErrorKind| serde_json::json!({"kind": k.as_str(), "retryable": k.retryable()});
@@ -712,7 +724,7 @@ pub fn json_summary(reports: &[RunReport], fatal: &[(ErrorKind, String)], interr
             serde_json::json!({
                 "job": r.job,
                 "run_id": r.run_id,
-                "status": if r.ok() { "succeeded" } else if r.windows_loaded > 0 { "partial" } else { "failed" },
+                "status": chatetl::runner::run_status(r, interrupted && r.windows_cancelled > 0),
                 "windows": r.windows_planned,
                 "loaded": r.windows_loaded,
                 "skipped": r.windows_skipped,
@@ -742,7 +754,7 @@ pub fn json_summary(reports: &[RunReport], fatal: &[(ErrorKind, String)], interr
         e["message"] = message.as_str().into();
         e
     }));
-    let retryable = code != 0 && (interrupted || errors.iter().all(|e| e["retryable"] == true));
+    let retryable = code != 0 && errors.iter().all(|e| e["retryable"] == true);
     serde_json::json!({
         "summary": "chatetl",
         "exit_code": code,
