@@ -602,7 +602,10 @@ impl Inner {
     /// members of its tick group that are free (one request per chunk for all of them); a job
     /// its group already ran for `at` has nothing left to do.
     fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>) {
-        if self.ticked.lock().expect("ticked lock").get(&job.name) == Some(&at) {
+        // Held while the group is claimed, so a partner's loop firing at the same instant sees
+        // its tick either taken (and returns) or free (and claims it), never half-claimed.
+        let mut ticked = self.ticked.lock().expect("ticked lock");
+        if ticked.get(&job.name) == Some(&at) {
             return;
         }
         if self.paused.lock().expect("paused lock").contains(&job.name) {
@@ -620,13 +623,12 @@ impl Inner {
         for name in partners.iter().skip(1) {
             let Some(partner) = runner.config.jobs.get(name) else { continue };
             let free = !self.paused.lock().expect("paused lock").contains(name)
-                && self.ticked.lock().expect("ticked lock").get(name) != Some(&at)
+                && ticked.get(name) != Some(&at)
                 && self.running.lock().expect("running lock").insert(name.clone());
             if free {
                 members.push(partner.clone());
             }
         }
-        let mut ticked = self.ticked.lock().expect("ticked lock");
         for m in &members {
             ticked.insert(m.name.clone(), at);
         }
