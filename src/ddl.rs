@@ -55,7 +55,7 @@ impl Ty {
         use Engine::*;
         match (self, engine) {
             (Ty::Timestamp, Bigquery) => "TIMESTAMP",
-            (Ty::Timestamp, Snowflake) => "TIMESTAMP_NTZ",
+            (Ty::Timestamp, Snowflake) => "TIMESTAMP_TZ",
             (Ty::Timestamp, Athena | Trino | Databricks) => "TIMESTAMP",
             (Ty::Timestamp, Duckdb) => "TIMESTAMPTZ",
             (Ty::Date, _) => "DATE",
@@ -104,6 +104,18 @@ fn partition_keys(job: &Job) -> &'static [&'static str] {
     }
 }
 
+/// A column name as `engine` reads it whatever it is (a leading underscore, a reserved word):
+/// backticks where Hive's and BigQuery's parsers want them, double quotes for Trino; Snowflake's
+/// as written (unquoted names starting with `_` are valid there, and quoting would make them
+/// case-sensitive in every query); DuckDB's view has no column list.
+fn ident(engine: Engine, name: &str) -> String {
+    match engine {
+        Engine::Bigquery | Engine::Athena | Engine::Databricks => format!("`{}`", name.replace('`', "")),
+        Engine::Trino | Engine::Duckdb => format!("\"{}\"", name.replace('"', "\"\"")),
+        Engine::Snowflake => name.to_string(),
+    }
+}
+
 /// SQL text literal.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -118,17 +130,18 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
     let dir = format!("{root}/{table}");
     let cols = columns(schema);
     let keys = partition_keys(job);
-    let width = cols.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let id = |name: &str| ident(engine, name);
+    let width = cols.iter().map(|c| id(&c.name).len()).max().unwrap_or(0);
     let list = |ty: &dyn Fn(&Col) -> String| -> String {
-        cols.iter().map(|c| format!("  {:<width$} {}", c.name, ty(c))).collect::<Vec<_>>().join(",\n")
+        cols.iter().map(|c| format!("  {:<width$} {}", id(&c.name), ty(c))).collect::<Vec<_>>().join(",\n")
     };
     // Trino and Spark declare the partition keys as the last columns.
     let commented_with_keys = |key_type: &str| -> Vec<String> {
         let mut lines: Vec<String> = cols
             .iter()
-            .map(|c| format!("  {:<width$} {} COMMENT {}", c.name, c.ty.name(engine), quote(&c.comment)))
+            .map(|c| format!("  {:<width$} {} COMMENT {}", id(&c.name), c.ty.name(engine), quote(&c.comment)))
             .collect();
-        lines.extend(keys.iter().map(|k| format!("  {k:<width$} {key_type}")));
+        lines.extend(keys.iter().map(|k| format!("  {:<width$} {key_type}", id(k))));
         lines
     };
     let head = format!(
@@ -144,7 +157,7 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
         ),
         Engine::Bigquery => {
             let typed = list(&|c: &Col| format!("{} OPTIONS (description = {})", c.ty.name(engine), quote(&c.comment)));
-            let parts = keys.iter().map(|k| format!("{k} INT64")).collect::<Vec<_>>().join(", ");
+            let parts = keys.iter().map(|k| format!("{} INT64", id(k))).collect::<Vec<_>>().join(", ");
             format!(
                 "CREATE OR REPLACE EXTERNAL TABLE `DATASET.{table}` (\n{typed}\n)\nWITH PARTITION COLUMNS ({parts})\n\
                  OPTIONS (\n  format = 'PARQUET',\n  uris = [{}],\n  hive_partition_uri_prefix = {},\n  \
@@ -178,7 +191,7 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
         }
         Engine::Athena => {
             let typed = list(&|c: &Col| format!("{} COMMENT {}", c.ty.name(engine), quote(&c.comment)));
-            let parts = keys.iter().map(|k| format!("{k} int")).collect::<Vec<_>>().join(", ");
+            let parts = keys.iter().map(|k| format!("{} int", id(k))).collect::<Vec<_>>().join(", ");
             format!(
                 "CREATE EXTERNAL TABLE IF NOT EXISTS {table} (\n{typed}\n)\nCOMMENT {}\nPARTITIONED BY ({parts})\n\
                  STORED AS PARQUET\nLOCATION {};\nMSCK REPAIR TABLE {table};\n",
@@ -204,7 +217,7 @@ pub fn ddl(engine: Engine, job: &Job, schema: &TableSchema, location: &str) -> S
                 "CREATE TABLE IF NOT EXISTS {table} (\n{}\n)\nUSING PARQUET\nPARTITIONED BY ({})\nLOCATION {}\nCOMMENT {};\n\
                  MSCK REPAIR TABLE {table};\n",
                 lines.join(",\n"),
-                keys.join(", "),
+                keys.iter().map(|k| id(k)).collect::<Vec<_>>().join(", "),
                 quote(&dir),
                 quote(&schema.description)
             )
