@@ -11,6 +11,11 @@ DAG groups them. With a BashOperator instead, the same is
 `bash_command="chatetl run --job real_chats --from {{ ds }} --to {{ ds }} --json"`, whose last
 stdout line (the summary) becomes its XCom; it retries every failure, the refused ones included.
 
+`ds` is the logical date of the data interval, which Airflow counts in UTC; with the 06:30
+Helsinki schedule it is the Helsinki day that just ended. For a job whose day ends later than
+the run (a zone west of UTC, a large `settle_secs`), chatetl refuses a day that is not complete
+yet (exit 2, no retry): schedule the DAG after the day has ended in the job's zone.
+
 Put this file in the DAGs folder, with the `chatetl` binary on the workers' PATH (or CHATETL_BIN)
 and CHATETL_CONFIG naming chatetl.yaml; the credentials come from the workers' environment.
 The function needs nothing but the standard library, so it can be used outside Airflow too.
@@ -89,7 +94,9 @@ if dag is not None:
     def chatetl_daily():
         for name, jobs in TASKS.items():
 
-            @task(task_id=name)
+            # One day at a time per group: runs of other days would find the jobs' run lock
+            # taken (exit 1) and burn their retries while catchup fills the past.
+            @task(task_id=name, max_active_tis_per_dag=1)
             def load(jobs=jobs, ds=None):
                 return run_chatetl(jobs, ds)
 

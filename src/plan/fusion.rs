@@ -20,6 +20,12 @@
 //! chat_sessions ("all different aggregations to be calculated in this query"); for events and
 //! workflow it is an assumption a source opts into.
 //!
+//! The answer is read as the fused job's: the empty-bucket rule of `crate::source::giosg` (a line
+//! whose count is 0 has counts and sums 0, averages null) applies to every member when one of them
+//! has a count. Alone, an average-only job keeps what the upstream answers for an empty bucket
+//! (null from Druid and the simulator; 0 from a server that zeroes them), so the two differ only
+//! against such a server, where the fused null is the right value.
+//!
 //! Windows are not part of the key: a fused run loads the union of its members' windows, and
 //! each member commits only its own (its watermark, lookback and failed windows stay its own).
 
