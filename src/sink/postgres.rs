@@ -214,6 +214,22 @@ fn sql_type(ty: ColumnType) -> &'static str {
     }
 }
 
+/// The type `information_schema.columns.data_type` names for column `name` of `schema`'s
+/// table as chatetl creates it (`None`: not one of its columns).
+fn column_type(schema: &TableSchema, name: &str) -> Option<&'static str> {
+    const TIMESTAMPTZ: &str = "timestamp with time zone";
+    if name == schema.time_column || name == "_window_start" || name == "_loaded_at" {
+        return Some(TIMESTAMPTZ);
+    }
+    if name == schema.date_column {
+        return Some("date");
+    }
+    if name == "_run_id" || schema.dims.iter().any(|d| d.name == name) {
+        return Some("text");
+    }
+    schema.metrics.iter().find(|m| m.name == name).map(|m| sql_type(m.ty))
+}
+
 /// The name of a table's natural key constraint (and its index). A rebuild's are named after the
 /// shadow table and renamed by [`PostgresSink::promote`], as every index named after it is.
 fn key_name(table: &str) -> String {
@@ -370,14 +386,35 @@ impl PostgresSink {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_err(&what))?;
-        let existing: Vec<String> = sqlx::query_scalar(
-            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+        let typed: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns
+             WHERE table_schema = $1 AND table_name = $2",
         )
         .bind(&self.schema)
         .bind(&schema.table)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err(&what))?;
+        // The binary COPY hands PostgreSQL each value as the bytes of the type chatetl writes; a
+        // column retyped by hand would read them as another type (a bigint's bytes as a numeric
+        // are a wrong number, not an error), so such a table is refused before any load.
+        let retyped: Vec<String> = typed
+            .iter()
+            .filter_map(|(name, found)| {
+                let want = column_type(schema, name)?;
+                let fits = found == want || (want == "text" && found == "character varying");
+                (!fits).then(|| format!("{name} is {found} (chatetl writes {want})"))
+            })
+            .collect();
+        if !retyped.is_empty() {
+            return Err(SinkError::definition(format!(
+                "job {}: table {table} has columns of another type than the job's definition gives them: {}; \
+                 restore their types (ALTER TABLE … ALTER COLUMN … TYPE …)",
+                job.name,
+                retyped.join(", ")
+            )));
+        }
+        let existing: Vec<String> = typed.into_iter().map(|(name, _)| name).collect();
         let missing: Vec<String> = schema.column_names().into_iter().filter(|c| !existing.contains(c)).collect();
         // Value columns the table lacks (an endpoint that gained a field in a chatetl release)
         // are added in place, null in the rows loaded before; a missing key or time column means

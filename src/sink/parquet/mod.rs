@@ -34,7 +34,7 @@ use arrow_schema::SchemaRef;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-pub use files::{DATA_FILE, data_files, partition_of};
+pub use files::{DATA_FILE, data_files, partition_of, writer_properties};
 
 use super::{Commit, SinkError};
 use crate::batch::TableSchema;
