@@ -15,7 +15,7 @@
 //! Ratios are against the reference of each sink (issue 14: PostgreSQL within 1.3x of psql,
 //! Parquet within 1.5x of arrow-rs); reported, never asserted.
 //!
-//! Environment: BENCH_DAYS (default 90), BENCH_SESSIONS (sessions per day, default 12000),
+//! Environment: BENCH_DAYS (default 160), BENCH_SESSIONS (sessions per day, default 12000),
 //! BENCH_USERS (users per organization, default 400), BENCH_TEAMS (default 20), DATABASE_URL
 //! (PostgreSQL; skipped when unset; `psql` must be on PATH for its reference).
 
@@ -65,7 +65,7 @@ struct Line {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let days = env_num("BENCH_DAYS", 90);
+    let days = env_num("BENCH_DAYS", 160);
     let sessions = env_num("BENCH_SESSIONS", 12000);
     let start = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
     let spec = DatasetSpec {

@@ -605,6 +605,9 @@ impl PostgresSink {
         // job's moves to its latest capture: no loads needed). Walking that chain by key costs
         // the windows it passes, each once in the job's life: a commit costs the same after
         // years of history, and while the window at the watermark is missing nothing is read.
+        // The step is a LATERAL lookup with LIMIT 1 (the key is unique) so that it stays one
+        // index probe per window: as a plain join, the generic plan scanned every load of the
+        // job on each step, which made a long backfill quadratic.
         let loads: BTreeMap<DateTime<Utc>, DateTime<Utc>> = match c.job.kind {
             crate::config::JobKind::Snapshot => BTreeMap::new(),
             crate::config::JobKind::Windowed => sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
@@ -612,8 +615,9 @@ impl PostgresSink {
                    SELECT window_start, window_end FROM chatetl.window_loads
                    WHERE target = $1 AND job = $2 AND window_start = $3
                    UNION ALL
-                   SELECT l.window_start, l.window_end FROM chain
-                   JOIN chatetl.window_loads l ON l.target = $1 AND l.job = $2 AND l.window_start = chain.window_end
+                   SELECT l.window_start, l.window_end FROM chain CROSS JOIN LATERAL (
+                     SELECT window_start, window_end FROM chatetl.window_loads
+                     WHERE target = $1 AND job = $2 AND window_start = chain.window_end LIMIT 1) l
                    WHERE l.window_end > l.window_start)
                  SELECT window_start, window_end FROM chain",
             )

@@ -29,6 +29,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "state", include_str!("../../../m
 /// Runs kept per job.
 pub const RUNS_KEPT: i64 = 1000;
 
+/// Page cache per connection, in KiB.
+const CACHE_KIB: u32 = 256;
+
 /// How long a statement waits for another process's write transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -81,7 +84,10 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // A commit touches a few index pages; SQLite's default cache (2 MiB per connection)
+            // would fill as the history grows and make a long backfill's memory grow with it.
+            .pragma("cache_size", format!("-{CACHE_KIB}"));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
