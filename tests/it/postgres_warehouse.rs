@@ -733,3 +733,44 @@ async fn tables_have_a_natural_key_a_date_index_and_every_state_column_a_comment
             .unwrap();
     assert_eq!(state_tables, ["_sqlx_migrations", "jobs", "runs", "window_failures", "window_loads"]);
 }
+
+/// Commits run four at a time and write their rows concurrently, taking turns only for the
+/// state: a range loaded after a later one moves the watermark over both at once (the walk over
+/// the chain of loads from the watermark), every row lands once, exactly as the dump has it; and a
+/// column retyped by hand is refused before any load as the table's fault (exit 2, naming the
+/// table and the column), its rows kept: the binary COPY would have written a bigint's bytes into
+/// a numeric column as a wrong number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_move_the_watermark_over_every_loaded_window_and_a_retyped_column_is_refused() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let start = days_ago(12);
+    let e = env(&db.url, days_ago(13), 14, &[job_file("real_chats", start, "max_windows_per_request: 1")]).await;
+    let (later, last) = (days_ago(6).to_string(), days_ago(1).to_string());
+    let (code, out, err) =
+        e.cli(&["backfill", "--job", "real_chats", "--from", &later, "--to", &last, "--concurrency", "4"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(status_of(&e.path, "real_chats")["watermark"], Value::Null, "the first days are missing");
+    let early = (start.to_string(), days_ago(7).to_string());
+    let (code, out, err) =
+        e.cli(&["backfill", "--job", "real_chats", "--from", &early.0, "--to", &early.1, "--concurrency", "4"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let s = status_of(&e.path, "real_chats");
+    assert_eq!(s["watermark"], serde_json::to_value(day_start(today())).unwrap(), "{s}");
+    assert_eq!(s["windows_loaded"], 12);
+    let (org, rows) = dump_rows(&e);
+    let want = dump_sums(&rows, &org, HEL, &span(start, days_ago(1)), |r| real_chat(r, 2.0), |_| 1.0);
+    assert_tables_match("real_chats", &pg_table(&pool, "real_chats", "real_chats").await, &want, false);
+
+    let count = || async { scalar_i64(&pool, "SELECT count(*) FROM analytics.real_chats").await };
+    let before = count().await;
+    sqlx::raw_sql("ALTER TABLE analytics.real_chats ALTER COLUMN real_chats TYPE numeric")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, out, err) = e.cli(&["run", "--job", "real_chats", "--from", &last, "--to", &last]);
+    assert_eq!(code, 2, "the table's fault: {out}\n{err}");
+    assert!(err.contains("\"analytics\".\"real_chats\""), "{err}");
+    assert!(err.contains("real_chats is numeric (chatetl writes bigint)"), "{err}");
+    assert_eq!(count().await, before, "the window keeps its rows");
+}

@@ -21,9 +21,13 @@ use arrow_schema::{Schema, SchemaRef};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 
 use crate::config::JobKind;
 use crate::sink::SinkError;
@@ -138,7 +142,7 @@ pub fn remove_temp_files(scan: &Scan) -> std::io::Result<usize> {
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
-        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
         // Min/max per column chunk is what readers prune with; page statistics and indexes would
         // add a footer larger than a small partition's data.
         .set_statistics_enabled(EnabledStatistics::Chunk)
@@ -222,24 +226,9 @@ pub fn merge(existing: Vec<RecordBatch>, new: Vec<(Span, RecordBatch)>, time_col
     bounds.sort_unstable();
     bounds.dedup();
     let inside = |t: i64| new.iter().any(|((s, e), _)| *s <= t && t < *e);
-    // (first time, piece): existing rows cut at every window bound, so each piece lies wholly
-    // inside a committed window (dropped) or wholly outside all of them (kept).
-    let mut pieces: Vec<(i64, RecordBatch)> = Vec::new();
-    for batch in existing {
-        let Some(times) = batch.column_by_name(time_column) else { continue };
-        let times = times.as_primitive::<TimestampMicrosecondType>().values().clone();
-        let mut cuts: Vec<usize> = bounds.iter().map(|b| times.partition_point(|t| t < b)).collect();
-        cuts.push(0);
-        cuts.push(times.len());
-        cuts.sort_unstable();
-        cuts.dedup();
-        for pair in cuts.windows(2) {
-            let (from, to) = (pair[0], pair[1]);
-            if from < to && !inside(times[from]) {
-                pieces.push((times[from], batch.slice(from, to - from)));
-            }
-        }
-    }
+    // (first time, piece): the existing rows outside every committed window, then the new rows.
+    let mut pieces: Vec<(i64, RecordBatch)> =
+        existing.iter().flat_map(|batch| cut(batch, time_column, &bounds, &inside)).collect();
     for (_, batch) in new {
         if let Some(first) = batch.column_by_name(time_column).filter(|t| !t.is_empty()) {
             let first = first.as_primitive::<TimestampMicrosecondType>().value(0);
@@ -248,6 +237,215 @@ pub fn merge(existing: Vec<RecordBatch>, new: Vec<(Span, RecordBatch)>, time_col
     }
     pieces.sort_by_key(|(t, _)| *t);
     pieces.into_iter().map(|(_, b)| b).collect()
+}
+
+/// Rows below which an existing row group is decoded and written again with a commit's rows
+/// instead of copied as it is: small commits (a scheduler's few windows, one capture) never
+/// leave a file of tiny row groups, and what a commit re-encodes stays bounded.
+pub const MIN_COPIED_ROW_GROUP_ROWS: usize = 32 * 1024;
+
+/// Rows per row group written ([`writer_properties`] says the same to the `ArrowWriter`).
+const MAX_ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// What the new partition file is made of, in time order.
+enum Piece {
+    /// Row group `i` of the current file, copied as its compressed bytes.
+    Copy(usize),
+    /// Rows to encode.
+    Rows(RecordBatch),
+}
+
+/// Replaces the committed windows `new` (each window's span and rows, sorted, with `schema`'s
+/// columns) in the partition file `path`, atomically, as [`merge`] and [`replace`] would, but
+/// without decoding what the commit does not touch: a row group of the current file whose time
+/// range (its statistics) meets no committed window and that holds at least
+/// [`MIN_COPIED_ROW_GROUP_ROWS`] rows is copied into the new file as its compressed bytes; the
+/// others are decoded, lose their rows inside the committed windows, and are encoded again with
+/// the new rows. A backfill therefore encodes each row once and compresses nothing twice, where
+/// rewriting the whole month made its cost grow with the month's rows already written. Row
+/// groups stay in time order and never overlap, so the file reads as one sorted run. A file
+/// whose schema is not exactly `schema` (written before a column was added) is decoded whole.
+/// Errors start with `what`.
+pub fn commit_partition(
+    path: &Path,
+    schema: &SchemaRef,
+    new: Vec<(Span, RecordBatch)>,
+    time_column: &str,
+    stop: &Path,
+    what: &str,
+) -> Result<(), SinkError> {
+    let disk = |e: String| SinkError::warehouse(format!("{what}: {e}"));
+    let source = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(disk(format!("cannot open {}: {e}", path.display()))),
+    };
+    let Some(source) = source else {
+        let batches: Vec<RecordBatch> = new.into_iter().map(|(_, b)| b).collect();
+        return replace(path, schema, &batches, stop).map_err(|e| disk(e.to_string()));
+    };
+    let unreadable = |e: parquet::errors::ParquetError| disk(format!("cannot read {}: {e}", path.display()));
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Optional)
+        .parse_and_finish(&source)
+        .map_err(unreadable)?;
+    let reader = ArrowReaderMetadata::try_new(Arc::new(metadata), Default::default()).map_err(unreadable)?;
+    let time_leaf = schema.index_of(time_column).ok();
+    if reader.schema().fields() != schema.fields() || time_leaf.is_none() {
+        let existing = read_projected(path, schema, what)?.unwrap_or_default();
+        let merged = merge(existing, new, time_column);
+        return replace(path, schema, &merged, stop).map_err(|e| disk(e.to_string()));
+    }
+    let time_leaf = time_leaf.expect("checked");
+    let spans: Vec<Span> = new.iter().map(|(span, _)| *span).collect();
+    let mut bounds: Vec<i64> = spans.iter().flat_map(|(s, e)| [*s, *e]).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let inside = |t: i64| spans.iter().any(|(s, e)| *s <= t && t < *e);
+    // (first time, source order, piece): the source order is the row group's index (new rows
+    // come last), so pieces starting at one instant keep the file's order.
+    let mut pieces: Vec<(i64, usize, Piece)> = Vec::new();
+    for (i, group) in reader.metadata().row_groups().iter().enumerate() {
+        let range = match group.column(time_leaf).statistics() {
+            Some(parquet::file::statistics::Statistics::Int64(s)) => {
+                s.min_opt().zip(s.max_opt()).map(|(a, b)| (*a, *b))
+            }
+            _ => None,
+        };
+        let copy = range.filter(|(min, max)| {
+            group.num_rows() as usize >= MIN_COPIED_ROW_GROUP_ROWS && !spans.iter().any(|(s, e)| s <= max && min < e)
+        });
+        if let Some((min, _)) = copy {
+            pieces.push((min, i, Piece::Copy(i)));
+            continue;
+        }
+        let file = source.try_clone().map_err(|e| disk(format!("cannot read {}: {e}", path.display())))?;
+        let rows = ParquetRecordBatchReaderBuilder::new_with_metadata(file, reader.clone())
+            .with_row_groups(vec![i])
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()
+            .map_err(unreadable)?;
+        for batch in rows {
+            let batch = batch.map_err(|e| disk(format!("cannot read {}: {e}", path.display())))?;
+            let batch = project(&batch, schema)
+                .map_err(|e| SinkError::definition(format!("{what}: {}: {e}", path.display())))?;
+            for (first, piece) in cut(&batch, time_column, &bounds, &inside) {
+                pieces.push((first, i, Piece::Rows(piece)));
+            }
+        }
+    }
+    for (_, batch) in new {
+        if let Some(first) = batch.column_by_name(time_column).filter(|t| !t.is_empty()) {
+            let first = first.as_primitive::<TimestampMicrosecondType>().value(0);
+            pieces.push((first, usize::MAX, Piece::Rows(batch)));
+        }
+    }
+    if pieces.is_empty() {
+        return replace(path, schema, &[], stop).map_err(|e| disk(e.to_string()));
+    }
+    pieces.sort_by_key(|(first, order, _)| (*first, *order));
+    let groups = reader.metadata().row_groups();
+    let page_index = reader.metadata().page_index();
+    write_atomic(path, |f| {
+        let (mut writer, factory) = ArrowWriter::try_new(f, schema.clone(), Some(writer_properties()))
+            .and_then(|w| w.into_serialized_writer())
+            .map_err(std::io::Error::other)?;
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        for (_, _, piece) in pieces {
+            match piece {
+                Piece::Rows(batch) => {
+                    let mut batch = batch;
+                    loop {
+                        let room = MAX_ROW_GROUP_ROWS - pending.iter().map(|b| b.num_rows()).sum::<usize>();
+                        if batch.num_rows() < room {
+                            pending.push(batch);
+                            break;
+                        }
+                        pending.push(batch.slice(0, room));
+                        batch = batch.slice(room, batch.num_rows() - room);
+                        encode_row_group(&mut writer, &factory, schema, std::mem::take(&mut pending))?;
+                    }
+                }
+                Piece::Copy(i) => {
+                    encode_row_group(&mut writer, &factory, schema, std::mem::take(&mut pending))?;
+                    let group = &groups[i];
+                    let mut out = writer.next_row_group().map_err(std::io::Error::other)?;
+                    for (c, column) in group.columns().iter().enumerate() {
+                        let close = ColumnCloseResult {
+                            bytes_written: column.compressed_size() as u64,
+                            rows_written: group.num_rows() as u64,
+                            metadata: column.clone(),
+                            bloom_filter: None,
+                            column_index: page_index.and_then(|p| p.column_index(i, c)).cloned(),
+                            offset_index: page_index.and_then(|p| p.offset_index(i, c)).cloned(),
+                        };
+                        out.append_column(&source, close).map_err(std::io::Error::other)?;
+                    }
+                    out.close().map_err(std::io::Error::other)?;
+                }
+            }
+        }
+        encode_row_group(&mut writer, &factory, schema, pending)?;
+        writer.close().map_err(std::io::Error::other)?;
+        Ok(())
+    })
+    .map_err(|e| disk(e.to_string()))
+}
+
+/// Encodes `batches` (together at most [`MAX_ROW_GROUP_ROWS`] rows) as the next row group of
+/// `writer`; nothing when they hold no rows.
+fn encode_row_group<W: std::io::Write + Send>(
+    writer: &mut SerializedFileWriter<W>,
+    factory: &ArrowRowGroupWriterFactory,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> std::io::Result<()> {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(());
+    }
+    let index = writer.flushed_row_groups().len();
+    let mut columns = factory.create_column_writers(index).map_err(std::io::Error::other)?;
+    for batch in &batches {
+        let mut leaves = columns.iter_mut();
+        for (field, array) in schema.fields().iter().zip(batch.columns()) {
+            for leaf in compute_leaves(field, array).map_err(std::io::Error::other)? {
+                let column = leaves.next().ok_or_else(|| std::io::Error::other("more leaves than columns"))?;
+                column.write(&leaf).map_err(std::io::Error::other)?;
+            }
+        }
+    }
+    let mut group = writer.next_row_group().map_err(std::io::Error::other)?;
+    for column in columns {
+        column
+            .close()
+            .map_err(std::io::Error::other)?
+            .append_to_row_group(&mut group)
+            .map_err(std::io::Error::other)?;
+    }
+    group.close().map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// The rows of `batch` (sorted by `time_column`) outside the committed windows, as slices with
+/// their first time: cut at every window bound in `bounds`, so each slice lies wholly inside a
+/// committed window (dropped) or wholly outside all of them (kept).
+fn cut(
+    batch: &RecordBatch,
+    time_column: &str,
+    bounds: &[i64],
+    inside: &impl Fn(i64) -> bool,
+) -> Vec<(i64, RecordBatch)> {
+    let Some(times) = batch.column_by_name(time_column) else { return Vec::new() };
+    let times = times.as_primitive::<TimestampMicrosecondType>().values();
+    let mut cuts: Vec<usize> = bounds.iter().map(|b| times.partition_point(|t| t < b)).collect();
+    cuts.push(0);
+    cuts.push(times.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts.windows(2)
+        .filter(|pair| pair[0] < pair[1] && !inside(times[pair[0]]))
+        .map(|pair| (times[pair[0]], batch.slice(pair[0], pair[1] - pair[0])))
+        .collect()
 }
 
 /// Writes `batches` (all of `schema`) as the Parquet file `path`, atomically; with no rows,
@@ -420,6 +618,53 @@ mod tests {
         let new = vec![((2, 6), batch(&[3, 4], 1)), ((9, 10), batch(&[9], 1)), ((20, 21), batch(&[], 1))];
         let merged = merge(existing, new, "t");
         assert_eq!(rows(&merged), vec![(1, 0), (3, 1), (4, 1), (7, 0), (8, 0), (9, 1), (12, 0)]);
+    }
+
+    fn row_groups(path: &Path) -> Vec<(i64, usize)> {
+        let meta = ParquetMetaDataReader::new().parse_and_finish(&File::open(path).unwrap()).unwrap();
+        meta.row_groups().iter().map(|g| (g.column(0).data_page_offset(), g.num_rows() as usize)).collect()
+    }
+
+    fn file_rows(path: &Path) -> Vec<(i64, i64)> {
+        rows(&read(path).unwrap().unwrap().1)
+    }
+
+    #[test]
+    fn a_commit_copies_the_row_groups_it_does_not_touch_and_replaces_those_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("year=2024/month=3").join(DATA_FILE);
+        let n = MIN_COPIED_ROW_GROUP_ROWS as i64 + 10;
+        let first: Vec<i64> = (0..n).collect();
+        commit_partition(&path, &schema(), vec![((0, n), batch(&first, 0))], "t", dir.path(), "t").unwrap();
+        // A later window: the first group is copied as it is, the new rows are a group of their own.
+        commit_partition(&path, &schema(), vec![((n + 100, n + 200), batch(&[n + 150], 1))], "t", dir.path(), "t")
+            .unwrap();
+        let groups = row_groups(&path);
+        assert_eq!(groups.iter().map(|g| g.1).collect::<Vec<_>>(), [n as usize, 1]);
+        let mut want: Vec<(i64, i64)> = first.iter().map(|t| (*t, 0)).collect();
+        want.push((n + 150, 1));
+        assert_eq!(file_rows(&path), want);
+        // A window before everything, one inside the small group: the big group is still copied;
+        // the small one is decoded, and its row outside the window kept, in time order.
+        let new = vec![((-10, -5), batch(&[-7], 2)), ((n + 100, n + 160), batch(&[n + 120], 3))];
+        commit_partition(&path, &schema(), new, "t", dir.path(), "t").unwrap();
+        let mut want: Vec<(i64, i64)> = vec![(-7, 2)];
+        want.extend(first.iter().map(|t| (*t, 0)));
+        want.push((n + 120, 3));
+        assert_eq!(file_rows(&path), want);
+        assert_eq!(row_groups(&path).iter().map(|g| g.1).collect::<Vec<_>>(), [1, n as usize, 1]);
+        // A window inside the big group: it is decoded and written again without its rows there.
+        commit_partition(&path, &schema(), vec![((5, 15), batch(&[9], 4))], "t", dir.path(), "t").unwrap();
+        let mut want: Vec<(i64, i64)> = vec![(-7, 2)];
+        want.extend((0..5).map(|t| (t, 0)));
+        want.push((9, 4));
+        want.extend((15..n).map(|t| (t, 0)));
+        want.push((n + 120, 3));
+        assert_eq!(file_rows(&path), want);
+        // Replacing every window with no rows removes the file.
+        let all = vec![((-10, n + 200), batch(&[], 0))];
+        commit_partition(&path, &schema(), all, "t", dir.path(), "t").unwrap();
+        assert!(!path.exists());
     }
 
     #[test]

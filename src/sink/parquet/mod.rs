@@ -34,7 +34,7 @@ use arrow_schema::SchemaRef;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-pub use files::{DATA_FILE, data_files, partition_of};
+pub use files::{DATA_FILE, data_files, partition_of, writer_properties};
 
 use super::{Commit, SinkError};
 use crate::batch::TableSchema;
@@ -218,9 +218,7 @@ impl ParquetSink {
             blocking(move || {
                 let _writer = writer;
                 let what = format!("job {job}: cannot replace partition {}", path.display());
-                let existing = files::read_projected(&path, &schema, &what)?.unwrap_or_default();
-                let merged = files::merge(existing, windows, time);
-                files::replace(&path, &schema, &merged, &table_dir).map_err(io_err(&what))
+                files::commit_partition(&path, &schema, windows, time, &table_dir, &what)
             })
             .await?;
         }
@@ -237,7 +235,7 @@ impl ParquetSink {
                 definition_hash: c.definition_hash,
             })
             .collect();
-        self.store.commit(&c.job.name, &loads, |current, spans| c.next_watermark(current, spans)).await?;
+        self.store.commit(&c.job.name, c.job.kind, &loads, |current, spans| c.next_watermark(current, spans)).await?;
         Ok(rows)
     }
 

@@ -5,8 +5,9 @@
 //! window failures, runs (the newest [`RUNS_KEPT`] per job) and promotions in progress. Instants
 //! are stored as integer microseconds (UTC). Writes run in `BEGIN IMMEDIATE` transactions, so two
 //! processes sharing the file wait for each other (the busy timeout) instead of failing on a
-//! read-to-write upgrade. A commit's statements touch only the committed windows and the loads
-//! from the watermark on, so a commit costs the same after years of history.
+//! read-to-write upgrade. A commit is a fixed handful of statements (its loads go in as one JSON
+//! array) touching only the committed windows and the chain of loads the watermark moves over,
+//! so a commit costs the same after years of history.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlSafeStr, Sqlite, Transaction};
 
+use crate::config::JobKind;
 use crate::error::ErrorKind;
 use crate::sink::SinkError;
 use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, WindowLoad};
@@ -26,6 +28,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "state", include_str!("../../../m
 
 /// Runs kept per job.
 pub const RUNS_KEPT: i64 = 1000;
+
+/// Page cache per connection, in KiB.
+const CACHE_KIB: u32 = 256;
 
 /// How long a statement waits for another process's write transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,7 +84,10 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // A commit touches a few index pages; SQLite's default cache (2 MiB per connection)
+            // would fill as the history grows and make a long backfill's memory grow with it.
+            .pragma("cache_size", format!("-{CACHE_KIB}"));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)
@@ -170,22 +178,20 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(&err)?;
+        // Grouped by load time (kept as imported): one statement per distinct time, usually one.
+        let mut by_time: BTreeMap<DateTime<Utc>, Vec<NewLoad<'_>>> = BTreeMap::new();
         for l in loads {
-            upsert_load(
-                &mut tx,
-                job,
-                &NewLoad {
-                    window_start: l.window_start,
-                    window_end: l.window_end,
-                    rows: l.rows,
-                    requests: l.requests,
-                    run_id: &l.run_id,
-                    definition_hash: &l.definition_hash,
-                },
-                l.loaded_at,
-            )
-            .await
-            .map_err(&err)?;
+            by_time.entry(l.loaded_at).or_default().push(NewLoad {
+                window_start: l.window_start,
+                window_end: l.window_end,
+                rows: l.rows,
+                requests: l.requests,
+                run_id: &l.run_id,
+                definition_hash: &l.definition_hash,
+            });
+        }
+        for (loaded_at, loads) in &by_time {
+            upsert_loads(&mut tx, job, loads, *loaded_at).await.map_err(&err)?;
         }
         for r in runs {
             upsert_run(&mut tx, r).await.map_err(&err)?;
@@ -214,10 +220,13 @@ impl Store {
     }
 
     /// Records `loads` (complete windows) in one transaction, removes their failures and moves
-    /// the watermark with `next` (from the current watermark and the loads from it on).
+    /// the watermark with `next` (from the current watermark and the chain of loads starting at
+    /// it). A fixed handful of statements however many windows: the loads go in as one JSON
+    /// array (`json_each`), and the watermark walk reads only the loads it can move over.
     pub async fn commit(
         &self,
         job: &str,
+        kind: JobKind,
         loads: &[NewLoad<'_>],
         next: impl FnOnce(Option<DateTime<Utc>>, &BTreeMap<DateTime<Utc>, DateTime<Utc>>) -> Option<DateTime<Utc>>,
     ) -> Result<(), SinkError> {
@@ -234,30 +243,33 @@ impl Store {
             return Err(SinkError::warehouse(format!("{}: {what}: the job is not registered", self.path)));
         };
         let now = Utc::now();
-        for l in loads {
-            upsert_load(&mut tx, job, l, now).await.map_err(&err)?;
-            sqlx::query("DELETE FROM window_failures WHERE job = ?1 AND window_start = ?2")
-                .bind(job)
-                .bind(us(l.window_start))
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
+        if !loads.is_empty() {
+            upsert_loads(&mut tx, job, loads, now).await.map_err(&err)?;
+            sqlx::query(
+                "DELETE FROM window_failures WHERE job = ?1 AND window_start IN (SELECT value ->> 0 FROM json_each(?2))",
+            )
+            .bind(job)
+            .bind(loads_json(loads))
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
         }
         let current = current.map(at);
         let from = current.map(us).unwrap_or(history_start);
-        // The watermark moves only over a load starting exactly where it is: while that window
-        // is missing (a window that keeps failing), no commit reads the loads after it, so a
-        // commit costs the same however long the watermark has been held.
-        let movable: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM window_loads WHERE job = ?1 AND window_start = ?2)")
-                .bind(job)
-                .bind(from)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(&err)?;
-        let spans: BTreeMap<DateTime<Utc>, DateTime<Utc>> = if movable {
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT window_start, window_end FROM window_loads WHERE job = ?1 AND window_start >= ?2",
+        // Only the chain of loads starting exactly at the watermark can move it (a snapshot
+        // job's moves to its latest capture: no loads needed). Walking it by key costs the
+        // windows it passes, each once in the job's life: a commit costs the same after years of
+        // history, and while the window at the watermark is missing nothing is read.
+        let chain: BTreeMap<DateTime<Utc>, DateTime<Utc>> = match kind {
+            JobKind::Snapshot => BTreeMap::new(),
+            JobKind::Windowed => sqlx::query_as::<_, (i64, i64)>(
+                "WITH RECURSIVE chain (window_start, window_end) AS (
+                   SELECT window_start, window_end FROM window_loads WHERE job = ?1 AND window_start = ?2
+                   UNION ALL
+                   SELECT l.window_start, l.window_end FROM chain
+                   JOIN window_loads l ON l.job = ?1 AND l.window_start = chain.window_end
+                   WHERE l.window_end > l.window_start)
+                 SELECT window_start, window_end FROM chain",
             )
             .bind(job)
             .bind(from)
@@ -266,11 +278,9 @@ impl Store {
             .map_err(&err)?
             .into_iter()
             .map(|(s, e)| (at(s), at(e)))
-            .collect()
-        } else {
-            BTreeMap::new()
+            .collect(),
         };
-        let next = next(current, &spans);
+        let next = next(current, &chain);
         if next != current {
             sqlx::query("UPDATE jobs SET watermark = ?2, updated_at = ?3 WHERE job = ?1")
                 .bind(job)
@@ -621,24 +631,33 @@ impl Store {
     }
 }
 
-async fn upsert_load(
+/// `loads` as the JSON array the batched statements read with `json_each`: per load
+/// `[window_start, window_end, rows, requests, run_id, definition_hash]`.
+fn loads_json(loads: &[NewLoad<'_>]) -> String {
+    let rows: Vec<serde_json::Value> = loads
+        .iter()
+        .map(|l| {
+            serde_json::json!([us(l.window_start), us(l.window_end), l.rows, l.requests, l.run_id, l.definition_hash])
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// Upserts `loads` of `job` (loaded at `loaded_at`) in one statement.
+async fn upsert_loads(
     tx: &mut Transaction<'static, Sqlite>,
     job: &str,
-    l: &NewLoad<'_>,
+    loads: &[NewLoad<'_>],
     loaded_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT OR REPLACE INTO window_loads
            (job, window_start, window_end, rows, requests, run_id, definition_hash, loaded_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, ?3
+         FROM json_each(?2)",
     )
     .bind(job)
-    .bind(us(l.window_start))
-    .bind(us(l.window_end))
-    .bind(l.rows as i64)
-    .bind(l.requests as i64)
-    .bind(l.run_id)
-    .bind(l.definition_hash)
+    .bind(loads_json(loads))
     .bind(us(loaded_at))
     .execute(&mut **tx)
     .await?;
