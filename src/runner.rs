@@ -893,7 +893,7 @@ impl ChunkContext<'_> {
     ) -> Result<u64, LoadError> {
         let job = self.members[i];
         let MemberParts { run_id, schema, hash, history_start } = &self.parts[i];
-        let batches = chunk
+        let own: Vec<(Window, Vec<crate::row::Row>)> = chunk
             .iter()
             .zip(rows)
             .filter(|(w, _)| windows.binary_search(w).is_ok())
@@ -902,11 +902,30 @@ impl ChunkContext<'_> {
                     Some(fused) => fused.rows_of(i, rows),
                     None => rows.clone(),
                 };
-                batch::build(schema, *w, rows, loaded_at, run_id)
-                    .map(|batch| WindowBatch { window: *w, batch })
-                    .map_err(|message| LoadError::Rows { window: w.label(job.window, job.time_zone), message })
+                (*w, rows)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
+        // Sorting rows and filling Arrow builders is CPU work: on a blocking thread, so the
+        // runtime's threads keep fetching and parsing the other chunks meanwhile.
+        let (build_schema, build_run_id, unit, tz) = (schema.clone(), run_id.clone(), job.window, job.time_zone);
+        let built = tokio::task::spawn_blocking(move || {
+            own.into_iter()
+                .map(|(w, rows)| {
+                    batch::build(&build_schema, w, rows, loaded_at, &build_run_id)
+                        .map(|batch| WindowBatch { window: w, batch })
+                        .map_err(|message| LoadError::Rows { window: w.label(unit, tz), message })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        let batches = match built {
+            Ok(batches) => batches?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                let window = chunk_label(job, windows);
+                return Err(LoadError::Rows { window, message: format!("building its rows was stopped: {e}") });
+            }
+        };
         Ok(self
             .sink
             .commit(Commit {
