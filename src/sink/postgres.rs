@@ -505,8 +505,9 @@ impl PostgresSink {
     /// The rows are encoded ([`binary_copy`]) on a blocking thread while the transaction deletes
     /// the windows' old rows, and streamed to the COPY in blocks as they are encoded, so encoding
     /// overlaps the server's work and a commit holds a few blocks, not its whole chunk encoded.
-    /// Only then is the job's row locked: commits of one job write their rows concurrently (their
-    /// windows are disjoint) and take turns for the state alone, so the watermark moves one
+    /// Only then is the job's row locked: commits of one job write their rows concurrently
+    /// (commits of the same window take turns, under a lock per window) and take turns for the
+    /// state alone, so the watermark moves one
     /// commit at a time and they cannot deadlock on the window_loads foreign key. The statements
     /// are a fixed handful per commit, however many windows it holds: one DELETE, one COPY, the
     /// lock, one upsert of every window load that also removes their failures, one walk of the
@@ -526,6 +527,19 @@ impl PostgresSink {
             })
         });
         let mut tx = self.pool.begin().await.map_err(&err)?;
+        // Commits of the same window take turns from here to their end (commits of other windows
+        // still write at once): without it, two commits of one window would each delete the old
+        // rows and keep their own, and the table would hold both loads. Keys in order, so two
+        // commits sharing several windows cannot deadlock.
+        let mut keys: Vec<i64> =
+            c.windows.iter().map(|w| window_lock_key(&self.schema, &c.job.name, w.window.start)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, n) ORDER BY n")
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
         let time = c.schema.time_column;
         let (starts, ends): (Vec<_>, Vec<_>) =
             spans(c.windows.iter().map(|w| (w.window.start, w.window.end))).into_iter().unzip();
@@ -1161,6 +1175,15 @@ async fn copy_grants(tx: &mut Transaction<'_, Postgres>, from: &str, to: &str) -
 fn lock_key(target: &str, job: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("chatetl.job\0{target}\0{job}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The transaction advisory lock key of one window of a job in a target: 64 bits of the sha256
+/// of `chatetl.window\0<target>\0<job>\0<window start in µs>` (another namespace than
+/// [`lock_key`]'s; a collision only makes two commits take turns).
+fn window_lock_key(target: &str, job: &str, start: chrono::DateTime<chrono::Utc>) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("chatetl.window\0{target}\0{job}\0{}", start.timestamp_micros()).as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
