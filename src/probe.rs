@@ -813,6 +813,14 @@ async fn compare_verdicts(
             };
             unobservable(format!("the query of {} alone failed: {m}", extra.metric_name()))
         }
+        // An empty window answers every metric with its empty value (a count of 0 empties the
+        // others too): a server that mixed the metrics up would pass. Only data can tell; the
+        // other metric alone may well be empty (an average of events that carry no value).
+        Ok(_) if !has_data(&reference[last]) => unobservable(format!(
+            "the {unit} window asked had no data for {}, so a wrong second metric could not be told from a right \
+             one; probe again when it has",
+            expected_metrics(&plain).join(" and ")
+        )),
         Ok(alone_rows) => match answered_rows(asker, &both, at).await {
             Err(Unanswered::Refused(m)) => contradicted(format!(
                 "a query of {names} was refused ({m}): do not set `assume: {{fused_events: true}}` on source {source}"

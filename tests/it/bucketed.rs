@@ -273,3 +273,31 @@ async fn event_query_switches_are_set_and_read_over_http_and_refuse_unknown_keys
     assert!(bad.status().is_client_error(), "{}", bad.status());
     assert_eq!(sim.handle.event_queries().buckets, EventBuckets::OneBucket, "unchanged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_days_without_data_the_probe_confirms_neither_buckets_nor_several_aggregations() {
+    // Found in review: an empty window answers every metric with its empty value, so a server
+    // that mixed the metrics up looked right. Data ends three weeks ago: yesterday is quiet.
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now().with_timezone(&HEL).date_naive();
+    let start = today - Duration::days(30);
+    let sim = busy_simulator(start, 9, 300).await;
+    let jobs: Vec<(String, String)> = shipped_jobs_of("events", Some(&start.to_string()))
+        .into_iter()
+        .filter(|(f, _)| *f == "bot_clicks.yaml")
+        .map(|(f, t)| (f.to_string(), t))
+        .collect();
+    let config = config(dir.path(), &sim, &jobs);
+    // A server that answers the second metric wrongly would otherwise have passed.
+    sim.handle.set_event_queries(EventQueries {
+        buckets: EventBuckets::OneBucket,
+        aggregations: EventAggregations::FirstOnly,
+    });
+    let report = probe(&config).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    for id in ["giosg.bucketed_events", "giosg.fused_events"] {
+        let (v, seen) = finding(&report, id, "events");
+        assert_eq!(v, Verdict::NotObservable, "{id}: {seen}");
+        assert!(seen.contains("no data"), "{id}: {seen}");
+    }
+}
