@@ -24,8 +24,9 @@ use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, Wi
 
 /// A warehouse operation that failed; the message names the table, file or statement, and the
 /// kind says whose fault it is: [`ErrorKind::Warehouse`] (the database or the disk failed; a
-/// retry may help) or [`ErrorKind::Configuration`] (the warehouse holds a table that does not
-/// fit the job's definition).
+/// retry may help), [`ErrorKind::Configuration`] (the warehouse holds a table that does not
+/// fit the job's definition) or [`ErrorKind::BadResponse`] (the upstream sent a value the
+/// warehouse cannot store, such as text with a NUL byte; no retry helps).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
@@ -42,6 +43,11 @@ impl SinkError {
     /// What the warehouse holds does not fit the job's definition.
     pub fn definition(message: impl Into<String>) -> SinkError {
         SinkError { kind: ErrorKind::Configuration, message: message.into() }
+    }
+
+    /// The upstream sent a value the warehouse cannot store.
+    pub fn unstorable(message: impl Into<String>) -> SinkError {
+        SinkError { kind: ErrorKind::BadResponse, message: message.into() }
     }
 }
 

@@ -122,15 +122,18 @@ const COPY_BLOCKS_IN_FLIGHT: usize = 4;
 /// [`db_err`] for a COPY: a column whose type is not the one chatetl writes (SQLSTATE 22P03, the
 /// binary format's "incorrect binary data format") is the table's fault, not the server's.
 fn copy_err(what: &str) -> impl Fn(sqlx::Error) -> SinkError + '_ {
-    move |e| {
-        if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("22P03") {
-            SinkError::definition(format!(
-                "{what}: a column of the table has another type than the job's definition gives it (altered by \
-                 hand?); restore its type or rebuild the table (`chatetl run --job <job> --rebuild`): {e}"
-            ))
-        } else {
-            db_err(what)(e)
-        }
+    move |e| match e.as_database_error().and_then(|d| d.code()).as_deref() {
+        Some("22P03") => SinkError::definition(format!(
+            "{what}: a column of the table has another type than the job's definition gives it (altered by \
+             hand?); restore its type or rebuild the table (`chatetl run --job <job> --rebuild`): {e}"
+        )),
+        // PostgreSQL stores no NUL character in text (22021) or in jsonb (22P05): the same
+        // answer fails every time, so a retry cannot help.
+        Some("22021" | "22P05") => SinkError::unstorable(format!(
+            "{what}: the upstream sent text with a NUL character, which PostgreSQL cannot store (a retry will \
+             not help; report the answer, `chatetl probe` shows one): {e}"
+        )),
+        _ => db_err(what)(e),
     }
 }
 

@@ -834,3 +834,41 @@ async fn two_commits_of_one_window_at_once_leave_the_rows_of_one_of_them() {
         assert_eq!(scalar_i64(&pool, &in_window).await, 1, "round {round}: the rows of one load, not of both");
     }
 }
+
+/// Text with a NUL character (found in review) cannot be stored by PostgreSQL: the window fails
+/// as an answer chatetl cannot store (exit 4, not retryable), not as a warehouse outage (exit 1,
+/// which invites retries that can never succeed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_with_a_nul_character_fails_its_window_as_unstorable_not_as_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = "0b5f6c2e-0000-4000-8000-000000000002";
+    let mut team_row = crate::util::real_chat_record("2024-03-05T10:00:00.000Z", org, "s1", 5.0);
+    team_row["scope"] = "team".into();
+    team_row["team_id"] = "team\u{0}x".into();
+    let records = vec![
+        serde_json::json!({"kind": "organization", "id": org, "name": "Nul", "api_token": TOKEN}),
+        crate::util::real_chat_record("2024-03-05T10:00:00.000Z", org, "s1", 5.0),
+        team_row,
+    ];
+    let path = crate::util::write_dataset(dir.path(), &records);
+    let sim = chatetl::simulator::Simulator::new(
+        chatetl::simulator::Dataset::read(&path).unwrap(),
+        FaultConfig::default(),
+        1,
+    )
+    .spawn()
+    .await
+    .unwrap();
+    let db = TestDb::new().await;
+    let jobs: Vec<_> =
+        crate::util::shipped_jobs(Some("2024-03-01")).into_iter().filter(|(f, _)| *f == "real_chats.yaml").collect();
+    let config = write_config(dir.path(), &sim, TOKEN, TestWarehouse::Postgres(&db.url), &jobs);
+    let (code, out, err) = cli(&config, &["run", "--from", "2024-03-05", "--to", "2024-03-05", "--json"]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(err.contains("NUL character") && err.contains("a retry will not help"), "{err}");
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (summary["retryable"].as_bool(), summary["errors"][0]["kind"].as_str()),
+        (Some(false), Some("bad_response"))
+    );
+}
