@@ -335,7 +335,7 @@ pub struct Job {
     /// Requests cover up to `max_windows_per_request` windows, asking for buckets of the window's
     /// length (`day` / `hour`) although `granularity` is `all`, and the answer is split back per
     /// window. events: the job's `bucketed`, default the source's `assume.bucketed_events`;
-    /// chat_sessions: always (its day and hour buckets are documented). Transport only: the rows
+    /// chat_sessions: day windows (001 documents day buckets). Transport only: the rows
     /// are those of one `all` request per window, so it is not part of the definition. Always
     /// false for other endpoints (workflow has no buckets: `src/source/giosg/workflow.rs`).
     pub bucketed: bool,

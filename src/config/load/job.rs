@@ -225,7 +225,8 @@ pub(super) fn job(ctx: &mut Ctx, raw: &Spanned<RawJob>, file: &Path, defaults: &
     };
     let lookback_windows = ctx.integer("lookback_windows", r.lookback_windows.as_ref(), 0, max_windows, 1);
     let params = params::endpoint_params(ctx, at, r, endpoint, window);
-    let bucketed = job_bucketed(ctx, r.bucketed.as_ref(), endpoint, info.map(|i| i.assume).unwrap_or_default());
+    let assume = info.map(|i| i.assume).unwrap_or_default();
+    let bucketed = job_bucketed(ctx, r.bucketed.as_ref(), endpoint, window, assume);
     // One request covers one window when the API returns one bucket per request: granularity
     // `all` (unless the job is bucketed: then its requests ask for buckets of the window's
     // length), or a chat summary bucket longer than a window (a chat summary's granularity is
@@ -363,18 +364,21 @@ fn job_kind(ctx: &mut Ctx, at: Location, value: Option<&Spanned<String>>, endpoi
 }
 
 /// `bucketed` (events: default the source's `assume.bucketed_events`; workflow: only `false`,
-/// since 001's workflow body has no granularity or zone to bucket by; chat_sessions: always, as
-/// its `day` and `hour` buckets in the query's zone are what its day- and hour-granularity jobs
-/// already read (001 asks for `day` buckets), so a job of granularity `all` asks for buckets of
-/// its window over several windows; false for other endpoints, which never take the key).
+/// since 001's workflow body has no granularity or zone to bucket by; chat_sessions: for day
+/// windows, as its `day` buckets in the query's zone are what 001 asks for and its day jobs
+/// already read, so a day job of granularity `all` asks for day buckets over several windows;
+/// hour windows keep one `all` query per window, since an hour bucket of a zone with a
+/// 30-minute change (Australia/Lord_Howe) need not be a window; false for other endpoints,
+/// which never take the key).
 fn job_bucketed(
     ctx: &mut Ctx,
     value: Option<&Spanned<bool>>,
     endpoint: Endpoint,
+    window: Option<WindowUnit>,
     assume: SourceAssumptions,
 ) -> Option<bool> {
     if endpoint == Endpoint::ChatSessions {
-        return Some(true);
+        return Some(window == Some(WindowUnit::Day));
     }
     let events = endpoint == Endpoint::Events;
     let Some(v) = value else { return Some(events && assume.bucketed_events) };

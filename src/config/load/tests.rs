@@ -454,14 +454,14 @@ fn config_keeps_granularity_within_the_window() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(errors[0].starts_with("jobs/a.yaml:5:14: granularity: `day` buckets do not fit in an hour window"));
 
-    // A chat_sessions job of granularity `all` asks for buckets of its window (documented `day`
-    // and `hour` buckets), so its requests cover several windows like any other's.
+    // A chat_sessions day job of granularity `all` asks for day buckets (documented in 001), so
+    // its requests cover several windows like any other's; an hour job keeps one per window.
     let all = SMALL_JOB.replace("window: day", "window: hour\ngranularity: all");
     let seven = SMALL_JOB.replace("window: day", "window: day\ngranularity: all\nmax_windows_per_request: 7");
     let dir = folder(CONFIG, &[("a.yaml", &all), ("b.yaml", &seven)]);
     let config = load_in(&dir, &env()).unwrap();
     let (a, b) = (&config.jobs["a"], &config.jobs["b"]);
-    assert_eq!((a.granularity, a.max_windows_per_request, a.bucketed), (Granularity::All, 168, true));
+    assert_eq!((a.granularity, a.max_windows_per_request, a.bucketed), (Granularity::All, 1, false));
     assert_eq!((b.granularity, b.max_windows_per_request, b.bucketed), (Granularity::All, 7, true));
 }
 
@@ -874,7 +874,7 @@ fn config_reads_assume_as_the_default_of_events_jobs_bucketed() {
     assert_eq!(shape("hourly"), (true, 168, Granularity::All));
     assert_eq!(shape("out"), (false, 1, Granularity::All), "a job's `bucketed: false` wins");
     assert_eq!(shape("wf"), (false, 1, Granularity::All), "workflow queries are never bucketed");
-    assert_eq!(shape("chats"), (true, 31, Granularity::Day), "chat_sessions are always bucketed, assume or not");
+    assert_eq!(shape("chats"), (true, 31, Granularity::Day), "chat_sessions day jobs are bucketed, assume or not");
 
     // A job opts in without the source, and may bound its chunks.
     let bounded = format!("{EVENTS_JOB}bucketed: true\nmax_windows_per_request: 7\n");
