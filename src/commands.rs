@@ -217,8 +217,7 @@ pub async fn plan(config: Config, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let groups = if args.no_fusion {
         (0..refs.len()).map(|i| vec![i]).collect()
     } else {
-        let fusable = |job: &Job| config.sources.get(&job.source).is_some_and(|s| plan::fusion::fusable(s, job));
-        plan::fusion::groups(&refs, fusable)
+        plan::fusion::groups_in(&config, &refs)
     };
     let bodies = chosen(&args.select) || args.bodies;
     let mut totals: Vec<PlannedRequests> = Vec::new();
@@ -583,9 +582,8 @@ fn units(config: &Config, planned: Vec<(Job, Vec<Window>, RunOptions)>, separate
         (0..planned.len()).map(|i| vec![i]).collect()
     } else {
         let jobs: Vec<&Job> = planned.iter().map(|(j, _, _)| j).collect();
-        let fusable = |job: &Job| config.sources.get(&job.source).is_some_and(|s| plan::fusion::fusable(s, job));
         let mut groups = Vec::new();
-        for group in plan::fusion::groups(&jobs, fusable) {
+        for group in plan::fusion::groups_in(config, &jobs) {
             // Runs of another kind (a range, listed windows) or another partial instant stay apart.
             let mut kinds: Vec<Vec<usize>> = Vec::new();
             for i in group {

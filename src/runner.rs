@@ -28,6 +28,7 @@ use crate::batch::{self, TableSchema, WindowBatch};
 use crate::config::{Config, Job, JobKind, WindowUnit};
 use crate::error::ErrorKind;
 use crate::plan::{self, Window};
+use crate::row::Row;
 use crate::sink::{Commit, Sink, SinkError};
 use crate::source::http::{CallCounts, StatsRegistry};
 use crate::source::{ClientError, FetchError, Source, WindowRows};
@@ -828,31 +829,53 @@ impl ChunkContext<'_> {
         let fetch_job = self.fetch_job;
         let span = info_span!("window", job = %fetch_job.name, window = %chunk_label(fetch_job, &chunk));
         let (fetched, counts) = self.source.fetch(fetch_job, &chunk).instrument(span.clone()).await;
-        let fetched = fetched.map_err(|e| Arc::new(LoadError::Fetch(e)));
+        let mut fetched = fetched.map_err(|e| Arc::new(LoadError::Fetch(e)));
         let loaded_at = Utc::now();
         // The chunk's requests are recorded with the first member's windows (as its report counts them).
         let first = own.iter().position(|w| !w.is_empty());
-        let commits = own.into_iter().enumerate().filter(|(_, w)| !w.is_empty()).map(|(i, windows)| {
-            let rows = fetched.as_ref().map_err(Arc::clone);
-            let chunk = &chunk;
-            async move {
-                let result = match rows {
+        // One member after the other: a fused chunk holds one warehouse connection at a time,
+        // however many jobs share it (the pool also serves every job's lock and other chunks).
+        let outcomes = async {
+            let mut outcomes = Vec::new();
+            for (i, windows) in own.into_iter().enumerate().filter(|(_, w)| !w.is_empty()) {
+                let result = match &mut fetched {
                     Ok(rows) => {
+                        let mine = self.rows_of(i, &chunk, rows, &windows);
                         let requests = if Some(i) == first { counts.requests } else { 0 };
-                        self.commit(i, chunk, rows, &windows, loaded_at, requests).await.map_err(Arc::new)
+                        self.commit(i, &windows, mine, loaded_at, requests).await.map_err(Arc::new)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(Arc::clone(e)),
                 };
                 if let Err(error) = &result {
                     self.record_failures(i, &windows, error).await;
                 }
-                (i, windows, result)
+                outcomes.push((i, windows, result));
             }
-        });
-        // One member after the other: a fused chunk holds one warehouse connection at a time,
-        // however many jobs share it (the pool also serves every job's lock and other chunks).
-        let outcomes = futures::stream::iter(commits).then(|c| c).collect::<Vec<_>>().instrument(span).await;
+            outcomes
+        }
+        .instrument(span)
+        .await;
         (chunk, counts, outcomes)
+    }
+
+    /// Member `i`'s rows of its `windows` out of the chunk's: moved out when the member is the
+    /// only one (no copy on the common path), its own values of the fused rows otherwise.
+    fn rows_of(
+        &self,
+        i: usize,
+        chunk: &[Window],
+        rows: &mut WindowRows,
+        windows: &[Window],
+    ) -> Vec<(Window, Vec<Row>)> {
+        chunk
+            .iter()
+            .zip(rows.iter_mut())
+            .filter(|(w, _)| windows.binary_search(w).is_ok())
+            .map(|(w, rows)| match self.fused {
+                Some(fused) => (*w, fused.rows_of(i, rows)),
+                None => (*w, std::mem::take(rows)),
+            })
+            .collect()
     }
 
     /// Records member `i`'s `windows` as failed with `error`. The windows keep their old rows
@@ -881,30 +904,17 @@ impl ChunkContext<'_> {
         }
     }
 
-    /// Builds member `i`'s batches of its `windows` out of the chunk's rows and commits them.
+    /// Builds member `i`'s batches of its `windows`' rows (`own`) and commits them.
     async fn commit(
         &self,
         i: usize,
-        chunk: &[Window],
-        rows: &WindowRows,
         windows: &[Window],
+        own: Vec<(Window, Vec<Row>)>,
         loaded_at: DateTime<Utc>,
         requests: u32,
     ) -> Result<u64, LoadError> {
         let job = self.members[i];
         let MemberParts { run_id, schema, hash, history_start } = &self.parts[i];
-        let own: Vec<(Window, Vec<crate::row::Row>)> = chunk
-            .iter()
-            .zip(rows)
-            .filter(|(w, _)| windows.binary_search(w).is_ok())
-            .map(|(w, rows)| {
-                let rows = match self.fused {
-                    Some(fused) => fused.rows_of(i, rows),
-                    None => rows.clone(),
-                };
-                (*w, rows)
-            })
-            .collect();
         // Sorting rows and filling Arrow builders is CPU work: on a blocking thread, so the
         // runtime's threads keep fetching and parsing the other chunks meanwhile.
         let (build_schema, build_run_id, unit, tz) = (schema.clone(), run_id.clone(), job.window, job.time_zone);

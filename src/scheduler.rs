@@ -543,9 +543,8 @@ fn start_loops(inner: &Arc<Inner>, since: DateTime<Utc>, pending: &HashMap<Strin
 /// and fire on the same schedule in the same zone; the job itself first.
 fn tick_groups(config: &Config) -> HashMap<String, Vec<String>> {
     let jobs: Vec<&Job> = config.jobs.values().filter(|j| j.schedule.is_some()).collect();
-    let fusable = |job: &Job| config.sources.get(&job.source).is_some_and(|s| crate::plan::fusion::fusable(s, job));
     let mut out = HashMap::new();
-    for group in crate::plan::fusion::groups(&jobs, fusable) {
+    for group in crate::plan::fusion::groups_in(config, &jobs) {
         let mut by_schedule: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for i in group {
             let job = jobs[i];

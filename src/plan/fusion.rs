@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Endpoint, Job, JobAggregation, JobKind, SourceConfig};
+use crate::config::{Config, Endpoint, Job, JobAggregation, JobKind, SourceConfig};
 use crate::row::Row;
 
 /// Whether `job`'s endpoint answers several aggregations in one query, as fusion needs: documented
@@ -50,6 +50,11 @@ pub fn fusable(source: &SourceConfig, job: &Job) -> bool {
         | Endpoint::Today
         | Endpoint::RightNow => false,
     }
+}
+
+/// [`groups`] of `jobs` of `config`, each job's endpoint asked of its own source ([`fusable`]).
+pub fn groups_in(config: &Config, jobs: &[&Job]) -> Vec<Vec<usize>> {
+    groups(jobs, |job| config.sources.get(&job.source).is_some_and(|s| fusable(s, job)))
 }
 
 /// Whether `source` assumes events and workflow answer several aggregations in one query.
