@@ -21,6 +21,7 @@ mod parquet_warehouse;
 mod postgres_warehouse;
 mod probe;
 mod readme;
+mod s3;
 mod scheduler;
 mod simulator_api;
 mod simulator_cli;

@@ -258,11 +258,22 @@ pub fn write_config(
     warehouse: TestWarehouse,
     jobs: &[(&str, String)],
 ) -> PathBuf {
-    let org = sim.handle.dataset().organizations[0].id.clone();
     let wh = match warehouse {
         TestWarehouse::Parquet(p) => format!("  kind: parquet\n  path: {}\n", p.display()),
         TestWarehouse::Postgres(url) => format!("  kind: postgres\n  url: {url}\n  schema: analytics\n"),
     };
+    write_config_with(dir, sim, token, &wh, jobs)
+}
+
+/// [`write_config`] with the `warehouse:` section's keys given as YAML text (indented by two).
+pub fn write_config_with(
+    dir: &Path,
+    sim: &RunningSimulator,
+    token: &str,
+    wh: &str,
+    jobs: &[(&str, String)],
+) -> PathBuf {
+    let org = sim.handle.dataset().organizations[0].id.clone();
     let config = format!(
         "time_zone: Europe/Helsinki\njobs_dir: jobs\nsources:\n  giosg:\n    kind: giosg\n    base_url: {}\n    token: {token}\n    organization_id: {org}\n    concurrency: 8\n    requests_per_second: 1000\n    timeout_secs: 10\n    max_retries: 3\n    max_retry_delay_secs: 1\nwarehouse:\n{wh}",
         sim.base_url()
