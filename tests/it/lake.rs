@@ -23,7 +23,7 @@ use sqlx::Row as _;
 
 use crate::s3::{self, Bucket, Fault, FaultProxy};
 use crate::util::{
-    Dump, TOKEN, TestDb, dump, parquet_files, real_chat_record, serve, shipped_jobs_of, write_config_with,
+    Dump, TOKEN, TestDb, dump, output, parquet_files, real_chat_record, serve, shipped_jobs_of, write_config_with,
 };
 
 const DAILY: &str = "real_chats";
@@ -435,7 +435,7 @@ async fn the_secret_key_never_reaches_the_output_when_the_store_refuses() {
         let mut args = vec!["--config", lake.s3.to_str().unwrap()];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["backfill", "--job", DAILY, "--from", "2024-03-01", "--to", "2024-03-02"]);
-        let (code, out, err) = s3::output(s3::command(&proxy.url).env("AWS_SECRET_ACCESS_KEY", SECRET).args(&args));
+        let (code, out, err) = output(s3::command(&proxy.url).env("AWS_SECRET_ACCESS_KEY", SECRET).args(&args));
         assert!(!out.contains(SECRET) && !err.contains(SECRET), "{extra:?}: the secret is printed:\n{out}\n{err}");
         assert_eq!(code, 1, "{extra:?}: a warehouse failure:\n{out}\n{err}");
         assert!(
@@ -447,7 +447,7 @@ async fn the_secret_key_never_reaches_the_output_when_the_store_refuses() {
 
     // The failure is recorded as the warehouse's, and shown without the secret.
     let status = ["--config", lake.s3.to_str().unwrap(), "status", "--json"];
-    let (code, out, err) = s3::output(s3::command(&s3::endpoint()).env("AWS_SECRET_ACCESS_KEY", SECRET).args(status));
+    let (code, out, err) = output(s3::command(&s3::endpoint()).env("AWS_SECRET_ACCESS_KEY", SECRET).args(status));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "status prints the secret:\n{out}\n{err}");
     let all: Vec<Value> = serde_json::from_str(&out).unwrap();

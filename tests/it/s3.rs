@@ -96,17 +96,7 @@ pub fn command(endpoint: &str) -> Command {
 
 /// Runs [`command`] with `args` to its end: (status code, stdout, stderr).
 pub fn chatetl(endpoint: &str, args: &[&str]) -> (i32, String, String) {
-    output(command(endpoint).args(args))
-}
-
-/// Runs `cmd` to its end: (status code, stdout, stderr).
-pub fn output(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("run chatetl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::util::output(command(endpoint).args(args))
 }
 
 /// What the proxy does with a request a rule matches.

@@ -19,8 +19,12 @@ pub const TOKEN: &str = "sim-token";
 
 /// Runs the `chatetl` binary with `args`, returning (status code, stdout, stderr).
 pub fn chatetl(args: &[&str]) -> (i32, String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_chatetl")).args(args).env_remove("RUST_LOG").output().expect("run chatetl");
+    output(Command::new(env!("CARGO_BIN_EXE_chatetl")).args(args).env_remove("RUST_LOG"))
+}
+
+/// Runs `cmd` to its end: (status code, stdout, stderr).
+pub fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run chatetl");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
