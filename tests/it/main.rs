@@ -15,6 +15,7 @@ mod fusion;
 mod giosg_events;
 mod history;
 mod jobs;
+mod lake_file;
 mod operations;
 mod orchestrators;
 mod parquet_warehouse;
