@@ -822,6 +822,7 @@ pub fn ddl(config: Config, args: DdlArgs) -> anyhow::Result<ExitCode> {
             let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
             path.display().to_string()
         }
+        (None, chatetl::config::Warehouse::Lake { url, .. }) => url.clone(),
         (None, _) => {
             return Err(UsageError(
                 "ddl describes a Parquet warehouse, and this configuration's is PostgreSQL: give --location with \

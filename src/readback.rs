@@ -31,6 +31,7 @@ pub async fn org_series(sink: &Sink, table: &str, column: &str) -> Result<Vec<(S
                 .map_err(|e| format!("cannot read {table}: {e}"))?;
             Ok(rows.into_iter().map(|r| (r.get::<String, _>(0), r.get::<Option<f64>, _>(1))).collect())
         }
+        Sink::Lake(lake) => Err(format!("reading {table} back from {} is not supported", lake.url())),
         Sink::Parquet(pq) => {
             let mut out = BTreeMap::new();
             for batch in read_parquet_dir(&pq.root().join(table))? {

@@ -224,6 +224,9 @@ pub enum Warehouse {
     Postgres { url: Secret, schema: String },
     /// `<path>/<table>/year=…/month=…/` partitions; state in `<path>/_chatetl/`.
     Parquet { path: PathBuf },
+    /// The same partitions in an object store (`url`: `s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// `file:///…`); state in the `chatetl` schema of the PostgreSQL database at `state`.
+    Lake { url: String, state: Secret },
 }
 
 /// The unit a job loads and replaces.

@@ -10,6 +10,7 @@
 //! object: adding a warehouse is one file here plus one arm per method, and the compiler finds
 //! the forgotten arm.
 
+pub mod lake;
 pub mod parquet;
 pub mod postgres;
 
@@ -143,6 +144,8 @@ const FILE_LOCK_ATTEMPTS: u32 = 20;
 pub enum Sink {
     Postgres(postgres::PostgresSink),
     Parquet(parquet::ParquetSink),
+    /// Parquet in an object store, state in PostgreSQL.
+    Lake(lake::LakeSink),
 }
 
 impl Sink {
@@ -153,6 +156,7 @@ impl Sink {
         Ok(match warehouse {
             Warehouse::Postgres { url, schema } => Sink::Postgres(postgres::PostgresSink::connect(url, schema).await?),
             Warehouse::Parquet { path } => Sink::Parquet(parquet::ParquetSink::open(path).await?),
+            Warehouse::Lake { url, state } => Sink::Lake(lake::LakeSink::open(url, state).await?),
         })
     }
 
@@ -161,6 +165,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => format!("postgres schema {}", s.schema()),
             Sink::Parquet(s) => format!("parquet {}", s.root().display()),
+            Sink::Lake(s) => format!("parquet {}", s.url()),
         }
     }
 
@@ -179,6 +184,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.prepare(job, schema, history_start, definition).await,
             Sink::Parquet(s) => s.prepare(job, schema, history_start, definition).await,
+            Sink::Lake(s) => s.prepare(job, schema, history_start, definition).await,
         }
     }
 
@@ -199,6 +205,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.add_columns(job, schema, added, definition).await,
             Sink::Parquet(s) => s.add_columns(job, schema, added, definition).await,
+            Sink::Lake(s) => s.add_columns(job, schema, added, definition).await,
         }
     }
 
@@ -208,6 +215,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.record_failures(job, failures).await,
             Sink::Parquet(s) => s.record_failures(job, failures).await,
+            Sink::Lake(s) => s.record_failures(job, failures).await,
         }
     }
 
@@ -216,6 +224,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.window_failures(job).await,
             Sink::Parquet(s) => s.window_failures(job).await,
+            Sink::Lake(s) => s.window_failures(job).await,
         }
     }
 
@@ -226,6 +235,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.close_abandoned_runs(job, now).await,
             Sink::Parquet(s) => s.close_abandoned_runs(job, now).await,
+            Sink::Lake(s) => s.close_abandoned_runs(job, now).await,
         }
     }
 
@@ -239,6 +249,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.promote(live, shadow).await,
             Sink::Parquet(s) => s.promote(live, shadow).await,
+            Sink::Lake(s) => s.promote(live, shadow).await,
         }
     }
 
@@ -248,6 +259,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.adopt_definition_hash(job, from, to).await,
             Sink::Parquet(s) => s.adopt_definition_hash(job, from, to).await,
+            Sink::Lake(s) => s.adopt_definition_hash(job, from, to).await,
         }
     }
 
@@ -255,6 +267,7 @@ impl Sink {
     pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, SinkError> {
         match self {
             Sink::Postgres(s) => Ok(s.try_lock_job(job).await?.map(JobLock::Postgres)),
+            Sink::Lake(s) => Ok(s.try_lock_job(job).await?.map(JobLock::Postgres)),
             Sink::Parquet(s) => {
                 // An OS file lock belongs to the open file, and a process this one forks (any
                 // `Command`) holds a copy of every descriptor until it execs: for that instant a
@@ -279,6 +292,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.reset_job(job).await,
             Sink::Parquet(s) => s.reset_job(job).await,
+            Sink::Lake(s) => s.reset_job(job).await,
         }
     }
 
@@ -289,7 +303,7 @@ impl Sink {
     pub async fn claim_legacy_state(&self, job: &Job) -> Result<bool, SinkError> {
         match self {
             Sink::Postgres(s) => s.claim_legacy_state(job).await,
-            Sink::Parquet(_) => Ok(false),
+            Sink::Parquet(_) | Sink::Lake(_) => Ok(false),
         }
     }
 
@@ -298,6 +312,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.ping().await,
             Sink::Parquet(s) => s.ping().await,
+            Sink::Lake(s) => s.ping().await,
         }
     }
 
@@ -307,6 +322,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.commit(commit).await,
             Sink::Parquet(s) => s.commit(commit).await,
+            Sink::Lake(s) => s.commit(commit).await,
         }
     }
 
@@ -315,6 +331,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.window_loads(job).await,
             Sink::Parquet(s) => s.window_loads(job).await,
+            Sink::Lake(s) => s.window_loads(job).await,
         }
     }
 
@@ -323,6 +340,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.job_state(job).await,
             Sink::Parquet(s) => s.job_state(job).await,
+            Sink::Lake(s) => s.job_state(job).await,
         }
     }
 
@@ -331,6 +349,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.record_run(run).await,
             Sink::Parquet(s) => s.record_run(run).await,
+            Sink::Lake(s) => s.record_run(run).await,
         }
     }
 
@@ -340,6 +359,7 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.status(jobs).await,
             Sink::Parquet(s) => s.status(jobs).await,
+            Sink::Lake(s) => s.status(jobs).await,
         }
     }
 }

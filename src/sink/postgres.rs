@@ -462,8 +462,20 @@ impl PostgresSink {
                 .await
                 .map_err(db_err(&what))?;
         }
-        // A new job is registered with its definition; a job whose definition is unchanged but
-        // was stored without its document (an earlier release) gets the document.
+        self.register_in(&mut tx, &job.name, history_start, definition).await.map_err(db_err(&what))?;
+        tx.commit().await.map_err(db_err(&what))?;
+        self.job_state(&job.name).await
+    }
+
+    /// A new job is registered with its definition; a job whose definition is unchanged but
+    /// was stored without its document (an earlier release) gets the document.
+    async fn register_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        job: &str,
+        history_start: DateTime<Utc>,
+        definition: &Definition,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO chatetl.jobs (target, job, definition_hash, definition, history_start)
              VALUES ($1, $2, $3, $4::jsonb, $5)
@@ -471,15 +483,28 @@ impl PostgresSink {
              WHERE chatetl.jobs.definition IS NULL AND chatetl.jobs.definition_hash = EXCLUDED.definition_hash",
         )
         .bind(&self.schema)
-        .bind(&job.name)
+        .bind(job)
         .bind(&definition.hash)
         .bind(definition.document.to_string())
         .bind(history_start)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err(&what))?;
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// For a warehouse that keeps only its state here (the lake): registers `job` as `prepare`
+    /// does, without a table, and returns its state.
+    pub async fn register(
+        &self,
+        job: &str,
+        history_start: DateTime<Utc>,
+        definition: &Definition,
+    ) -> Result<JobState, SinkError> {
+        let what = format!("job {job}: cannot register it");
+        let mut tx = self.pool.begin().await.map_err(db_err(&what))?;
+        self.register_in(&mut tx, job, history_start, definition).await.map_err(db_err(&what))?;
         tx.commit().await.map_err(db_err(&what))?;
-        self.job_state(&job.name).await
+        self.job_state(job).await
     }
 
     /// The stored state of `job` in this target.
@@ -580,13 +605,31 @@ impl PostgresSink {
             }
             copy.finish().await.map_err(copy_err(&what))?;
         }
+        self.record_loads(&mut tx, &c).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(rows)
+    }
+
+    /// For a warehouse that keeps only its state here (the lake), after its data is in place:
+    /// records the complete windows of `c` and moves the watermark, in one transaction.
+    pub async fn commit_state(&self, c: &Commit<'_>) -> Result<(), SinkError> {
+        let first = c.windows.first().map(|w| w.window.start.to_rfc3339()).unwrap_or_default();
+        let what = format!("job {}: cannot record the windows from {first}", c.job.name);
+        let err = db_err(&what);
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        self.record_loads(&mut tx, c).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    /// The state part of a commit, in `tx`: locks the job's row, upserts the complete windows'
+    /// loads (removing their failures) and moves the watermark.
+    async fn record_loads(&self, tx: &mut Transaction<'_, Postgres>, c: &Commit<'_>) -> Result<(), sqlx::Error> {
         let current: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = $1 AND job = $2 FOR UPDATE")
                 .bind(&self.schema)
                 .bind(&c.job.name)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(&err)?;
+                .fetch_one(&mut **tx)
+                .await?;
         let complete: Vec<_> = c.windows.iter().filter(|w| c.complete(&w.window)).collect();
         if !complete.is_empty() {
             let starts: Vec<DateTime<Utc>> = complete.iter().map(|w| w.window.start).collect();
@@ -614,9 +657,8 @@ impl PostgresSink {
             .bind(c.run_id)
             .bind(c.definition_hash)
             .bind(Utc::now())
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
+            .execute(&mut **tx)
+            .await?;
         }
         // Only the chain of loads starting exactly at the watermark can move it (a snapshot
         // job's moves to its latest capture: no loads needed). Walking that chain by key costs
@@ -641,9 +683,8 @@ impl PostgresSink {
             .bind(&self.schema)
             .bind(&c.job.name)
             .bind(current.unwrap_or(c.history_start))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(&err)?
+            .fetch_all(&mut **tx)
+            .await?
             .into_iter()
             .collect(),
         };
@@ -653,12 +694,10 @@ impl PostgresSink {
                 .bind(&self.schema)
                 .bind(&c.job.name)
                 .bind(next)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
+                .execute(&mut **tx)
+                .await?;
         }
-        tx.commit().await.map_err(&err)?;
-        Ok(rows)
+        Ok(())
     }
 
     /// Takes the job's session advisory lock (for this target) on a connection detached from
@@ -688,12 +727,28 @@ impl PostgresSink {
             .execute(&mut *tx)
             .await
             .map_err(ddl_err(&what))?;
+        self.forget_in(&mut tx, &job.name).await.map_err(db_err(&what))?;
+        tx.commit().await.map_err(db_err(&what))
+    }
+
+    /// Forgets `job`'s job row, window loads and failures (by the foreign keys' cascade) and
+    /// its runs, in `tx`.
+    async fn forget_in(&self, tx: &mut Transaction<'_, Postgres>, job: &str) -> Result<(), sqlx::Error> {
         for sql in [
             "DELETE FROM chatetl.runs WHERE target = $1 AND job = $2",
             "DELETE FROM chatetl.jobs WHERE target = $1 AND job = $2",
         ] {
-            sqlx::query(sql).bind(&self.schema).bind(&job.name).execute(&mut *tx).await.map_err(db_err(&what))?;
+            sqlx::query(sql).bind(&self.schema).bind(job).execute(&mut **tx).await?;
         }
+        Ok(())
+    }
+
+    /// For a warehouse that keeps only its state here (the lake): forgets every state row of
+    /// `job` (a rebuild's shadow) in one transaction.
+    pub async fn forget(&self, job: &str) -> Result<(), SinkError> {
+        let what = format!("job {job}: cannot forget its state");
+        let mut tx = self.pool.begin().await.map_err(db_err(&what))?;
+        self.forget_in(&mut tx, job).await.map_err(db_err(&what))?;
         tx.commit().await.map_err(db_err(&what))
     }
 
@@ -710,13 +765,6 @@ impl PostgresSink {
         let what = format!("job {}: cannot add columns {} to {table}", job.name, added.join(", "));
         let err = db_err(&what);
         let mut tx = self.pool.begin().await.map_err(&err)?;
-        let stored: Option<Vec<String>> =
-            sqlx::query_scalar("SELECT added_columns FROM chatetl.jobs WHERE target = $1 AND job = $2 FOR UPDATE")
-                .bind(&self.schema)
-                .bind(&job.name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(&err)?;
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(&table)
             .fetch_one(&mut *tx)
@@ -734,6 +782,26 @@ impl PostgresSink {
             }
             sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(ddl_err(&what))?;
         }
+        self.record_added_columns_in(&mut tx, &job.name, added, definition).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        info!(job = %job.name, table = %table, columns = ?added, table_existed = exists, "value columns added");
+        Ok(())
+    }
+
+    /// Stores `definition` as `job`'s and appends `added` to its added columns, in `tx`.
+    async fn record_added_columns_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        job: &str,
+        added: &[String],
+        definition: &Definition,
+    ) -> Result<(), sqlx::Error> {
+        let stored: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT added_columns FROM chatetl.jobs WHERE target = $1 AND job = $2 FOR UPDATE")
+                .bind(&self.schema)
+                .bind(job)
+                .fetch_optional(&mut **tx)
+                .await?;
         let mut columns = stored.unwrap_or_default();
         columns.extend(added.iter().filter(|c| !columns.contains(c)).cloned().collect::<Vec<_>>());
         sqlx::query(
@@ -741,16 +809,27 @@ impl PostgresSink {
              WHERE target = $1 AND job = $2",
         )
         .bind(&self.schema)
-        .bind(&job.name)
+        .bind(job)
         .bind(&definition.hash)
         .bind(definition.document.to_string())
         .bind(&columns)
-        .execute(&mut *tx)
-        .await
-        .map_err(&err)?;
-        tx.commit().await.map_err(&err)?;
-        info!(job = %job.name, table = %table, columns = ?added, table_existed = exists, "value columns added");
+        .execute(&mut **tx)
+        .await?;
         Ok(())
+    }
+
+    /// For a warehouse that keeps only its state here (the lake), once every file has the new
+    /// columns: records them as `add_columns` does, in one transaction.
+    pub async fn record_added_columns(
+        &self,
+        job: &str,
+        added: &[String],
+        definition: &Definition,
+    ) -> Result<(), SinkError> {
+        let what = format!("job {job}: cannot record its added columns {}", added.join(", "));
+        let mut tx = self.pool.begin().await.map_err(db_err(&what))?;
+        self.record_added_columns_in(&mut tx, job, added, definition).await.map_err(db_err(&what))?;
+        tx.commit().await.map_err(db_err(&what))
     }
 
     /// See `Sink::record_failures`: one upsert per window, in one transaction.
@@ -984,6 +1063,19 @@ impl PostgresSink {
             );
         }
         sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await.map_err(ddl_err(&what))?;
+        self.move_state_in(&mut tx, &live.name, &shadow.name).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        info!(job = %live.name, table = %live_table, grants, "the rebuilt table replaced the live one");
+        Ok(())
+    }
+
+    /// The state part of a promotion, in `tx`: the live job takes the shadow's state.
+    async fn move_state_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        live: &str,
+        shadow: &str,
+    ) -> Result<(), sqlx::Error> {
         // The live job takes the shadow's definition, watermark and history start (a job never
         // loaded before gets its row here), then its loads and runs; the shadow's row goes,
         // and with it (cascade) its failures, which a complete rebuild left none of.
@@ -1001,17 +1093,33 @@ impl PostgresSink {
             "UPDATE chatetl.runs SET job = $2 WHERE target = $1 AND job = $3",
             "DELETE FROM chatetl.jobs WHERE target = $1 AND job = $3",
         ] {
-            sqlx::query(sql)
-                .bind(&self.schema)
-                .bind(&live.name)
-                .bind(&shadow.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
+            sqlx::query(sql).bind(&self.schema).bind(live).bind(shadow).execute(&mut **tx).await?;
         }
-        tx.commit().await.map_err(&err)?;
-        info!(job = %live.name, table = %live_table, grants, "the rebuilt table replaced the live one");
         Ok(())
+    }
+
+    /// For a warehouse that keeps only its state here (the lake), once the rebuilt data is in
+    /// place: the live job takes the shadow's state, in one transaction. Returns false, changing
+    /// nothing, when the shadow has no state (it was moved already).
+    pub async fn move_promoted_state(&self, live: &str, shadow: &str) -> Result<bool, SinkError> {
+        let what = format!("job {live}: cannot move the rebuilt state from {shadow}");
+        let err = db_err(&what);
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        let locked: Vec<String> = sqlx::query_scalar(
+            "SELECT job FROM chatetl.jobs WHERE target = $1 AND job IN ($2, $3) ORDER BY job FOR UPDATE",
+        )
+        .bind(&self.schema)
+        .bind(live)
+        .bind(shadow)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
+        if !locked.iter().any(|j| j == shadow) {
+            return Ok(false);
+        }
+        self.move_state_in(&mut tx, live, shadow).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
     }
 
     pub async fn ping(&self) -> Result<(), SinkError> {

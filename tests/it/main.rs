@@ -16,6 +16,7 @@ mod giosg_events;
 mod history;
 mod jobs;
 mod lake;
+mod lake_file;
 mod operations;
 mod orchestrators;
 mod parquet_warehouse;

@@ -101,12 +101,16 @@ pub(super) struct RawAssume {
 pub(super) struct RawWarehouse {
     /// `parquet` or `postgres`; required.
     pub kind: Option<Spanned<String>>,
-    /// parquet: the folder of the tables, relative to the config file's folder; required.
+    /// parquet: the folder of the tables, relative to the config file's folder, or an object
+    /// store URL (`s3://`, `gs://`, `az://`, `file://`); required.
     pub path: Option<Spanned<String>>,
     /// postgres: the connection URL (`postgres://…`); required, never printed.
     pub url: Option<Spanned<String>>,
     /// postgres: the schema of the tables, a lowercase SQL identifier; default `public`.
     pub schema: Option<Spanned<String>>,
+    /// parquet on an object store (`path: s3://…`): the PostgreSQL URL of its state; required
+    /// there, never printed.
+    pub state: Option<Spanned<String>>,
 }
 
 /// A job file: one metric loaded window by window into one table.

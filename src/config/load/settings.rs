@@ -82,6 +82,7 @@ pub(super) fn secrets(raw: &RawConfig) -> Secrets {
     }
     if let Some(warehouse) = &raw.warehouse {
         add("warehouse.url".to_string(), &warehouse.value.url);
+        add("warehouse.state".to_string(), &warehouse.value.state);
     }
     secrets
 }
@@ -396,7 +397,7 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
         .and_then(|v| ctx.choice("warehouse.kind", v, "warehouse kind", &kinds))?;
     let (kind_name, unused) = match kind {
         WarehouseKind::Parquet => ("parquet", vec![("url", &r.url), ("schema", &r.schema)]),
-        WarehouseKind::Postgres => ("postgres", vec![("path", &r.path)]),
+        WarehouseKind::Postgres => ("postgres", vec![("path", &r.path), ("state", &r.state)]),
     };
     for (key, value) in unused {
         if let Some(v) = value {
@@ -406,7 +407,16 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
     match kind {
         WarehouseKind::Parquet => {
             let v = ctx.required(at, "warehouse.path", &r.path, "the folder the tables are written to")?;
-            let path = base.join(ctx.non_empty("warehouse.path", v, "a folder")?.trim());
+            let text = ctx.non_empty("warehouse.path", v, "a folder")?.trim().to_string();
+            if let Some(scheme) = url_scheme(&text) {
+                return lake(ctx, at, r, v, &text, scheme);
+            }
+            if let Some(s) = &r.state {
+                let message = "used only by a warehouse in an object store (`path: s3://…`); a folder keeps its \
+                     state in `_chatetl/` inside it";
+                ctx.error(s.referenced, "warehouse.state", message.to_string());
+            }
+            let path = base.join(text);
             if let Some(problem) = unusable_folder(&path) {
                 let shown = ctx.shown(&v.value, &path.display().to_string());
                 ctx.error(v.referenced, "warehouse.path", format!("{shown} {problem}"));
@@ -415,23 +425,9 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
             Some(Warehouse::Parquet { path })
         }
         WarehouseKind::Postgres => {
-            let url =
-                ctx.required(at, "warehouse.url", &r.url, "a postgres:// URL, e.g. `${DATABASE_URL}`").and_then(|v| {
-                    let url = ctx.secret_text("warehouse.url", v)?;
-                    // The value may hold a password: never echo it.
-                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                        ctx.error(v.referenced, "warehouse.url", "expected a postgres:// or postgresql:// URL");
-                        return None;
-                    }
-                    if let Some(c) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
-                        let which =
-                            if c == '\n' || c == '\r' { "a line break" } else { "a space or control character" };
-                        let message = format!("expected a postgres:// URL, found one with {which} (not shown)");
-                        ctx.error(v.referenced, "warehouse.url", message);
-                        return None;
-                    }
-                    Some(Secret::new(url))
-                });
+            let url = ctx
+                .required(at, "warehouse.url", &r.url, "a postgres:// URL, e.g. `${DATABASE_URL}`")
+                .and_then(|v| postgres_url(ctx, "warehouse.url", v));
             let schema = match &r.schema {
                 None => Some("public".to_string()),
                 Some(v) => ctx.identifier("warehouse.schema", v),
@@ -439,6 +435,64 @@ fn warehouse(ctx: &mut Ctx, raw: &Spanned<RawWarehouse>, base: &Path) -> Option<
             Some(Warehouse::Postgres { url: url?, schema: schema? })
         }
     }
+}
+
+/// A PostgreSQL URL at `key` (a secret: never echoed).
+fn postgres_url(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<Secret> {
+    let url = ctx.secret_text(key, v)?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        ctx.error(v.referenced, key, "expected a postgres:// or postgresql:// URL");
+        return None;
+    }
+    if let Some(c) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        let which = if c == '\n' || c == '\r' { "a line break" } else { "a space or control character" };
+        let message = format!("expected a postgres:// URL, found one with {which} (not shown)");
+        ctx.error(v.referenced, key, message);
+        return None;
+    }
+    Some(Secret::new(url))
+}
+
+/// The object stores a Parquet warehouse's `path` may name, by URL scheme.
+pub const LAKE_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "abfs", "abfss", "file"];
+
+/// The scheme of `text` when it is written as a URL (`scheme://…`), known or not.
+fn url_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    let url_like = !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    url_like.then_some(scheme)
+}
+
+/// A Parquet warehouse in an object store: `path` is its URL, `state` the PostgreSQL its state
+/// lives in (an object store has no transactions and no locks that end with their holder).
+fn lake(
+    ctx: &mut Ctx,
+    at: Location,
+    r: &RawWarehouse,
+    path: &Spanned<String>,
+    text: &str,
+    scheme: &str,
+) -> Option<Warehouse> {
+    let shown = ctx.shown(&path.value, text);
+    let mut url = None;
+    if !LAKE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+        let known = LAKE_SCHEMES.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ");
+        let message = format!("{shown}: unknown object store; expected {known} or a folder");
+        ctx.error(path.referenced, "warehouse.path", message);
+    } else if let Err(problem) = crate::sink::lake::check_url(text) {
+        ctx.error(path.referenced, "warehouse.path", format!("{shown}: {problem}"));
+    } else {
+        url = Some(text.trim_end_matches('/').to_string());
+    }
+    let state = ctx
+        .required(
+            at,
+            "warehouse.state",
+            &r.state,
+            "a postgres:// URL for the state of a warehouse in an object store, e.g. `${DATABASE_URL}`",
+        )
+        .and_then(|v| postgres_url(ctx, "warehouse.state", v));
+    Some(Warehouse::Lake { url: url?, state: state? })
 }
 
 /// Why the Parquet warehouse cannot be a folder at `path`, if it cannot: something else is there,

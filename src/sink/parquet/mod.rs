@@ -23,7 +23,7 @@
 //! previous layout (a file per window, JSON state) is converted when opened (`convert`).
 
 mod convert;
-mod files;
+pub(super) mod files;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +84,47 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| SinkError::warehouse(format!("a file task failed: {e}")))?
 }
 
+/// The table's schema for its files: the batch schema, named for the live table (a shadow's
+/// files become the live table's when promoted).
+pub(super) fn file_schema(schema: &TableSchema) -> SchemaRef {
+    let table = schema.table.strip_prefix(SHADOW_PREFIX).unwrap_or(&schema.table);
+    files::with_table_name(&schema.arrow_schema(), table)
+}
+
+/// The value columns of `schema` that a table's files (whose schema is `found`, as read from
+/// the file `example` of the table `table`) lack, to be added; a lacking key or time column
+/// means the table holds something else, and is refused with the remedy.
+pub(super) fn lacking_columns(
+    job: &Job,
+    schema: &TableSchema,
+    found: &arrow_schema::Schema,
+    table: &str,
+    example: &str,
+) -> Result<Vec<String>, SinkError> {
+    let name = &job.name;
+    let missing: Vec<String> =
+        schema.column_names().into_iter().filter(|c| found.field_with_name(c).is_err()).collect();
+    // Value columns the files lack (an endpoint that gained a field in a chatetl release) are
+    // added to every file at once; a missing key or time column means the table holds something
+    // else.
+    let keys: Vec<&String> = missing.iter().filter(|c| !schema.metrics.iter().any(|m| &m.name == *c)).collect();
+    if keys.is_empty() {
+        return Ok(missing);
+    }
+    let remedy = match job.kind {
+        JobKind::Windowed => format!(
+            "the job's definition changed since they were written: `chatetl run --job {name} --rebuild` reloads the \
+             history into a new table and swaps it in"
+        ),
+        JobKind::Snapshot => "a snapshot's captures cannot be fetched again, so chatetl never rebuilds its table: \
+             give the job a new `table:`"
+            .to_string(),
+    };
+    Err(SinkError::definition(format!(
+        "job {name}: the files of table {table} lack key columns {keys:?} (for example {example}); {remedy}"
+    )))
+}
+
 impl ParquetSink {
     /// Opens (creating) the warehouse folder and its state database, converts a warehouse of
     /// the previous layout, and completes promotions a crash interrupted.
@@ -116,11 +157,8 @@ impl ParquetSink {
         self.root.join(table)
     }
 
-    /// The table's schema for its files: the batch schema, named for the live table (a shadow's
-    /// files become the live table's when promoted).
     fn file_schema(schema: &TableSchema) -> SchemaRef {
-        let table = schema.table.strip_prefix(SHADOW_PREFIX).unwrap_or(&schema.table);
-        files::with_table_name(&schema.arrow_schema(), table)
+        file_schema(schema)
     }
 
     /// Creates the table folder, refuses one whose files lack a column of `schema`, registers
@@ -134,9 +172,7 @@ impl ParquetSink {
     ) -> Result<JobState, SinkError> {
         let dir = self.table_dir(&job.table);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("job {}: cannot create {}", job.name, dir.display())))?;
-        let (name, columns) = (job.name.clone(), schema.column_names());
-        let values: Vec<String> = schema.metrics.iter().map(|m| m.name.clone()).collect();
-        let kind = job.kind;
+        let (name, owned_job, owned_schema) = (job.name.clone(), job.clone(), schema.clone());
         let work = self.root.join(format!("{ADD_COLUMNS_PREFIX}{}", job.table));
         let lacking = blocking(move || {
             // A copy an interrupted column addition left (half built, or the old table after
@@ -152,28 +188,7 @@ impl ParquetSink {
             }
             let Some(first) = found.data.first() else { return Ok(Vec::new()) };
             let found = files::read_schema(first).map_err(|e| SinkError::warehouse(format!("job {name}: {e}")))?;
-            let missing: Vec<String> = columns.iter().filter(|c| found.field_with_name(c).is_err()).cloned().collect();
-            // Value columns the files lack (an endpoint that gained a field in a chatetl release)
-            // are added to every file at once below; a missing key or time column means the
-            // table holds something else.
-            let keys: Vec<&String> = missing.iter().filter(|c| !values.contains(c)).collect();
-            if keys.is_empty() {
-                return Ok(missing);
-            }
-            let remedy = match kind {
-                JobKind::Windowed => format!(
-                    "the job's definition changed since they were written: `chatetl run --job {name} --rebuild` \
-                     reloads the history into a new table and swaps it in"
-                ),
-                JobKind::Snapshot => "a snapshot's captures cannot be fetched again, so chatetl never rebuilds its \
-                     table: give the job a new `table:`"
-                    .to_string(),
-            };
-            Err(SinkError::definition(format!(
-                "job {name}: the files of table {} lack key columns {keys:?} (for example {}); {remedy}",
-                dir.display(),
-                first.display()
-            )))
+            lacking_columns(&owned_job, &owned_schema, &found, &dir.display().to_string(), &first.display().to_string())
         })
         .await?;
         if !lacking.is_empty() {
