@@ -425,34 +425,55 @@ async fn throttled_and_failed_requests_are_retried_and_the_rows_are_right() {
     assert_eq!(lake.status(DAILY)["windows_loaded"], 40);
 }
 
+/// A backfill of two days with the secret key `SECRET`, its S3 requests sent to `endpoint`
+/// with `extra` options: (code, stdout, stderr), after checking neither shows the secret.
+fn backfill_with_secret(lake: &Lake, endpoint: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["--config", lake.s3.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["backfill", "--job", DAILY, "--from", "2024-03-01", "--to", "2024-03-02"]);
+    let (code, out, err) = output(s3::command(endpoint).env("AWS_SECRET_ACCESS_KEY", SECRET).args(&args));
+    assert!(!out.contains(SECRET) && !err.contains(SECRET), "{extra:?}: the secret is printed:\n{out}\n{err}");
+    assert!(
+        err.contains(&lake.bucket.name) || out.contains(&lake.bucket.name),
+        "{extra:?}: the error names the bucket:\n{out}\n{err}"
+    );
+    (code, out, err)
+}
+
+const SECRET: &str = "zebra-6f1c-SECRET-never-printed";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_secret_key_never_reaches_the_output_when_the_store_refuses() {
-    const SECRET: &str = "zebra-6f1c-SECRET-never-printed";
+async fn the_secret_key_never_reaches_the_output_when_the_store_refuses_it() {
     let lake = Lake::new().await;
     let proxy = FaultProxy::start(&s3::endpoint()).await;
-    proxy.fault(None, "", usize::MAX, Fault::AccessDenied);
-    for extra in [&[][..], &["-v", "--log-format", "json"]] {
-        let mut args = vec!["--config", lake.s3.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["backfill", "--job", DAILY, "--from", "2024-03-01", "--to", "2024-03-02"]);
-        let (code, out, err) = output(s3::command(&proxy.url).env("AWS_SECRET_ACCESS_KEY", SECRET).args(&args));
-        assert!(!out.contains(SECRET) && !err.contains(SECRET), "{extra:?}: the secret is printed:\n{out}\n{err}");
-        assert_eq!(code, 1, "{extra:?}: a warehouse failure:\n{out}\n{err}");
-        assert!(
-            err.contains(&lake.bucket.name) || out.contains(&lake.bucket.name),
-            "the error names the bucket:\n{out}\n{err}"
-        );
-    }
-    assert!(!proxy.log().is_empty() && proxy.log().iter().all(|l| l.status == 403), "{:?}", proxy.log());
-
-    // The failure is recorded as the warehouse's, and shown without the secret.
+    // Refused writes (a read-only policy): the window fails as refused credentials, recorded so.
+    proxy.fault(Some(Method::PUT), "", usize::MAX, Fault::AccessDenied);
+    let (code, out, err) = backfill_with_secret(&lake, &proxy.url, &["-v", "--log-format", "json"]);
+    assert_eq!(code, 2, "refused credentials are the configuration's:\n{out}\n{err}");
     let status = ["--config", lake.s3.to_str().unwrap(), "status", "--json"];
     let (code, out, err) = output(s3::command(&s3::endpoint()).env("AWS_SECRET_ACCESS_KEY", SECRET).args(status));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "status prints the secret:\n{out}\n{err}");
     let all: Vec<Value> = serde_json::from_str(&out).unwrap();
     let daily = all.iter().find(|s| s["job"] == DAILY).unwrap();
-    assert_eq!(daily["last_error_kind"], "warehouse", "{daily}");
+    assert_eq!(daily["last_error_kind"], "configuration", "{daily}");
+
+    // Every request refused, from the first listing on.
+    proxy.fault(None, "", usize::MAX, Fault::AccessDenied);
+    for extra in [&[][..], &["-v", "--log-format", "json"]] {
+        let (code, out, err) = backfill_with_secret(&lake, &proxy.url, extra);
+        assert_eq!(code, 2, "{extra:?}: refused credentials are the configuration's:\n{out}\n{err}");
+    }
+    assert!(proxy.log().iter().all(|l| l.status == 403 || l.method != Method::PUT), "{:?}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_key_never_reaches_the_output_when_the_store_does_not_answer() {
+    let lake = Lake::new().await;
+    // A port nothing listens on: object_store retries the connection, then the warehouse fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (code, out, err) = backfill_with_secret(&lake, &format!("http://{closed}"), &["-v"]);
+    assert_eq!(code, 1, "a warehouse failure, which a later run may not have:\n{out}\n{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,7 +112,8 @@ pub enum Fault {
     Hold,
 }
 
-/// One request the proxy saw: the status it answered (0: held), and the fault it injected.
+/// One request the proxy saw: its path (decoded), the status it answered (0: held), and the
+/// fault it injected.
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub method: Method,
@@ -162,7 +163,7 @@ impl FaultProxy {
         FaultProxy { url, state, task }
     }
 
-    /// Faults the next `n` requests of `method` (any method: `None`) whose path contains
+    /// Faults the next `n` requests of `method` (any method: `None`) whose decoded path contains
     /// `path_contains`. Rules apply in the order they were added, each until its `n` are used.
     pub fn fault(&self, method: Option<Method>, path_contains: &str, n: usize, fault: Fault) {
         let rule = Rule { method, path_contains: path_contains.to_string(), remaining: n, fault };
@@ -202,7 +203,7 @@ fn s3_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 async fn proxy(State(st): State<Arc<ProxyState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
+    let path = percent_decoded(parts.uri.path());
     let target = parts.uri.path_and_query().map_or(path.clone(), |p| p.to_string());
     // The body is read whole before anything else, held requests included.
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
@@ -244,6 +245,25 @@ async fn proxy(State(st): State<Arc<ProxyState>>, req: Request) -> Response {
     };
     log(answer.status().as_u16());
     answer
+}
+
+/// `path` with its `%XX` escapes decoded (object_store sends `year=2024` as `year%3D2024`).
+fn percent_decoded(path: &str) -> String {
+    let mut out = Vec::with_capacity(path.len());
+    let mut bytes = path.bytes();
+    while let Some(b) = bytes.next() {
+        let hex = |b: Option<u8>| b.and_then(|b| (b as char).to_digit(16));
+        if b == b'%' {
+            let (hi, lo) = (bytes.next(), bytes.next());
+            match (hex(hi), hex(lo)) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => out.extend([Some(b), hi, lo].into_iter().flatten()),
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn forward(st: &ProxyState, parts: &axum::http::request::Parts, target: &str, body: bytes::Bytes) -> Response {
@@ -291,9 +311,9 @@ async fn the_fault_proxy_forwards_faults_and_holds() {
         client.get(format!("{}/{}/p/a", proxy.url, bucket.name)).header("authorization", auth).send().await.unwrap();
     assert_eq!((get.status().as_u16(), get.text().await.unwrap()), (200, "rows".to_string()));
 
-    proxy.fault(Some(Method::PUT), "/b", usize::MAX, Fault::Hold);
+    proxy.fault(Some(Method::PUT), "/year=2024", usize::MAX, Fault::Hold);
     let mut held = proxy.held();
-    let pending = tokio::spawn(put("p/b"));
+    let pending = tokio::spawn(put("p/year%3D2024"));
     tokio::time::timeout(std::time::Duration::from_secs(60), held.wait_for(|n| *n == 1)).await.unwrap().unwrap();
     assert!(!pending.is_finished(), "a held PUT is not answered");
     pending.abort();
@@ -302,7 +322,8 @@ async fn the_fault_proxy_forwards_faults_and_holds() {
     assert_eq!(keys, [("p/a".to_string(), 4)], "the held PUT was not forwarded");
     let log: Vec<_> = proxy.log().into_iter().map(|l| (l.method.to_string(), l.path, l.status)).collect();
     let path = |k: &str| format!("/{}/p/{k}", bucket.name);
-    let want = [("PUT", path("a"), 503), ("PUT", path("a"), 200), ("GET", path("a"), 200), ("PUT", path("b"), 0)];
+    let want =
+        [("PUT", path("a"), 503), ("PUT", path("a"), 200), ("GET", path("a"), 200), ("PUT", path("year=2024"), 0)];
     assert_eq!(log, want.map(|(m, p, s)| (m.to_string(), p, s)));
     assert_eq!((proxy.injected(Fault::SlowDown), proxy.injected(Fault::Hold)), (1, 1));
 }
