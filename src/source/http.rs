@@ -449,6 +449,9 @@ impl HttpClient {
     /// tally and the source's stats. With a shared budget: this process's permit first (so at
     /// most `concurrency` of its attempts ask the database), then a shared lease and rate slot.
     async fn attempt(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
+        // Built before a slot is taken: building it (TLS roots) would delay the request past its
+        // slot, and a request late by more than the next one is early for the upstream's count.
+        self.client(req)?;
         let (_permit, lease) = match &self.budget {
             None => {
                 self.limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
