@@ -20,7 +20,7 @@ use chatetl::source::Source;
 use chatetl::source::http::HttpRequest;
 use chrono::{DateTime, Timelike, Utc};
 
-use crate::util::{TOKEN, TestDb, TestWarehouse, dump, serve, write_config};
+use crate::util::{TOKEN, TestDb, TestWarehouse, dump, eventually, serve, write_config};
 
 /// The source's limits in these tests. A low rate spaces requests 500 ms apart, so a request
 /// delayed on its way (a loaded machine) by less than that cannot carry two past [`DELIVERY_SLACK`].
@@ -190,24 +190,17 @@ async fn three_daemons_one_killed_share_the_rate_and_load_every_window_once() {
     let pool = db.pool().await;
 
     // SIGKILL the daemon holding a lease: it has a request in flight.
-    let victim = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let holders: Vec<String> =
-                sqlx::query_scalar("SELECT holder FROM chatetl.source_slots WHERE holder IS NOT NULL")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap_or_default();
-            let pids: Vec<u32> = holders.iter().filter_map(|h| h.split(':').nth(1)?.parse().ok()).collect();
-            if sim.handle.requests().len() >= 6
-                && let Some(i) = daemons.iter().position(|d| pids.contains(&d.id()))
-            {
-                return i;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let victim = eventually("a daemon with a request in flight", PATIENCE, || async {
+        let holders: Vec<String> =
+            sqlx::query_scalar("SELECT holder FROM chatetl.source_slots WHERE holder IS NOT NULL")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        let pids: Vec<u32> = holders.iter().filter_map(|h| h.split(':').nth(1)?.parse().ok()).collect();
+        let started = sim.handle.requests().len() >= 6;
+        daemons.iter().position(|d| pids.contains(&d.id())).filter(|_| started)
     })
-    .await
-    .expect("a daemon with a request in flight");
+    .await;
     let mut killed = daemons.remove(victim);
     let killed_at_us = Utc::now().timestamp_micros();
     killed.kill().unwrap();
@@ -217,23 +210,17 @@ async fn three_daemons_one_killed_share_the_rate_and_load_every_window_once() {
     // Done when every job's watermark reaches the start of the current local hour (the hour may
     // turn while the test runs: read it again each time).
     let job_names: Vec<String> = (0..JOBS).map(|i| format!("hourly_{i}")).collect();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let hour_start = Utc::now().with_minute(0).unwrap().with_second(0).unwrap().with_nanosecond(0).unwrap();
-            let marks: Vec<Option<DateTime<Utc>>> =
-                sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics' AND job = ANY($1)")
-                    .bind(&job_names)
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap_or_default();
-            if marks.len() == JOBS && marks.iter().all(|m| m.is_some_and(|m| m >= hour_start)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("the surviving daemons load every job up to the current hour", PATIENCE, || async {
+        let hour_start = Utc::now().with_minute(0).unwrap().with_second(0).unwrap().with_nanosecond(0).unwrap();
+        let marks: Vec<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT watermark FROM chatetl.jobs WHERE target = 'analytics' AND job = ANY($1)")
+                .bind(&job_names)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        (marks.len() == JOBS && marks.iter().all(|m| m.is_some_and(|m| m >= hour_start))).then_some(())
     })
-    .await
-    .expect("the surviving daemons load every job up to the current hour");
+    .await;
     for daemon in daemons {
         crate::util::stop_daemon(daemon);
     }
