@@ -162,9 +162,9 @@ async fn three_daemons_one_killed_share_the_rate_and_load_every_window_once() {
     let from = (local_date - chrono::Days::new(1)).format("%Y-%m-%d").to_string();
     let d = dump(&["--seed", "7", "--start", &from, "--days", "3", "--sessions-per-day", "400"]);
     let sim = serve(&d.path).await;
-    // Slow enough that the kill finds a request in flight; two in flight could still pass 2 a
-    // second, so the rate is what binds.
-    sim.handle.set_faults(FaultConfig { latency_ms: 250, ..FaultConfig::default() });
+    // Slow enough that requests overlap (so the concurrency limit is met) and the kill finds one
+    // in flight; two in flight could still pass 2 a second, so the rate binds too.
+    sim.handle.set_faults(FaultConfig { latency_ms: 900, ..FaultConfig::default() });
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     // Four jobs with one request per hour window, each on its own schedule (so no two fuse) and
