@@ -210,6 +210,9 @@ pub struct RequestStats {
     /// Attempts per bucket of [`DURATION_BUCKETS`] (not cumulative), the last one for longer.
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     micros: AtomicU64,
+    /// Time attempts waited on the shared budget ([`crate::budget`]), and whether any did.
+    budget_wait_micros: AtomicU64,
+    budget_waits: AtomicU64,
 }
 
 /// A copy of [`RequestStats`] at one instant.
@@ -221,6 +224,8 @@ pub struct RequestStatsSnapshot {
     pub buckets: Vec<(f64, u64)>,
     pub count: u64,
     pub sum_seconds: f64,
+    /// Seconds attempts waited for a shared lease and rate slot; `None` without a shared budget.
+    pub budget_wait_seconds: Option<f64>,
 }
 
 impl RequestStats {
@@ -230,6 +235,11 @@ impl RequestStats {
         let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_budget_wait(&self, waited: Duration) {
+        self.budget_waits.fetch_add(1, Ordering::Relaxed);
+        self.budget_wait_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> RequestStatsSnapshot {
@@ -245,6 +255,8 @@ impl RequestStats {
             count: buckets.iter().map(|(_, n)| n).sum(),
             buckets,
             sum_seconds: self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+            budget_wait_seconds: (self.budget_waits.load(Ordering::Relaxed) > 0)
+                .then(|| self.budget_wait_micros.load(Ordering::Relaxed) as f64 / 1e6),
         }
     }
 }
@@ -466,6 +478,7 @@ impl HttpClient {
                     cause: e.to_string(),
                 })?;
                 tracing::debug!(source = %self.source, account = %&budget.account()[..12], waited_ms = lease.waited.as_millis() as u64, "shared budget lets the request go");
+                self.stats.record_budget_wait(lease.waited);
                 (permit, Some(lease))
             }
         };

@@ -185,8 +185,8 @@ async fn three_daemons_one_killed_share_the_rate_and_load_every_window_once() {
         .collect();
     let jobs: Vec<(&str, String)> = jobs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let path = limited_config(dir.path(), &sim, TestWarehouse::Postgres(&db.url), &jobs);
-    let mut daemons: Vec<std::process::Child> =
-        (0..3).map(|_| crate::util::start_daemon(&path, &["--catch-up", "--shutdown-grace-secs", "5"]).0).collect();
+    let (mut daemons, mut endpoints): (Vec<std::process::Child>, Vec<String>) =
+        (0..3).map(|_| crate::util::start_daemon(&path, &["--catch-up", "--shutdown-grace-secs", "5"])).unzip();
     let pool = db.pool().await;
 
     // SIGKILL the daemon holding a lease: it has a request in flight.
@@ -202,6 +202,7 @@ async fn three_daemons_one_killed_share_the_rate_and_load_every_window_once() {
     })
     .await;
     let mut killed = daemons.remove(victim);
+    endpoints.remove(victim);
     let killed_at_us = Utc::now().timestamp_micros();
     killed.kill().unwrap();
     killed.wait().unwrap();
@@ -221,6 +222,14 @@ async fn three_daemons_one_killed_share_the_rate_and_load_every_window_once() {
         (marks.len() == JOBS && marks.iter().all(|m| m.is_some_and(|m| m >= hour_start))).then_some(())
     })
     .await;
+    // The survivors' time spent waiting on the shared budget is on /metrics.
+    let mut waited = 0.0;
+    for url in &endpoints {
+        let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with("chatetl_source_budget_wait_seconds_total{source=\"giosg\"}"));
+        waited += line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    assert!(waited > 0.0, "the surviving daemons waited on the shared budget");
     for daemon in daemons {
         crate::util::stop_daemon(daemon);
     }
