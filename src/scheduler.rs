@@ -26,7 +26,8 @@
 //! wait on each other's rows rather than deadlock, and the whole group goes to one daemon). The
 //! catch-up at start claims the latest fire time at or before the start
 //! ([`Schedule::last_at_or_before`]), the same instant in every daemon, so daemons started together
-//! catch up once. A daemon that dies hands its jobs over within one tick: a tick it claimed and did
+//! catch up once; it takes over a claim of that tick older than a minute, so a daemon restarted
+//! later (after a crash, or beside running daemons) still catches up. A daemon that dies hands its jobs over within one tick: a tick it claimed and did
 //! not finish (killed before or during its run) leaves its windows behind the watermark, its
 //! run lock goes with its connection, and the next tick, claimed by a live daemon, loads them.
 //! Claims older than 7 days are deleted (by each daemon, at most once an hour). Clocks need not
@@ -277,6 +278,8 @@ struct Inner {
 /// Tick claims are kept this long, and pruned at most this often.
 const KEEP_CLAIMS: &str = "7 days";
 const PRUNE_CLAIMS_EVERY: Duration = Duration::from_secs(3600);
+/// Catch-ups claiming one tick within this long of each other are daemons started together.
+const CATCH_UP_TOGETHER: Duration = Duration::from_secs(60);
 
 /// How often the warehouse is checked for /healthz, and how long one check may take.
 const WAREHOUSE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -460,7 +463,7 @@ impl Scheduler {
                     .and_then(|s| s.last_at_or_before(now))
                     .unwrap_or(now);
                 info!(job = %job.name, tick = %fire, "catching up at start");
-                inner.tick(job, now, fire);
+                inner.tick(job, now, fire, true);
             }
         }
         inner.activity.send_modify(|a| {
@@ -613,7 +616,7 @@ async fn job_loop(
             }
             _ = inner.clock.sleep_until(next) => {}
         }
-        inner.tick(&job, next, next);
+        inner.tick(&job, next, next, false);
         // A clock that jumped past several fire times fires once, then waits for the next one.
         let after = next.max(inner.clock.now());
         let Some(n) = schedule.next_after(after) else {
@@ -629,8 +632,9 @@ impl Inner {
     /// Starts a run of `job` for the tick at `at`, unless one is still in flight, with the
     /// members of its tick group that are free (one request per chunk for all of them); a job
     /// its group already ran for `at` has nothing left to do. On a shared warehouse only the
-    /// members whose tick `fire` (the fire time `at` stands for) this daemon claims run.
-    fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>, fire: DateTime<Utc>) {
+    /// members whose tick `fire` (the fire time `at` stands for) this daemon claims run; a
+    /// `catch_up` also takes over a claim made before the daemons starting with it.
+    fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>, fire: DateTime<Utc>, catch_up: bool) {
         // Held while the group is claimed, so a partner's loop firing at the same instant sees
         // its tick either taken (and returns) or free (and claims it), never half-claimed.
         let mut ticked = self.ticked.lock().expect("ticked lock");
@@ -672,7 +676,7 @@ impl Inner {
         while runs.try_join_next().is_some() {}
         runs.spawn(async move {
             if let Some(pool) = runner.sink.shared_pool() {
-                let claimed = inner.claim(pool, &runner.sink.describe(), &members, fire).await;
+                let claimed = inner.claim(pool, &runner.sink.describe(), &members, fire, catch_up).await;
                 // Members another daemon runs are free again at once.
                 guards.retain(|g| claimed.contains(&g.job));
                 members.retain(|m| claimed.contains(&m.name));
@@ -690,22 +694,40 @@ impl Inner {
     }
 
     /// The members of a tick this daemon claims in `chatetl.ticks` (see the module doc): those no
-    /// other daemon claimed first; none when the database cannot be reached.
-    async fn claim(&self, pool: &sqlx::PgPool, target: &str, members: &[Job], fire: DateTime<Utc>) -> HashSet<String> {
+    /// other daemon claimed first; none when the database cannot be reached. A `catch_up` also
+    /// takes over a claim older than [`CATCH_UP_TOGETHER`]: daemons started together catch up
+    /// once, but a daemon restarted after the tick it stands for ran (by itself before a crash, or
+    /// by another daemon) still catches up, as a lone daemon always did.
+    async fn claim(
+        &self,
+        pool: &sqlx::PgPool,
+        target: &str,
+        members: &[Job],
+        fire: DateTime<Utc>,
+        catch_up: bool,
+    ) -> HashSet<String> {
         self.prune_claims(pool).await;
         let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
         names.sort();
-        let claimed: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-            "INSERT INTO chatetl.ticks (target, job, fire_at, daemon) \
-             SELECT $1, j, $3, $4 FROM unnest($2::text[]) AS j ORDER BY j \
-             ON CONFLICT DO NOTHING RETURNING job",
-        )
+        let on_conflict = if catch_up {
+            // The row lock serializes takers: the second sees the first's fresh claimed_at.
+            "ON CONFLICT (target, job, fire_at) DO UPDATE SET daemon = excluded.daemon, claimed_at = clock_timestamp() \
+             WHERE t.claimed_at < clock_timestamp() - make_interval(secs => $5)"
+        } else {
+            "ON CONFLICT DO NOTHING"
+        };
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO chatetl.ticks AS t (target, job, fire_at, daemon) \
+             SELECT $1, j, $3, $4 FROM unnest($2::text[]) AS j ORDER BY j {on_conflict} RETURNING job"
+        )))
         .bind(target)
         .bind(&names)
         .bind(fire)
-        .bind(crate::budget::process_id())
-        .fetch_all(pool)
-        .await;
+        .bind(crate::budget::process_id());
+        if catch_up {
+            query = query.bind(CATCH_UP_TOGETHER.as_secs_f64());
+        }
+        let claimed: Result<Vec<String>, sqlx::Error> = query.fetch_all(pool).await;
         match claimed {
             Ok(claimed) => {
                 for name in names.iter().filter(|n| !claimed.contains(n)) {
