@@ -27,9 +27,10 @@
 //! catch-up at start claims the latest fire time at or before the start
 //! ([`Schedule::last_at_or_before`]), the same instant in every daemon, so daemons started together
 //! catch up once; it takes over a claim of that tick older than a minute, so a daemon restarted
-//! later (after a crash, or beside running daemons) still catches up. A daemon that dies hands its jobs over within one tick: a tick it claimed and did
-//! not finish (killed before or during its run) leaves its windows behind the watermark, its
-//! run lock goes with its connection, and the next tick, claimed by a live daemon, loads them.
+//! later (after a crash, or beside running daemons) still catches up. A daemon that dies hands
+//! its jobs over within one tick: a tick it claimed and did not finish (killed before or during
+//! its run) leaves its windows behind the watermark, its run lock goes with its connection, and
+//! the next tick, claimed by a live daemon, loads them.
 //! Claims older than 7 days are deleted (by each daemon, at most once an hour). Clocks need not
 //! agree: fire times are schedule instants, whichever daemon's clock reaches them first; a daemon
 //! that cannot claim (the database is down) skips the tick, as its run would fail anyway. A
