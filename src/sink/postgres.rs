@@ -64,6 +64,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "state", include_str!("../../migrations/0001_state.sql")),
     (2, "error kind", include_str!("../../migrations/0002_error_kind.sql")),
     (3, "state per target", include_str!("../../migrations/0003_state_per_target.sql")),
+    (4, "shared budget", include_str!("../../migrations/0004_shared_budget.sql")),
 ];
 
 /// How long DDL on a job's table (added columns, a promotion) waits for readers' locks.
