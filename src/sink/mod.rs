@@ -368,6 +368,7 @@ impl Sink {
     pub fn shared_pool(&self) -> Option<&sqlx::PgPool> {
         match self {
             Sink::Postgres(s) => Some(s.pool()),
+            Sink::Lake(s) => Some(s.state_pool()),
             Sink::Parquet(_) => None,
         }
     }
