@@ -318,9 +318,33 @@ mod tests {
     /// A pool on a fresh database created on the server of `DATABASE_URL` with the budget's
     /// tables (migration 0004; it is left behind, like a crashed test's), or
     /// `None` (the test is skipped) when it is unset.
-    async fn pool() -> Option<PgPool> {
+    /// A fresh database with the budget tables, dropped when the guard is.
+    struct TestDb {
+        pool: PgPool,
+        admin: String,
+        name: String,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+                    }
+                })
+            })
+            .join();
+        }
+    }
+
+    async fn test_db() -> TestDb {
         use sqlx::Connection;
-        let admin = std::env::var("DATABASE_URL").ok()?;
+        let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL is set: run the suite with scripts/test");
         let name = format!("chatetl_budget_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to DATABASE_URL");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
@@ -331,12 +355,13 @@ mod tests {
             .execute(&pool)
             .await
             .expect("migrate");
-        Some(pool)
+        TestDb { pool, admin, name }
     }
 
     #[tokio::test]
     async fn slots_are_spaced_by_the_rate_across_budgets_of_one_account() {
-        let Some(pool) = pool().await else { return };
+        let db = test_db().await;
+        let pool = db.pool.clone();
         let mut config = source(&uuid::Uuid::new_v4().to_string(), "org");
         config.requests_per_second = 20.0;
         config.concurrency = 3;
@@ -356,7 +381,8 @@ mod tests {
 
     #[tokio::test]
     async fn leases_cap_attempts_in_flight_and_an_abandoned_one_expires() {
-        let Some(pool) = pool().await else { return };
+        let db = test_db().await;
+        let pool = db.pool.clone();
         let mut config = source(&uuid::Uuid::new_v4().to_string(), "org");
         config.requests_per_second = 1000.0;
         config.concurrency = 2;
