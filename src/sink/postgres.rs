@@ -293,6 +293,14 @@ impl PostgresSink {
                 "the postgres warehouse url is not valid ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ))
         })?;
+        // The job locks are session advisory locks: the server must notice a holder whose host
+        // vanished (power cut, partition) within a minute or so, not after the OS default of
+        // two hours of TCP silence, so its jobs pass to another process by the next tick.
+        let options = options.options([
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         // An unencoded `/` or `@` in the password moves part of it into the host or database:
         // say so without echoing any of it.
         if options.get_host().contains('@') || options.get_database().is_some_and(|d| d.contains(['@', '/'])) {
