@@ -25,6 +25,9 @@
 //! - [`state`]: watermarks, window loads, failed windows and run history, the rule that moves a
 //!   watermark (on plain arguments), and job definitions (hash, canonical document, how two
 //!   differ).
+//! - [`budget`]: the vendor budget (each source's `requests_per_second` and `concurrency`) that
+//!   every chatetl process on a PostgreSQL warehouse spends together: a rate row and
+//!   concurrency leases in the `chatetl` schema.
 //! - [`source`]: one module per upstream API (giosg chat_sessions, events, workflow, realtime;
 //!   Thulium; Comm100) behind [`source::Api`], dispatched by [`source::api`]; `source::http` is
 //!   the shared client (Token, Bearer or basic auth, timeouts, retries honouring `Retry-After`,
@@ -55,6 +58,7 @@
 //!   synthetic dataset, with its own wire types, paging, faults and a request log.
 
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod ddl;
 #[cfg(feature = "simulator")]

@@ -424,6 +424,20 @@ impl Collector for Scrape {
                 )?;
             }
         }
+        if self.requests.values().any(|r| r.budget_wait_seconds.is_some()) {
+            let mut metric = encoder.encode_descriptor(
+                "chatetl_source_budget_wait_seconds",
+                "Time upstream request attempts waited for the vendor budget shared by every chatetl process on \
+                 the PostgreSQL warehouse (a concurrency lease and a rate slot).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (source, stats) in &self.requests {
+                if let Some(waited) = stats.budget_wait_seconds {
+                    ConstCounter::new(waited).encode(metric.encode_family(&[("source", source.as_str())])?)?;
+                }
+            }
+        }
         let info = ConstGauge::new(1_i64);
         info.encode(
             encoder

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::batch::{self, TableSchema, WindowBatch};
+use crate::budget::SharedBudget;
 use crate::config::{Config, Job, JobKind, WindowUnit};
 use crate::error::ErrorKind;
 use crate::plan::{self, Window};
@@ -315,10 +316,15 @@ impl Runner {
         sink: Arc<Sink>,
         request_stats: StatsRegistry,
     ) -> Result<Runner, RunError> {
+        // Over a warehouse whose state is in PostgreSQL every process spends one vendor budget
+        // (`crate::budget`): daemons, and one-shot runs and backfills too.
+        let budget = sink.shared_pool().map(|pool| SharedBudget::new(pool.clone()));
         let sources = config
             .sources
             .iter()
-            .map(|(name, s)| Ok((name.clone(), Arc::new(Source::with_stats(s, request_stats.of(name))?))))
+            .map(|(name, s)| {
+                Ok((name.clone(), Arc::new(Source::with_parts(s, request_stats.of(name), budget.as_ref())?)))
+            })
             .collect::<Result<_, RunError>>()?;
         Ok(Runner { config, sink, sources, request_stats })
     }

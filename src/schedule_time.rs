@@ -104,6 +104,23 @@ impl Schedule {
         }
     }
 
+    /// The latest fire time at or before `t` (within 400 days), found by looking back twice as
+    /// far each time from one minute: the tick a catch-up at `t` stands for.
+    pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut lookback = Duration::minutes(1);
+        while lookback <= Duration::days(400) {
+            let mut latest = self.next_after(t - lookback).filter(|f| *f <= t);
+            if latest.is_some() {
+                while let Some(n) = latest.and_then(|f| self.next_after(f)).filter(|n| *n <= t) {
+                    latest = Some(n);
+                }
+                return latest;
+            }
+            lookback = lookback * 2;
+        }
+        None
+    }
+
     /// The expression as given.
     pub fn expr(&self) -> &str {
         &self.expr
@@ -151,6 +168,16 @@ mod tests {
     use super::*;
     use crate::time::{format_ms_in, local_day_start};
     use chrono::{Datelike, NaiveDate, Timelike};
+
+    #[test]
+    fn the_last_fire_time_at_or_before_an_instant() {
+        let utc = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let every_5s = Schedule::parse("*/5 * * * * *", chrono_tz::UTC).unwrap();
+        assert_eq!(every_5s.last_at_or_before(utc("2024-03-01T10:00:07.5Z")), Some(utc("2024-03-01T10:00:05Z")));
+        assert_eq!(every_5s.last_at_or_before(utc("2024-03-01T10:00:05Z")), Some(utc("2024-03-01T10:00:05Z")));
+        let daily = Schedule::parse("0 30 3 * * *", chrono_tz::Europe::Helsinki).unwrap();
+        assert_eq!(daily.last_at_or_before(utc("2024-03-01T00:00:00Z")), Some(utc("2024-02-29T01:30:00Z")));
+    }
 
     const HELSINKI: Tz = Tz::Europe__Helsinki;
 

@@ -19,6 +19,23 @@
 //! that is free with one request per chunk ([`Runner::run_fused`]), and the others' loops, firing
 //! at the same instant, find their tick taken. The catch-up at start goes through the same path.
 //!
+//! Several daemons on one PostgreSQL warehouse share the ticks: the first daemon to insert a
+//! tick's row into `chatetl.ticks` (target, job, fire time) runs it, every other one skips it,
+//! so each tick runs once, not once per daemon (which re-fetched lookback windows). A tick
+//! group's members are claimed in one statement, in name order (concurrent claims of one group
+//! wait on each other's rows rather than deadlock, and the whole group goes to one daemon). The
+//! catch-up at start claims the latest fire time at or before the start
+//! ([`Schedule::last_at_or_before`]), the same instant in every daemon, so daemons started together
+//! catch up once; it takes over a claim of that tick older than a minute, so a daemon restarted
+//! later (after a crash, or beside running daemons) still catches up. A daemon that dies hands
+//! its jobs over within one tick: a tick it claimed and did not finish (killed before or during
+//! its run) leaves its windows behind the watermark, its run lock goes with its connection, and
+//! the next tick, claimed by a live daemon, loads them.
+//! Claims older than 7 days are deleted (by each daemon, at most once an hour). Clocks need not
+//! agree: fire times are schedule instants, whichever daemon's clock reaches them first; a daemon
+//! that cannot claim (the database is down) skips the tick, as its run would fail anyway. A
+//! Parquet warehouse has no shared database: ticks are not claimed there.
+//!
 //! Ticks only trigger: what a tick loads comes from the watermark (incremental catch-up, plus the
 //! job's lookback), and the per-job run lock (a PostgreSQL advisory lock, or a file lock) keeps
 //! a second daemon from loading the same job at the same time. So late, doubled or missed ticks
@@ -255,7 +272,15 @@ struct Inner {
     tick_groups: Mutex<HashMap<String, Vec<String>>>,
     /// The latest tick each job was run for, by its own loop or its group's.
     ticked: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// When this daemon last deleted old tick claims.
+    claims_pruned: Mutex<Option<std::time::Instant>>,
 }
+
+/// Tick claims are kept this long, and pruned at most this often.
+const KEEP_CLAIMS: &str = "7 days";
+const PRUNE_CLAIMS_EVERY: Duration = Duration::from_secs(3600);
+/// Catch-ups claiming one tick within this long of each other are daemons started together.
+const CATCH_UP_TOGETHER: Duration = Duration::from_secs(60);
 
 /// How often the warehouse is checked for /healthz, and how long one check may take.
 const WAREHOUSE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -325,6 +350,7 @@ impl Scheduler {
                 behind: Mutex::new(behind),
                 tick_groups: Mutex::new(HashMap::new()),
                 ticked: Mutex::new(HashMap::new()),
+                claims_pruned: Mutex::new(None),
             }),
         }
     }
@@ -430,8 +456,15 @@ impl Scheduler {
             let runner = inner.runner.read().expect("runner lock").clone();
             let now = inner.clock.now();
             for job in runner.config.jobs.values().filter(|j| j.schedule.is_some()) {
-                info!(job = %job.name, "catching up at start");
-                inner.tick(job, now);
+                // Every daemon catching up claims the same tick: the latest fire time so far.
+                let fire = job
+                    .schedule
+                    .as_deref()
+                    .and_then(|e| Schedule::parse(e, job.time_zone).ok())
+                    .and_then(|s| s.last_at_or_before(now))
+                    .unwrap_or(now);
+                info!(job = %job.name, tick = %fire, "catching up at start");
+                inner.tick(job, now, fire, true);
             }
         }
         inner.activity.send_modify(|a| {
@@ -584,7 +617,7 @@ async fn job_loop(
             }
             _ = inner.clock.sleep_until(next) => {}
         }
-        inner.tick(&job, next);
+        inner.tick(&job, next, next, false);
         // A clock that jumped past several fire times fires once, then waits for the next one.
         let after = next.max(inner.clock.now());
         let Some(n) = schedule.next_after(after) else {
@@ -599,8 +632,10 @@ async fn job_loop(
 impl Inner {
     /// Starts a run of `job` for the tick at `at`, unless one is still in flight, with the
     /// members of its tick group that are free (one request per chunk for all of them); a job
-    /// its group already ran for `at` has nothing left to do.
-    fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>) {
+    /// its group already ran for `at` has nothing left to do. On a shared warehouse only the
+    /// members whose tick `fire` (the fire time `at` stands for) this daemon claims run; a
+    /// `catch_up` also takes over a claim made before the daemons starting with it.
+    fn tick(self: &Arc<Self>, job: &Job, at: DateTime<Utc>, fire: DateTime<Utc>, catch_up: bool) {
         // Held while the group is claimed, so a partner's loop firing at the same instant sees
         // its tick either taken (and returns) or free (and claims it), never half-claimed.
         let mut ticked = self.ticked.lock().expect("ticked lock");
@@ -634,13 +669,22 @@ impl Inner {
         drop(ticked);
         // Published before the loop sleeps again: "every loop asleep" implies this run counted.
         self.activity.send_modify(|a| a.in_flight += members.len());
-        let guards: Vec<RunningGuard> =
+        let mut guards: Vec<RunningGuard> =
             members.iter().map(|m| RunningGuard { inner: self.clone(), job: m.name.clone() }).collect();
         let inner = self.clone();
         let mut runs = self.runs.lock().expect("runs lock");
         // Reap finished runs so a daemon that ticks for months keeps no record of each one.
         while runs.try_join_next().is_some() {}
         runs.spawn(async move {
+            if let Some(pool) = runner.sink.shared_pool() {
+                let claimed = inner.claim(pool, &runner.sink.describe(), &members, fire, catch_up).await;
+                // Members another daemon runs are free again at once.
+                guards.retain(|g| claimed.contains(&g.job));
+                members.retain(|m| claimed.contains(&m.name));
+                if members.is_empty() {
+                    return;
+                }
+            }
             let _guards = guards;
             if members.len() == 1 {
                 inner.run_once(&members[0], at).await;
@@ -648,6 +692,75 @@ impl Inner {
                 inner.run_group(&runner, &members, at).await;
             }
         });
+    }
+
+    /// The members of a tick this daemon claims in `chatetl.ticks` (see the module doc): those no
+    /// other daemon claimed first; none when the database cannot be reached. A `catch_up` also
+    /// takes over a claim older than [`CATCH_UP_TOGETHER`]: daemons started together catch up
+    /// once, but a daemon restarted after the tick it stands for ran (by itself before a crash, or
+    /// by another daemon) still catches up, as a lone daemon always did.
+    async fn claim(
+        &self,
+        pool: &sqlx::PgPool,
+        target: &str,
+        members: &[Job],
+        fire: DateTime<Utc>,
+        catch_up: bool,
+    ) -> HashSet<String> {
+        self.prune_claims(pool).await;
+        let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        names.sort();
+        let on_conflict = if catch_up {
+            // The row lock serializes takers: the second sees the first's fresh claimed_at.
+            "ON CONFLICT (target, job, fire_at) DO UPDATE SET daemon = excluded.daemon, claimed_at = clock_timestamp() \
+             WHERE t.claimed_at < clock_timestamp() - make_interval(secs => $5)"
+        } else {
+            "ON CONFLICT DO NOTHING"
+        };
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO chatetl.ticks AS t (target, job, fire_at, daemon) \
+             SELECT $1, j, $3, $4 FROM unnest($2::text[]) AS j ORDER BY j {on_conflict} RETURNING job"
+        )))
+        .bind(target)
+        .bind(&names)
+        .bind(fire)
+        .bind(crate::budget::process_id());
+        if catch_up {
+            query = query.bind(CATCH_UP_TOGETHER.as_secs_f64());
+        }
+        let claimed: Result<Vec<String>, sqlx::Error> = query.fetch_all(pool).await;
+        match claimed {
+            Ok(claimed) => {
+                for name in names.iter().filter(|n| !claimed.contains(n)) {
+                    self.metrics.record_skipped_tick(name);
+                    info!(job = %name, tick = %fire, "tick skipped: another daemon on this warehouse runs it");
+                }
+                claimed.into_iter().collect()
+            }
+            Err(e) => {
+                warn!(jobs = ?names, tick = %fire, error = %e, "tick skipped: cannot claim it in the warehouse (a later tick retries)");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Deletes tick claims older than [`KEEP_CLAIMS`], at most once per [`PRUNE_CLAIMS_EVERY`].
+    async fn prune_claims(&self, pool: &sqlx::PgPool) {
+        {
+            let mut last = self.claims_pruned.lock().expect("claims lock");
+            if last.is_some_and(|t| t.elapsed() < PRUNE_CLAIMS_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let pruned = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM chatetl.ticks WHERE claimed_at < clock_timestamp() - interval '{KEEP_CLAIMS}'"
+        )))
+        .execute(pool)
+        .await;
+        if let Err(e) = pruned {
+            warn!(error = %e, "cannot delete old tick claims; the next prune retries");
+        }
     }
 
     /// Every job's watermark and last success as the warehouse has them, into the metrics, so

@@ -96,6 +96,18 @@ pub struct RecordedRequest {
     /// The fault applied, if any: `error`, `throttle`, `rate_limit`, `reset`, `truncate`,
     /// `html`, `drop_field`, `extra_field`, `ignore_offset`, `pad`, `drip` (the last applied).
     pub fault: Option<String>,
+    /// When the request arrived (microseconds since the Unix epoch, the simulator's clock).
+    #[serde(default)]
+    pub received_at_us: i64,
+    /// When its answer was ready to send, after any latency (same clock); the body may still
+    /// stream after.
+    #[serde(default)]
+    pub answered_at_us: i64,
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 impl FaultConfig {
@@ -168,6 +180,7 @@ impl RateLimiter {
 
 /// The middleware: records the request, picks and applies its faults, records the outcome.
 pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> Response {
+    let received_at_us = now_us();
     let (mut parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -185,6 +198,8 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
         body: body_text.clone(),
         status: 0,
         fault: None,
+        received_at_us,
+        answered_at_us: 0,
     };
 
     let query = parts.uri.query().unwrap_or("").to_string();
@@ -192,6 +207,7 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
         Ok(c) => c,
         Err(msg) => {
             record.status = 400;
+            record.answered_at_us = now_us();
             state.record(record);
             return ApiError(StatusCode::BAD_REQUEST, msg).into_response();
         }
@@ -261,6 +277,7 @@ pub async fn layer(State(state): State<SimState>, req: Request, next: Next) -> R
             resp
         }
     };
+    record.answered_at_us = now_us();
     state.record(record);
     response
 }

@@ -85,7 +85,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// retried already; a later run may succeed).
 fn store_err(what: &str) -> impl Fn(object_store::Error) -> SinkError + '_ {
     move |e| match e {
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => SinkError {
+        e if refused(&e) => SinkError {
             kind: ErrorKind::Configuration,
             message: format!(
                 "{what}: the object store refused the credentials ({e}); check the provider's credential variables \
@@ -95,6 +95,24 @@ fn store_err(what: &str) -> impl Fn(object_store::Error) -> SinkError + '_ {
         },
         e => SinkError::warehouse(format!("{what}: {e}")),
     }
+}
+
+/// Whether the store refused the credentials: object_store says so for a GET or a PUT, but
+/// reports a refused LIST (and a few other requests) as a generic error whose message carries
+/// the HTTP status, and its retry error type is not public to ask.
+fn refused(e: &object_store::Error) -> bool {
+    if matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) {
+        return true;
+    }
+    let mut chain: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = chain {
+        let text = err.to_string();
+        if text.contains("403 Forbidden") || text.contains("401 Unauthorized") {
+            return true;
+        }
+        chain = err.source();
+    }
+    false
 }
 
 /// Runs blocking file work off the async threads.
@@ -537,5 +555,34 @@ fn staged_bytes(path: &std::path::Path, what: &str) -> Result<Option<Vec<u8>>, S
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(SinkError::warehouse(format!("{what}: cannot read the staged file: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_listing_is_the_credentials_fault_and_an_outage_is_the_stores() {
+        let generic = |text: &str| object_store::Error::Generic { store: "S3", source: text.to_string().into() };
+        let listing = generic("Error performing list request: Server returned non-2xx status code: 403 Forbidden: …");
+        assert_eq!(store_err("w")(listing).kind, ErrorKind::Configuration);
+        let denied = object_store::Error::PermissionDenied { path: "p".into(), source: "403".into() };
+        assert_eq!(store_err("w")(denied).kind, ErrorKind::Configuration);
+        let outage =
+            generic("Error performing put request: Server returned non-2xx status code: 503 Service Unavailable");
+        let e = store_err("job x: cannot replace partition s3://b/p")(outage);
+        assert_eq!(e.kind, ErrorKind::Warehouse);
+        assert!(e.message.starts_with("job x: cannot replace partition s3://b/p: "), "{}", e.message);
+    }
+
+    #[test]
+    fn object_store_urls_are_checked_before_anything_is_opened() {
+        for ok in ["s3://bucket/prefix", "gs://bucket", "az://container/p", "file:///srv/lake"] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in ["s3:/bucket", "http://example.com/x", "memory:///x"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -362,6 +362,16 @@ impl Sink {
             Sink::Lake(s) => s.status(jobs).await,
         }
     }
+
+    /// The PostgreSQL pool where the warehouse keeps its state, which every chatetl process on
+    /// it shares (the vendor budget, the daemons' ticks: `crate::budget`); `None` for Parquet.
+    pub fn shared_pool(&self) -> Option<&sqlx::PgPool> {
+        match self {
+            Sink::Postgres(s) => Some(s.pool()),
+            Sink::Lake(s) => Some(s.state_pool()),
+            Sink::Parquet(_) => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "state", include_str!("../../migrations/0001_state.sql")),
     (2, "error kind", include_str!("../../migrations/0002_error_kind.sql")),
     (3, "state per target", include_str!("../../migrations/0003_state_per_target.sql")),
+    (4, "shared budget", include_str!("../../migrations/0004_shared_budget.sql")),
 ];
 
 /// How long DDL on a job's table (added columns, a promotion) waits for readers' locks.
@@ -292,6 +293,14 @@ impl PostgresSink {
                 "the postgres warehouse url is not valid ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ))
         })?;
+        // The job locks are session advisory locks: the server must notice a holder whose host
+        // vanished (power cut, partition) within a minute or so, not after the OS default of
+        // two hours of TCP silence, so its jobs pass to another process by the next tick.
+        let options = options.options([
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         // An unencoded `/` or `@` in the password moves part of it into the host or database:
         // say so without echoing any of it.
         if options.get_host().contains('@') || options.get_database().is_some_and(|d| d.contains(['@', '/'])) {

@@ -28,6 +28,11 @@
 //! retried (the same request gets the same answer). Paging stops with the errors above, so no
 //! upstream can make one window read without end.
 //!
+//! Over a PostgreSQL warehouse the rate and concurrency limits are those of every chatetl process
+//! on it together ([`crate::budget`]): an attempt takes one of the account's shared leases and
+//! its rate slot instead of governor's, and is not sent (a retryable [`HttpError::Budget`]) when
+//! the database cannot say it may be.
+//!
 //! Every attempt is also counted in the source's [`RequestStats`] (by status class, with its
 //! duration), which a daemon's `/metrics` shows live; the stats outlive a reload of the
 //! configuration ([`StatsRegistry`]).
@@ -47,6 +52,7 @@ use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
 
+use crate::budget::{SharedBudget, SourceBudget};
 use crate::config::{Credentials, SourceConfig};
 use crate::source::FetchError;
 
@@ -91,6 +97,9 @@ pub enum HttpError {
         url: String,
         detail: Option<String>,
     },
+    /// The shared budget ([`crate::budget`]) could not be read: the request was not sent.
+    #[error("source `{source_name}`: {method} {url} was not sent: {cause}")]
+    Budget { source_name: String, method: String, url: String, cause: String },
     /// The body (or its `Content-Length`) passed the source's `max_response_bytes`.
     #[error(
         "{method} {url} answered more than {limit} bytes (the source's max_response_bytes); \
@@ -104,7 +113,7 @@ impl HttpError {
     pub fn retryable(&self) -> bool {
         match self {
             HttpError::Status { status, .. } => *status == 429 || *status >= 500,
-            HttpError::Transport { .. } => true,
+            HttpError::Transport { .. } | HttpError::Budget { .. } => true,
             HttpError::CredentialsRefused { .. } | HttpError::TooLarge { .. } => false,
         }
     }
@@ -117,7 +126,10 @@ impl HttpError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpError::Status { retry_after, .. } => *retry_after,
-            HttpError::Transport { .. } | HttpError::CredentialsRefused { .. } | HttpError::TooLarge { .. } => None,
+            HttpError::Transport { .. }
+            | HttpError::CredentialsRefused { .. }
+            | HttpError::TooLarge { .. }
+            | HttpError::Budget { .. } => None,
         }
     }
 }
@@ -198,6 +210,9 @@ pub struct RequestStats {
     /// Attempts per bucket of [`DURATION_BUCKETS`] (not cumulative), the last one for longer.
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     micros: AtomicU64,
+    /// Time attempts waited on the shared budget ([`crate::budget`]), and whether any did.
+    budget_wait_micros: AtomicU64,
+    budget_waits: AtomicU64,
 }
 
 /// A copy of [`RequestStats`] at one instant.
@@ -209,6 +224,8 @@ pub struct RequestStatsSnapshot {
     pub buckets: Vec<(f64, u64)>,
     pub count: u64,
     pub sum_seconds: f64,
+    /// Seconds attempts waited for a shared lease and rate slot; `None` without a shared budget.
+    pub budget_wait_seconds: Option<f64>,
 }
 
 impl RequestStats {
@@ -218,6 +235,11 @@ impl RequestStats {
         let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_budget_wait(&self, waited: Duration) {
+        self.budget_waits.fetch_add(1, Ordering::Relaxed);
+        self.budget_wait_micros.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> RequestStatsSnapshot {
@@ -233,6 +255,8 @@ impl RequestStats {
             count: buckets.iter().map(|(_, n)| n).sum(),
             buckets,
             sum_seconds: self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+            budget_wait_seconds: (self.budget_waits.load(Ordering::Relaxed) > 0)
+                .then(|| self.budget_wait_micros.load(Ordering::Relaxed) as f64 / 1e6),
         }
     }
 }
@@ -286,6 +310,8 @@ pub struct HttpClient {
     auth: Credentials,
     limiter: DefaultDirectRateLimiter,
     permits: Semaphore,
+    /// The budget shared with the other processes on the warehouse; `None`: `limiter` alone.
+    budget: Option<SourceBudget>,
     policy: RetryPolicy,
     /// The source's `max_response_bytes`.
     max_response_bytes: u64,
@@ -307,6 +333,16 @@ impl HttpClient {
     /// A client with the source's credentials, limits and timeouts, counting its attempts in
     /// `stats`.
     pub fn new(source: &SourceConfig, stats: Arc<RequestStats>) -> Result<HttpClient, String> {
+        HttpClient::with_budget(source, stats, None)
+    }
+
+    /// [`HttpClient::new`] spending `budget` (shared with the other processes on the
+    /// warehouse) instead of its own rate limit, when there is one.
+    pub fn with_budget(
+        source: &SourceConfig,
+        stats: Arc<RequestStats>,
+        budget: Option<&SharedBudget>,
+    ) -> Result<HttpClient, String> {
         let auth = source.credentials.clone();
         let rps = source.requests_per_second.max(0.001);
         let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rps))
@@ -322,6 +358,7 @@ impl HttpClient {
             auth,
             limiter: RateLimiter::direct(quota),
             permits: Semaphore::new(source.concurrency.max(1)),
+            budget: budget.map(|b| b.for_source(source)),
             policy: RetryPolicy {
                 max_retries: source.max_retries,
                 min_delay: Duration::from_millis(200),
@@ -421,14 +458,37 @@ impl HttpClient {
     }
 
     /// One attempt, after the rate and concurrency limits let it go, counted in the chunk's
-    /// tally and the source's stats.
+    /// tally and the source's stats. With a shared budget: this process's permit first (so at
+    /// most `concurrency` of its attempts ask the database), then a shared lease and rate slot.
     async fn attempt(&self, req: &HttpRequest, tally: &Tally) -> Result<bytes::Bytes, HttpError> {
-        self.limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
-        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        // Built before a slot is taken: building it (TLS roots) would delay the request past its
+        // slot, and a request late by more than the next one is early for the upstream's count.
+        self.client(req)?;
+        let (_permit, lease) = match &self.budget {
+            None => {
+                self.limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(20))).await;
+                (self.permits.acquire().await.expect("semaphore never closed"), None)
+            }
+            Some(budget) => {
+                let permit = self.permits.acquire().await.expect("semaphore never closed");
+                let lease = budget.acquire().await.map_err(|e| HttpError::Budget {
+                    source_name: self.source.clone(),
+                    method: req.method.to_string(),
+                    url: req.url.clone(),
+                    cause: e.to_string(),
+                })?;
+                tracing::debug!(source = %self.source, account = %&budget.account()[..12], waited_ms = lease.waited.as_millis() as u64, "shared budget lets the request go");
+                self.stats.record_budget_wait(lease.waited);
+                (permit, Some(lease))
+            }
+        };
         tally.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = self.exchange(req).await;
         self.stats.record(status_class(&result), started.elapsed());
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         result
     }
 

@@ -74,6 +74,8 @@ impl FetchError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FetchError::Http(e) if e.credentials_refused() => ErrorKind::Credentials,
+            // The warehouse could not say whether the vendor's budget allows the request.
+            FetchError::Http(HttpError::Budget { .. }) => ErrorKind::Warehouse,
             FetchError::Http(e) if e.retryable() => ErrorKind::UpstreamUnavailable,
             FetchError::Http(HttpError::Status { .. } | HttpError::CredentialsRefused { .. }) => ErrorKind::BadRequest,
             FetchError::Http(HttpError::Transport { .. }) => ErrorKind::UpstreamUnavailable,
@@ -178,7 +180,17 @@ impl Source {
 
     /// A source counting its requests in `stats` (a daemon's, kept across reloads).
     pub fn with_stats(config: &SourceConfig, stats: std::sync::Arc<http::RequestStats>) -> Result<Source, ClientError> {
-        let client = HttpClient::new(config, stats)
+        Source::with_parts(config, stats, None)
+    }
+
+    /// [`Source::with_stats`], spending `budget` (shared by the processes on a PostgreSQL
+    /// warehouse, [`crate::budget`]) when there is one.
+    pub fn with_parts(
+        config: &SourceConfig,
+        stats: std::sync::Arc<http::RequestStats>,
+        budget: Option<&crate::budget::SharedBudget>,
+    ) -> Result<Source, ClientError> {
+        let client = HttpClient::with_budget(config, stats, budget)
             .map_err(|message| ClientError { source_name: config.name.clone(), message })?;
         Ok(Source { config: config.clone(), client })
     }

@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "config",
     "plan",
     "state",
+    "budget",
     "source",
     "batch",
     "sink",

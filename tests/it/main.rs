@@ -9,6 +9,7 @@ mod bucketed;
 mod config_cli;
 mod config_corpus;
 mod container;
+mod daemons;
 mod ddl;
 mod exporter;
 mod fusion;

@@ -872,3 +872,25 @@ async fn a_value_with_a_nul_character_fails_its_window_as_unstorable_not_as_an_o
         (Some(false), Some("bad_response"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_lock_of_a_vanished_host_is_noticed_within_a_minute_by_tcp_keepalives() {
+    // A session advisory lock lasts as long as the server believes its holder is there: with the
+    // OS defaults a host that vanished (power cut, partition) keeps it for two hours of silence.
+    let db = TestDb::new().await;
+    let sink =
+        chatetl::sink::postgres::PostgresSink::connect(&chatetl::config::Secret::new(db.url.clone()), "analytics")
+            .await
+            .unwrap();
+    let mut shown = Vec::new();
+    for name in ["tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"] {
+        let value: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(sink.pool())
+            .await
+            .unwrap();
+        shown.push(value);
+    }
+    // The lock's connection is one of the pool's, detached: it was opened with the same options.
+    assert_eq!(shown, ["30", "10", "3"], "chatetl's sessions ask for keepalives");
+}

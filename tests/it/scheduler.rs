@@ -24,7 +24,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{TOKEN, TestDb, TestWarehouse, dump, serve, write_config};
+use crate::util::{TOKEN, TestDb, TestWarehouse, dump, eventually, serve, write_config};
 
 const HEL: chrono_tz::Tz = chrono_tz::Europe::Helsinki;
 
@@ -59,23 +59,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// `f`, or a failure naming `what` after [`PATIENCE`].
 async fn within<T>(what: impl Display, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, f).await.unwrap_or_else(|_| panic!("not within {PATIENCE:?}: {what}"))
-}
-
-/// Polls `check` until it gives a value, failing after `patience`: only for a daemon in another
-/// process, whose progress can be read only from outside (its database, its endpoint).
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    what: impl Display,
-    patience: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "not within {patience:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A scheduler running in this process on a manual clock.

@@ -580,6 +580,23 @@ pub fn start_daemon(config: &Path, extra: &[&str]) -> (std::process::Child, Stri
     (daemon, base)
 }
 
+/// Polls `check` until it gives a value, failing after `patience`: only for a daemon in another
+/// process, whose progress can be read only from outside (its database, its endpoint).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: impl std::fmt::Display,
+    patience: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within {patience:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends SIGTERM to `daemon` and waits for it: it must exit 0.
 pub fn stop_daemon(mut daemon: std::process::Child) {
     // SAFETY: kill(2) with a valid pid and signal number has no memory effects.

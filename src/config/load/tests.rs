@@ -917,3 +917,50 @@ fn config_refuses_bad_assume_and_bucketed_keys_with_their_location() {
     );
     assert!(errors[0].ends_with("only with `bucketed: true`)"), "{errors:#?}");
 }
+
+#[test]
+fn a_parquet_path_that_is_an_object_store_url_is_a_lake_with_its_state_in_postgres() {
+    let lake = |warehouse: &str| CONFIG.replace("kind: parquet\n  path: ./warehouse", warehouse);
+    let dir = folder(
+        &lake("kind: parquet\n  path: s3://analytics/chatetl/\n  state: ${CFG_T9_STATE_URL}"),
+        &[("chats.yaml", SMALL_JOB)],
+    );
+    let mut env = env();
+    env.insert("CFG_T9_STATE_URL", "postgres://etl:state-pw-77@db:5432/metrics");
+    let config = load_in(&dir, &env).unwrap();
+    let Warehouse::Lake { url, state } = &config.warehouse else { panic!("{:?}", config.warehouse) };
+    assert_eq!(url, "s3://analytics/chatetl", "the trailing slash goes");
+    assert_eq!(state.expose(), "postgres://etl:state-pw-77@db:5432/metrics");
+    assert!(!format!("{config:?}").contains("state-pw-77"), "the state URL never shows");
+
+    let errors =
+        errors_in(&folder(&lake("kind: parquet\n  path: gs://analytics/chatetl"), &[("chats.yaml", SMALL_JOB)]), &env);
+    assert_only(
+        &errors,
+        "chatetl.yaml:15:3: warehouse.state: required key is missing (expected a postgres:// URL for the state of a warehouse in an object store, e.g. `${DATABASE_URL}`)",
+    );
+    let errors = errors_in(
+        &folder(&lake("kind: parquet\n  path: ./warehouse\n  state: postgres://db/x"), &[("chats.yaml", SMALL_JOB)]),
+        &env,
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("warehouse.state: used only by a warehouse in an object store"), "{errors:#?}");
+    let errors = errors_in(
+        &folder(&lake("kind: parquet\n  path: ftp://host/x\n  state: postgres://db/x"), &[("chats.yaml", SMALL_JOB)]),
+        &env,
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("warehouse.path: `ftp://host/x`: unknown object store"), "{errors:#?}");
+    let errors = errors_in(
+        &folder(&lake("kind: parquet\n  path: s3://b/x\n  state: mysql://db/x"), &[("chats.yaml", SMALL_JOB)]),
+        &env,
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("warehouse.state: expected a postgres:// or postgresql:// URL"), "{errors:#?}");
+    let file = folder(
+        &lake("kind: parquet\n  path: file:///srv/lake\n  state: postgres://db/x"),
+        &[("chats.yaml", SMALL_JOB)],
+    );
+    let config = load_in(&file, &env).unwrap();
+    assert!(matches!(&config.warehouse, Warehouse::Lake { url, .. } if url == "file:///srv/lake"));
+}
