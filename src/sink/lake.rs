@@ -65,21 +65,6 @@ use crate::state::{Definition, JobState, JobStatus, RunRecord, WindowFailure, Wi
 /// The folder of chatetl's own objects (readers skip `_` names).
 const STATE_DIR: &str = "_chatetl";
 
-/// Whether `url` names an object store chatetl can open (its scheme, bucket and path), or why not.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
-    let (scheme, _) = ObjectStoreScheme::parse(&parsed).map_err(|_| {
-        "expected s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or file:///ABSOLUTE/PATH".to_string()
-    })?;
-    match scheme {
-        ObjectStoreScheme::AmazonS3
-        | ObjectStoreScheme::GoogleCloudStorage
-        | ObjectStoreScheme::MicrosoftAzure
-        | ObjectStoreScheme::Local => Ok(()),
-        _ => Err("expected s3://, gs://, az:// or file://".into()),
-    }
-}
-
 /// An object store error as a [`SinkError`] whose message starts with `what`: refused
 /// credentials are the configuration's (no retry helps), the rest the store's (object_store
 /// retried already; a later run may succeed).
@@ -574,15 +559,5 @@ mod tests {
         let e = store_err("job x: cannot replace partition s3://b/p")(outage);
         assert_eq!(e.kind, ErrorKind::Warehouse);
         assert!(e.message.starts_with("job x: cannot replace partition s3://b/p: "), "{}", e.message);
-    }
-
-    #[test]
-    fn object_store_urls_are_checked_before_anything_is_opened() {
-        for ok in ["s3://bucket/prefix", "gs://bucket", "az://container/p", "file:///srv/lake"] {
-            assert_eq!(check_url(ok), Ok(()), "{ok}");
-        }
-        for bad in ["s3:/bucket", "http://example.com/x", "memory:///x"] {
-            assert!(check_url(bad).is_err(), "{bad}");
-        }
     }
 }

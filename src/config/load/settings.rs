@@ -463,6 +463,22 @@ fn url_scheme(text: &str) -> Option<&str> {
     url_like.then_some(scheme)
 }
 
+/// Whether `url` names an object store chatetl can open (its scheme, bucket and path), or why not.
+pub(super) fn check_object_store_url(url: &str) -> Result<(), String> {
+    use object_store::ObjectStoreScheme;
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    let (scheme, _) = ObjectStoreScheme::parse(&parsed).map_err(|_| {
+        "expected s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or file:///ABSOLUTE/PATH".to_string()
+    })?;
+    match scheme {
+        ObjectStoreScheme::AmazonS3
+        | ObjectStoreScheme::GoogleCloudStorage
+        | ObjectStoreScheme::MicrosoftAzure
+        | ObjectStoreScheme::Local => Ok(()),
+        _ => Err("expected s3://, gs://, az:// or file://".into()),
+    }
+}
+
 /// A Parquet warehouse in an object store: `path` is its URL, `state` the PostgreSQL its state
 /// lives in (an object store has no transactions and no locks that end with their holder).
 fn lake(
@@ -479,7 +495,7 @@ fn lake(
         let known = LAKE_SCHEMES.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ");
         let message = format!("{shown}: unknown object store; expected {known} or a folder");
         ctx.error(path.referenced, "warehouse.path", message);
-    } else if let Err(problem) = crate::sink::lake::check_url(text) {
+    } else if let Err(problem) = check_object_store_url(text) {
         ctx.error(path.referenced, "warehouse.path", format!("{shown}: {problem}"));
     } else {
         url = Some(text.trim_end_matches('/').to_string());

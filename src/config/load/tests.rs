@@ -964,3 +964,14 @@ fn a_parquet_path_that_is_an_object_store_url_is_a_lake_with_its_state_in_postgr
     let config = load_in(&file, &env).unwrap();
     assert!(matches!(&config.warehouse, Warehouse::Lake { url, .. } if url == "file:///srv/lake"));
 }
+
+#[test]
+fn object_store_urls_are_checked_before_anything_is_opened() {
+    use super::settings::check_object_store_url;
+    for ok in ["s3://bucket/prefix", "gs://bucket", "az://container/p", "file:///srv/lake"] {
+        assert_eq!(check_object_store_url(ok), Ok(()), "{ok}");
+    }
+    for bad in ["s3:/bucket", "http://example.com/x", "memory:///x"] {
+        assert!(check_object_store_url(bad).is_err(), "{bad}");
+    }
+}
