@@ -73,13 +73,34 @@ fn store_err(what: &str) -> impl Fn(object_store::Error) -> SinkError + '_ {
         e if refused(&e) => SinkError {
             kind: ErrorKind::Configuration,
             message: format!(
-                "{what}: the object store refused the credentials ({e}); check the provider's credential variables \
+                "{what}: the object store refused the credentials ({}); check the provider's credential variables \
                  (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY…) \
-                 or the role of this host"
+                 or the role of this host",
+                scrub(&e.to_string())
             ),
         },
-        e => SinkError::warehouse(format!("{what}: {e}")),
+        e => SinkError::warehouse(format!("{what}: {}", scrub(&e.to_string()))),
     }
+}
+
+/// `text` without the XML error body a store answered, which can echo the signed request (an
+/// S3 `SignatureDoesNotMatch` carries the canonical request, session token included): its
+/// `Code` and `Message` are kept.
+fn scrub(text: &str) -> String {
+    let Some(at) = text.find('<') else { return text.to_string() };
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_string())
+    };
+    let mut out = text[..at].trim_end().to_string();
+    for (name, value) in [("code", element("Code")), ("message", element("Message"))] {
+        if let Some(v) = value {
+            out.push_str(&format!(" {name}: {v};"));
+        }
+    }
+    out.trim_end_matches(';').to_string()
 }
 
 /// Whether the store refused the credentials: object_store says so for a GET or a PUT, but
@@ -114,6 +135,10 @@ struct Promotion {
     shadow_job: String,
     live_table: String,
     shadow_table: String,
+    /// The shadow's data objects (relative to its table) when the promotion began, the whole
+    /// rebuilt table: only these are copied, and all of them must still be there, so a record
+    /// can never promote a shadow that a later rebuild emptied or only partly loaded.
+    objects: Vec<String>,
 }
 
 /// A Parquet warehouse in an object store, its state in PostgreSQL.
@@ -124,6 +149,10 @@ pub struct LakeSink {
     /// The URL's path inside the store (the bucket's prefix).
     prefix: ObjectPath,
     state: PostgresSink,
+    /// For `file://`: the folder, written with the local warehouse's atomic writes (a hidden
+    /// temp file, fsynced, renamed) rather than object_store's, whose `data.parquet#N` staging
+    /// files sit beside the data where readers would take them for data.
+    local_root: Option<std::path::PathBuf>,
     /// One writer per partition object in this process.
     partitions: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -132,12 +161,12 @@ impl LakeSink {
     /// Builds the store for `url` from the environment, connects to the state database and
     /// completes promotions a crash interrupted.
     pub async fn open(url: &str, state: &Secret) -> Result<LakeSink, SinkError> {
-        let (store, prefix) = build_store(url)?;
+        let (store, prefix, local_root) = build_store(url)?;
         let state = PostgresSink::connect(state, url).await.map_err(|e| SinkError {
             kind: e.kind,
             message: format!("the state database of the warehouse {url}: {}", e.message),
         })?;
-        let sink = LakeSink { url: url.to_string(), store, prefix, state, partitions: Default::default() };
+        let sink = LakeSink { url: url.to_string(), store, prefix, state, local_root, partitions: Default::default() };
         for p in sink.promotions().await? {
             // The process promoting holds the job's lock; only an abandoned promotion is ours.
             let Some(lock) = sink.try_lock_job(&p.live_job).await? else { continue };
@@ -195,6 +224,33 @@ impl LakeSink {
         Ok(out)
     }
 
+    /// Writes `bytes` as the object `key`, whole or not at all.
+    async fn put(&self, key: &ObjectPath, bytes: Vec<u8>, what: &str) -> Result<(), SinkError> {
+        let Some(root) = &self.local_root else {
+            return self.store.put(key, PutPayload::from(bytes)).await.map(|_| ()).map_err(store_err(what));
+        };
+        let path = local_path(root, key);
+        let failed = what.to_string();
+        blocking(move || {
+            files::write_atomic(&path, |f| std::io::Write::write_all(f, &bytes))
+                .map_err(|e| SinkError::warehouse(format!("{failed}: {e}")))
+        })
+        .await
+    }
+
+    /// Copies the object `from` over `to` (server-side in a cloud store).
+    async fn copy(&self, from: &ObjectPath, to: &ObjectPath, what: &str) -> Result<(), SinkError> {
+        if self.local_root.is_none() {
+            return self.store.copy(from, to).await.map_err(store_err(what));
+        }
+        // Not a hard link (object_store's local copy): a mounted bucket has none.
+        let bytes = self
+            .fetch(from, what)
+            .await?
+            .ok_or_else(|| SinkError::warehouse(format!("{what}: {} vanished", self.shown(from))))?;
+        self.put(to, bytes.to_vec(), what).await
+    }
+
     /// The object at `key`, or `None` when there is none.
     async fn fetch(&self, key: &ObjectPath, what: &str) -> Result<Option<Bytes>, SinkError> {
         match self.store.get(key).await {
@@ -214,23 +270,27 @@ impl LakeSink {
         definition: &Definition,
     ) -> Result<JobState, SinkError> {
         let objects = self.data_objects(&job.table).await?;
-        if let Some(first) = objects.first() {
-            let key = self.key(&format!("{}/{first}", job.table));
+        // A column addition rewrites the objects in order, so an interrupted one left the first
+        // rewritten and the last not: reading both finds it and completes it.
+        let mut probes: Vec<&String> = objects.first().into_iter().chain(objects.last()).collect();
+        probes.dedup();
+        let mut lacking = Vec::new();
+        for relative in probes {
+            let key = self.key(&format!("{}/{relative}", job.table));
             let shown = self.shown(&key);
             let what = format!("job {}: cannot read {shown}", job.name);
-            // Every object of a table has the table's one schema: its first speaks for all.
-            let found = match self.fetch(&key, &what).await? {
-                Some(bytes) => Some(read_schema(bytes, &what)?),
-                None => None,
-            };
-            if let Some(found) = found {
-                let table = self.shown(&self.key(&job.table));
-                let lacking = lacking_columns(job, schema, &found, &table, &shown)?;
-                if !lacking.is_empty() {
-                    let rewritten = self.rewrite_with_schema(job, schema).await?;
-                    info!(job = %job.name, table = %job.table, objects = rewritten, columns = ?lacking, "value columns of the endpoint added to the table");
+            let Some(bytes) = self.fetch(&key, &what).await? else { continue };
+            let found = read_schema(bytes, &what)?;
+            let table = self.shown(&self.key(&job.table));
+            for column in lacking_columns(job, schema, &found, &table, &shown)? {
+                if !lacking.contains(&column) {
+                    lacking.push(column);
                 }
             }
+        }
+        if !lacking.is_empty() {
+            let rewritten = self.rewrite_with_schema(job, schema).await?;
+            info!(job = %job.name, table = %job.table, objects = rewritten, columns = ?lacking, "value columns of the endpoint added to the table");
         }
         self.state.register(&job.name, history_start, definition).await
     }
@@ -265,9 +325,7 @@ impl LakeSink {
             let (schema, time, failed) = (schema.clone(), c.schema.time_column, what.clone());
             let merged = blocking(move || merge_staged(current, &schema, windows, time, &failed)).await?;
             match merged {
-                Some(bytes) => {
-                    self.store.put(&key, PutPayload::from(bytes)).await.map_err(store_err(&what))?;
-                }
+                Some(bytes) => self.put(&key, bytes, &what).await?,
                 None if existed => match self.store.delete(&key).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(store_err(&what)(e)),
@@ -286,9 +344,13 @@ impl LakeSink {
     }
 
     /// Deletes every object of the shadow job's table and forgets its state.
+    /// A promotion of this shadow that a crash interrupted is finished first (its rebuild was
+    /// complete); the state goes before the objects, so a reset cut short never leaves a shadow
+    /// whose state says loaded over objects that are gone.
     pub async fn reset_job(&self, job: &Job) -> Result<(), SinkError> {
-        self.delete_prefix(&job.table, &format!("job {}: cannot remove the rebuild's objects", job.name)).await?;
-        self.state.forget(&job.name).await
+        self.finish_pending_promotion(&job.name).await?;
+        self.state.forget(&job.name).await?;
+        self.delete_prefix(&job.table, &format!("job {}: cannot remove the rebuild's objects", job.name)).await
     }
 
     /// Deletes every object below `<prefix>/<relative>/`.
@@ -339,7 +401,7 @@ impl LakeSink {
             let (target, failed) = (target.clone(), what.clone());
             let replaced = blocking(move || reshape_staged(current, &target, &failed)).await?;
             if let Some(bytes) = replaced {
-                self.store.put(&key, PutPayload::from(bytes)).await.map_err(store_err(&what))?;
+                self.put(&key, bytes, &what).await?;
                 rewritten += 1;
             }
         }
@@ -359,18 +421,39 @@ impl LakeSink {
     /// See `Sink::close_abandoned_runs`; also completes a promotion of `job` a dead process
     /// left half-done (the caller holds the job's lock).
     pub async fn close_abandoned_runs(&self, job: &str, now: DateTime<Utc>) -> Result<u64, SinkError> {
-        for p in self.promotions().await?.into_iter().filter(|p| p.live_job == job) {
+        self.finish_pending_promotion(job).await?;
+        self.state.close_abandoned_runs(job, now).await
+    }
+
+    /// Finishes the recorded promotion of `job` (the live job or its rebuild's shadow), if any.
+    async fn finish_pending_promotion(&self, job: &str) -> Result<(), SinkError> {
+        let live = job.strip_suffix(super::SHADOW_SUFFIX).unwrap_or(job);
+        if let Some(p) = self.promotion(live).await? {
             info!(job = %p.live_job, table = %p.live_table, "completing an interrupted promotion");
             self.finish_promotion(&p).await?;
         }
-        self.state.close_abandoned_runs(job, now).await
+        Ok(())
     }
 
     fn promotion_key(&self, live_job: &str) -> ObjectPath {
         self.key(&format!("{STATE_DIR}/promotions")).join(format!("{live_job}.json"))
     }
 
-    /// The promotions recorded and not finished.
+    /// The recorded promotion of the live job `live_job`, if any (one GET).
+    async fn promotion(&self, live_job: &str) -> Result<Option<Promotion>, SinkError> {
+        let key = self.promotion_key(live_job);
+        let what = format!("job {live_job}: cannot read its promotion record {}", self.shown(&key));
+        let Some(bytes) = self.fetch(&key, &what).await? else { return Ok(None) };
+        let p = serde_json::from_slice(&bytes).map_err(|e| {
+            SinkError::warehouse(format!(
+                "{what}: it is not a promotion record ({e}); remove it once the table is checked"
+            ))
+        })?;
+        Ok(Some(p))
+    }
+
+    /// The promotions recorded and not finished; an object there that is not a record (an
+    /// editor's backup, a console's folder marker) is skipped with a warning.
     async fn promotions(&self) -> Result<Vec<Promotion>, SinkError> {
         let dir = self.key(&format!("{STATE_DIR}/promotions"));
         let what = format!("cannot list the promotions in progress below {}", self.shown(&dir));
@@ -378,10 +461,12 @@ impl LakeSink {
         let mut out = Vec::new();
         for meta in listed {
             let Some(bytes) = self.fetch(&meta.location, &what).await? else { continue };
-            let p: Promotion = serde_json::from_slice(&bytes).map_err(|e| {
-                SinkError::warehouse(format!("{what}: {} is not a promotion record: {e}", self.shown(&meta.location)))
-            })?;
-            out.push(p);
+            match serde_json::from_slice::<Promotion>(&bytes) {
+                Ok(p) => out.push(p),
+                Err(error) => {
+                    tracing::warn!(object = %self.shown(&meta.location), %error, "not a promotion record; skipped")
+                }
+            }
         }
         Ok(out)
     }
@@ -394,11 +479,12 @@ impl LakeSink {
             shadow_job: shadow.name.clone(),
             live_table: live.table.clone(),
             shadow_table: shadow.table.clone(),
+            objects: self.data_objects(&shadow.table).await?,
         };
         let key = self.promotion_key(&p.live_job);
         let what = format!("job {}: cannot record its promotion at {}", p.live_job, self.shown(&key));
         let record = serde_json::to_vec(&p).map_err(|e| SinkError::warehouse(format!("{what}: {e}")))?;
-        self.store.put(&key, PutPayload::from(record)).await.map_err(store_err(&what))?;
+        self.put(&key, record, &what).await?;
         self.finish_promotion(&p).await
     }
 
@@ -411,13 +497,29 @@ impl LakeSink {
         let what = format!("job {}: cannot promote table {} over {}", p.live_job, p.shadow_table, p.live_table);
         let shadow_state = self.state.job_state(&p.shadow_job).await?;
         if shadow_state.definition_hash.is_some() {
-            let shadow: BTreeSet<String> = self.data_objects(&p.shadow_table).await?.into_iter().collect();
+            let found: BTreeSet<String> = self.data_objects(&p.shadow_table).await?.into_iter().collect();
+            let missing: Vec<&String> = p.objects.iter().filter(|o| !found.contains(*o)).collect();
+            if !missing.is_empty() {
+                // Never copy a shadow that is not the one recorded: the live table keeps what it
+                // has, and the rebuild's state and record go, so the next rebuild starts afresh.
+                self.state.forget(&p.shadow_job).await?;
+                self.delete_record(p, &what).await?;
+                return Err(SinkError::warehouse(format!(
+                    "{what}: the rebuilt table lacks {} of its {} objects (for example {}); the live table is \
+                     untouched; `chatetl run --job {} --rebuild` loads the rebuild again",
+                    missing.len(),
+                    p.objects.len(),
+                    missing[0],
+                    p.live_job
+                )));
+            }
+            let shadow: BTreeSet<String> = p.objects.iter().cloned().collect();
             for relative in &shadow {
                 let (from, to) = (
                     self.key(&format!("{}/{relative}", p.shadow_table)),
                     self.key(&format!("{}/{relative}", p.live_table)),
                 );
-                self.store.copy(&from, &to).await.map_err(store_err(&what))?;
+                self.copy(&from, &to, &what).await?;
             }
             for relative in self.data_objects(&p.live_table).await? {
                 if !shadow.contains(&relative) {
@@ -431,12 +533,16 @@ impl LakeSink {
             self.state.move_promoted_state(&p.live_job, &p.shadow_job).await?;
         }
         self.delete_prefix(&p.shadow_table, &what).await?;
-        match self.store.delete(&self.promotion_key(&p.live_job)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_err(&what)(e)),
-        }
+        self.delete_record(p, &what).await?;
         info!(job = %p.live_job, table = %p.live_table, "the rebuilt table replaced the live one");
         Ok(())
+    }
+
+    async fn delete_record(&self, p: &Promotion, what: &str) -> Result<(), SinkError> {
+        match self.store.delete(&self.promotion_key(&p.live_job)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err(what)(e)),
+        }
     }
 
     /// Whether the state database and the store answer.
@@ -465,7 +571,7 @@ impl LakeSink {
 }
 
 /// The store of `url` (configured from the environment) and the prefix inside it.
-fn build_store(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), SinkError> {
+fn build_store(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath, Option<std::path::PathBuf>), SinkError> {
     let bad = |problem: String| SinkError::definition(format!("warehouse.path {url}: {problem}"));
     let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a URL ({e})")))?;
     let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
@@ -481,16 +587,22 @@ fn build_store(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), SinkErro
             Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url).build().map_err(built)?)
         }
         ObjectStoreScheme::Local => {
-            let dir = std::path::PathBuf::from(format!("/{}", prefix.as_ref()));
+            let dir = parsed.to_file_path().map_err(|()| bad("not an absolute local path".into()))?;
             std::fs::create_dir_all(&dir).map_err(|e| {
                 SinkError::warehouse(format!("warehouse.path {url}: cannot create {}: {e}", dir.display()))
             })?;
             let local = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(built)?;
-            return Ok((Arc::new(local.with_automatic_cleanup(true)), ObjectPath::default()));
+            let local = local.with_automatic_cleanup(true).with_fsync(true);
+            return Ok((Arc::new(local), ObjectPath::default(), Some(dir)));
         }
         _ => return Err(bad("expected s3://, gs://, az:// or file://".into())),
     };
-    Ok((store, prefix))
+    Ok((store, prefix, None))
+}
+
+/// The file of the object `key` of a `file://` store rooted at `root`.
+fn local_path(root: &std::path::Path, key: &ObjectPath) -> std::path::PathBuf {
+    key.parts().fold(root.to_path_buf(), |p, part| p.join(part.as_ref()))
 }
 
 /// The schema of a Parquet object (its footer).
@@ -559,5 +671,20 @@ mod tests {
         let e = store_err("job x: cannot replace partition s3://b/p")(outage);
         assert_eq!(e.kind, ErrorKind::Warehouse);
         assert!(e.message.starts_with("job x: cannot replace partition s3://b/p: "), "{}", e.message);
+    }
+
+    #[test]
+    fn an_error_body_echoing_the_signed_request_is_cut_to_its_code_and_message() {
+        let body = "Error performing PUT http://s3/b/k in 1s: Server returned non-2xx status code: 403 Forbidden: \
+            <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we \
+            calculated does not match</Message><CanonicalRequest>PUT /b/k x-amz-security-token:SESSION-SECRET-9\
+            </CanonicalRequest></Error>";
+        let denied = object_store::Error::Generic { store: "S3", source: body.to_string().into() };
+        let e = store_err("w")(denied);
+        assert_eq!(e.kind, ErrorKind::Configuration);
+        assert!(!e.message.contains("SESSION-SECRET-9"), "{}", e.message);
+        assert!(e.message.contains("code: SignatureDoesNotMatch"), "{}", e.message);
+        assert!(e.message.contains("403 Forbidden"), "{}", e.message);
+        assert_eq!(scrub("no body here"), "no body here");
     }
 }

@@ -227,12 +227,15 @@ async fn a_promotion_a_crash_interrupted_is_finished_by_the_jobs_next_run() {
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(e.lake_url()).execute(&pool).await.unwrap();
     }
-    let record = serde_json::json!({
-        "live_job": "daily_chats", "shadow_job": "daily_chats~rebuild",
-        "live_table": "daily_chats", "shadow_table": "_rebuild_daily_chats",
-    });
+    let record = |objects: Vec<String>| {
+        serde_json::json!({
+            "live_job": "daily_chats", "shadow_job": "daily_chats~rebuild",
+            "live_table": "daily_chats", "shadow_table": "_rebuild_daily_chats", "objects": objects,
+        })
+        .to_string()
+    };
     std::fs::create_dir_all(e.lake_dir().join("_chatetl/promotions")).unwrap();
-    std::fs::write(e.lake_dir().join("_chatetl/promotions/daily_chats.json"), record.to_string()).unwrap();
+    std::fs::write(e.lake_dir().join("_chatetl/promotions/daily_chats.json"), record(relative_files(&shadow))).unwrap();
 
     let (code, out, err) = run(&lake, &["run", "--job", "daily_chats"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -258,6 +261,30 @@ async fn a_promotion_a_crash_interrupted_is_finished_by_the_jobs_next_run() {
             .await
             .unwrap();
     assert_eq!(shadow_rows, 0);
+
+    // A record whose shadow no longer holds every object it names (a later rebuild emptied it)
+    // never touches the live table: the record and the shadow's state go, and the run says so
+    // (opening the lake tries the promotion, warns, and the run goes on).
+    let live_before = parquet_rows(&live, &LOAD_METADATA);
+    sqlx::query(
+        "INSERT INTO chatetl.jobs (target, job, definition_hash, definition, watermark, history_start, added_columns)
+         SELECT target, 'daily_chats~rebuild', definition_hash, definition, watermark, history_start, added_columns
+         FROM chatetl.jobs WHERE target = $1 AND job = 'daily_chats'",
+    )
+    .bind(e.lake_url())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let record_path = e.lake_dir().join("_chatetl/promotions/daily_chats.json");
+    std::fs::create_dir_all(record_path.parent().unwrap()).unwrap();
+    std::fs::write(&record_path, record(vec!["year=2020/month=1/data.parquet".into()])).unwrap();
+    let (code, out, err) = run(&lake, &["run", "--job", "daily_chats"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("the rebuilt table lacks 1 of its 1 objects"), "{err}");
+    assert_eq!(parquet_rows(&live, &LOAD_METADATA), live_before, "the live table is untouched");
+    assert!(!record_path.exists(), "the record is gone");
+    let (code, out, err) = run(&lake, &["run", "--job", "daily_chats"]);
+    assert_eq!(code, 0, "the next run goes on: {out}\n{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

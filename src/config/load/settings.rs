@@ -479,6 +479,27 @@ pub(super) fn check_object_store_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// One spelling of an object-store URL, the state's key (its watermarks and job locks): the
+/// scheme lowercase with `s3a` as `s3`, no repeated or trailing `/` in the path (a `file:///`
+/// root keeps its own). Two spellings of one place must not be two writers unknown to each other.
+pub(super) fn normal_lake_url(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else { return text.to_string() };
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "s3a" => "s3".to_string(),
+        other => other.to_string(),
+    };
+    let mut path = String::with_capacity(rest.len());
+    for c in rest.chars() {
+        if !(c == '/' && path.ends_with('/')) {
+            path.push(c);
+        }
+    }
+    while path.len() > 1 && path.ends_with('/') {
+        path.pop();
+    }
+    format!("{scheme}://{path}")
+}
+
 /// A Parquet warehouse in an object store: `path` is its URL, `state` the PostgreSQL its state
 /// lives in (an object store has no transactions and no locks that end with their holder).
 fn lake(
@@ -498,7 +519,7 @@ fn lake(
     } else if let Err(problem) = check_object_store_url(text) {
         ctx.error(path.referenced, "warehouse.path", format!("{shown}: {problem}"));
     } else {
-        url = Some(text.trim_end_matches('/').to_string());
+        url = Some(normal_lake_url(text));
     }
     let state = ctx
         .required(

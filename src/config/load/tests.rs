@@ -975,3 +975,13 @@ fn object_store_urls_are_checked_before_anything_is_opened() {
         assert!(check_object_store_url(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn one_object_store_place_has_one_spelling_for_its_state() {
+    use super::settings::normal_lake_url;
+    assert_eq!(normal_lake_url("s3://b/p/"), "s3://b/p");
+    assert_eq!(normal_lake_url("S3A://b//p//"), "s3://b/p");
+    assert_eq!(normal_lake_url("file:///"), "file:///");
+    assert_eq!(normal_lake_url("file:///srv//lake/"), "file:///srv/lake");
+    assert_eq!(normal_lake_url("gs://bucket"), "gs://bucket");
+}
