@@ -79,6 +79,12 @@ fn store_err(what: &str) -> impl Fn(object_store::Error) -> SinkError + '_ {
                 scrub(&e.to_string())
             ),
         },
+        e if e.to_string().contains("NoSuchBucket") || e.to_string().contains("ContainerNotFound") => {
+            SinkError::definition(format!(
+                "{what}: the bucket does not exist ({}); create it, or fix warehouse.path",
+                scrub(&e.to_string())
+            ))
+        }
         e => SinkError::warehouse(format!("{what}: {}", scrub(&e.to_string()))),
     }
 }
@@ -686,5 +692,14 @@ mod tests {
         assert!(e.message.contains("code: SignatureDoesNotMatch"), "{}", e.message);
         assert!(e.message.contains("403 Forbidden"), "{}", e.message);
         assert_eq!(scrub("no body here"), "no body here");
+        let missing = object_store::Error::Generic {
+            store: "S3",
+            source: "404 Not Found: <Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>"
+                .to_string()
+                .into(),
+        };
+        let e = store_err("w")(missing);
+        assert_eq!(e.kind, ErrorKind::Configuration, "no retry creates a bucket");
+        assert!(e.message.contains("the bucket does not exist"), "{}", e.message);
     }
 }
