@@ -35,10 +35,13 @@
 //! held back between its slot and its sending by a wait for a lease (which would bunch requests
 //! into one second). No pooled connection is held while a request is in flight or while waiting
 //! for a row (a busy account is polled every 25 to 100 ms), so the 16-connection pool is enough
-//! for any number of requests. A lease runs out `timeout_secs + concurrency / rps + 5 s` after it
-//! was taken: longer than a live attempt can hold it (the rate wait, then reqwest's total
-//! timeout), so only a dead process's lease expires; until then it holds its row, so a killed
-//! daemon costs at most that long of one slot.
+//! for any number of requests. A lease runs out `timeout_secs + concurrency · 1.05 / rps + 30 s`
+//! after it was taken: longer than a live attempt can hold it (a wait of up to 10 s for a pooled
+//! connection before the slot statement, the rate wait, then reqwest's total timeout), so only a
+//! dead process's lease expires; until then it holds its row, so a killed daemon costs at most
+//! that long of one slot. A process that stops releases every lease it still holds
+//! ([`SharedBudget::release_all`]: the scheduler at its stop, after its runs ended or were
+//! dropped), so only a killed one leaves leases to expire.
 //!
 //! **The account.** [`account_key`] is the sha256 of the source kind, its base URL, its
 //! organization and its credential's identity (the basic-auth user, or the sha256 of a token):
@@ -55,7 +58,6 @@
 //! One-shot `run` and `backfill` on a PostgreSQL warehouse spend the same vendor budget as the
 //! daemons and take their leases and slots the same way.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -66,8 +68,9 @@ use crate::config::{Credentials, SourceConfig};
 /// Slots are this much further apart than `1 / requests_per_second`: room for the delays of
 /// requests on their way to differ (see the module doc) at the cost of 5 % of the rate.
 const SPACING: f64 = 1.05;
-/// How long a lease outlives the longest live attempt.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long a lease outlives the longest live attempt: more than the 10 s an attempt may wait for
+/// a pooled connection (the pool's acquire timeout) between taking its lease and its rate slot.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Polling a busy account for a free lease: first and longest pause.
 const POLL_MIN: Duration = Duration::from_millis(25);
 const POLL_MAX: Duration = Duration::from_millis(100);
@@ -105,17 +108,27 @@ pub fn process_id() -> &'static str {
     })
 }
 
+/// Numbers this process's leases (across every budget and reload), so each lease has a holder
+/// of its own.
+static LEASES: AtomicU64 = AtomicU64::new(0);
+
 /// The budget kept in a warehouse's PostgreSQL database, for every source of a runner.
 #[derive(Debug, Clone)]
 pub struct SharedBudget {
     pool: PgPool,
-    /// Numbers this process's leases, so each lease has a holder of its own.
-    leases: Arc<AtomicU64>,
 }
 
 impl SharedBudget {
     pub fn new(pool: PgPool) -> SharedBudget {
-        SharedBudget { pool, leases: Arc::new(AtomicU64::new(0)) }
+        SharedBudget { pool }
+    }
+
+    /// Releases every lease this process holds on the warehouse (of every account): called when
+    /// the process stops sending, after its attempts ended or were dropped (a dropped attempt's
+    /// own release would run in the background, which an exiting process never gets to).
+    /// Returns how many were released.
+    pub async fn release_all(&self) -> Result<u64, BudgetError> {
+        release_all(&self.pool).await
     }
 
     /// The budget `source` spends.
@@ -190,7 +203,7 @@ impl SourceBudget {
             })
             .await
             .map_err(db_err)?;
-        let holder = format!("{}#{}", process_id(), self.shared.leases.fetch_add(1, Ordering::Relaxed));
+        let holder = format!("{}#{}", process_id(), LEASES.fetch_add(1, Ordering::Relaxed));
         let mut pause = POLL_MIN;
         let slot = loop {
             let slot: Option<i32> = sqlx::query_scalar(
@@ -259,9 +272,12 @@ pub struct Lease {
 
 impl Lease {
     /// Frees the lease (only if this attempt still holds it: an expired one may be another's).
+    /// Should the statement fail, the drop of the lease tries again in the background.
     pub async fn release(mut self) {
-        if let Some(holder) = self.holder.take() {
-            release(&self.pool, &self.account, self.slot, &holder).await;
+        if let Some(holder) = &self.holder
+            && release(&self.pool, &self.account, self.slot, holder).await
+        {
+            self.holder = None;
         }
     }
 }
@@ -276,7 +292,8 @@ impl Drop for Lease {
     }
 }
 
-async fn release(pool: &PgPool, account: &str, slot: i32, holder: &str) {
+/// Frees one lease; false when the statement failed.
+async fn release(pool: &PgPool, account: &str, slot: i32, holder: &str) -> bool {
     let freed = sqlx::query(
         "UPDATE chatetl.source_slots SET holder = NULL, expires_at = NULL WHERE account = $1 AND slot = $2 AND holder = $3",
     )
@@ -285,9 +302,22 @@ async fn release(pool: &PgPool, account: &str, slot: i32, holder: &str) {
     .bind(holder)
     .execute(pool)
     .await;
-    if let Err(e) = freed {
+    if let Err(e) = &freed {
         tracing::warn!(slot, error = %e, "cannot release a shared concurrency lease; it expires by itself");
     }
+    freed.is_ok()
+}
+
+/// Releases every lease of this process ([`process_id`]) on `pool`'s database.
+pub async fn release_all(pool: &PgPool) -> Result<u64, BudgetError> {
+    let freed = sqlx::query(
+        "UPDATE chatetl.source_slots SET holder = NULL, expires_at = NULL WHERE starts_with(holder, $1 || '#')",
+    )
+    .bind(process_id())
+    .execute(pool)
+    .await
+    .map_err(db_err)?;
+    Ok(freed.rows_affected())
 }
 
 #[cfg(test)]
@@ -369,7 +399,7 @@ mod tests {
         let (a, b) = (SharedBudget::new(pool.clone()).for_source(&config), SharedBudget::new(pool).for_source(&config));
         let started = std::time::Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        let (a, b) = (Arc::new(a), Arc::new(b));
+        let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
         for i in 0..10 {
             let budget = if i % 2 == 0 { a.clone() } else { b.clone() };
             tasks.spawn(async move { budget.acquire().await.expect("acquire").release().await });
@@ -394,9 +424,41 @@ mod tests {
         assert!(third.is_err(), "a third attempt waits while two are in flight");
         first.release().await;
         let third = tokio::time::timeout(Duration::from_secs(10), budget.acquire()).await.expect("freed").unwrap();
-        // A process that dies never releases: its lease runs out (here after 5 s and a bit).
+        // A process that dies never releases: its lease runs out (here after 30 s and a bit).
         std::mem::forget(second);
-        let fourth = tokio::time::timeout(Duration::from_secs(30), budget.acquire()).await.expect("expired").unwrap();
+        let fourth = tokio::time::timeout(Duration::from_secs(60), budget.acquire()).await.expect("expired").unwrap();
         assert_ne!(third.slot, fourth.slot);
+    }
+
+    #[tokio::test]
+    async fn release_all_frees_every_lease_of_this_process_and_no_other() {
+        let db = test_db().await;
+        let pool = db.pool.clone();
+        let mut config = source(&uuid::Uuid::new_v4().to_string(), "org");
+        config.requests_per_second = 1000.0;
+        config.concurrency = 3;
+        let budget = SharedBudget::new(pool.clone()).for_source(&config);
+        let (a, b) = (budget.acquire().await.unwrap(), budget.acquire().await.unwrap());
+        assert_ne!(a.holder, b.holder, "each lease has a holder of its own");
+        // Another process's lease of the third slot.
+        sqlx::query(
+            "UPDATE chatetl.source_slots SET holder = 'other:1:x#0', expires_at = clock_timestamp() + interval '1 hour' \
+             WHERE account = $1 AND holder IS NULL",
+        )
+        .bind(budget.account())
+        .execute(&pool)
+        .await
+        .unwrap();
+        // Attempts dropped as a process exits: their background releases never run.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        assert_eq!(SharedBudget::new(pool.clone()).release_all().await.unwrap(), 2);
+        let held: Vec<String> =
+            sqlx::query_scalar("SELECT holder FROM chatetl.source_slots WHERE account = $1 AND holder IS NOT NULL")
+                .bind(budget.account())
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(held, ["other:1:x#0"]);
     }
 }

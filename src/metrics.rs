@@ -71,7 +71,8 @@ pub struct JobMetrics {
     pub requests: u64,
     /// Upstream requests retried (counter).
     pub retries: u64,
-    /// Ticks skipped because the job was still running or locked elsewhere (counter).
+    /// Ticks skipped because the job was still running, locked elsewhere, or claimed by another
+    /// daemon on the warehouse (counter).
     pub skipped_ticks: u64,
     /// Wall-clock duration of the last finished run.
     pub last_run_duration_secs: Option<f64>,
@@ -117,6 +118,12 @@ impl Metrics {
             m.last_success = m.last_success.or(last_success);
             m.last_run_duration_secs = m.last_run_duration_secs.or(last_run_duration_secs);
         });
+    }
+
+    /// The job's watermark as the warehouse has it now (another process loaded it): replaces the
+    /// last.
+    pub fn record_watermark(&self, job: &str, watermark: Option<DateTime<Utc>>) {
+        self.update(job, |m| m.watermark = watermark);
     }
 
     /// When the job's next tick fires.
@@ -179,7 +186,8 @@ impl Metrics {
         self.update(job, |m| m.paused = paused);
     }
 
-    /// A tick skipped because the job was still running or locked elsewhere.
+    /// A tick skipped because the job was still running, locked elsewhere, or claimed by another
+    /// daemon on the warehouse.
     pub fn record_skipped_tick(&self, job: &str) {
         self.update(job, |m| m.skipped_ticks += 1);
     }
@@ -314,7 +322,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "chatetl_job_skipped_ticks",
-        help: "Scheduled ticks skipped because the job was still running or locked elsewhere.",
+        help: "Scheduled ticks skipped because the job was still running, locked by another process, or claimed by another daemon on the warehouse.",
         sample: Sample::Counter(|m| m.skipped_ticks),
     },
     Family {

@@ -26,15 +26,26 @@
 //! wait on each other's rows rather than deadlock, and the whole group goes to one daemon). The
 //! catch-up at start claims the latest fire time at or before the start
 //! ([`Schedule::last_at_or_before`]), the same instant in every daemon, so daemons started together
-//! catch up once; it takes over a claim of that tick older than a minute, so a daemon restarted
-//! later (after a crash, or beside running daemons) still catches up. A daemon that dies hands
-//! its jobs over within one tick: a tick it claimed and did not finish (killed before or during
-//! its run) leaves its windows behind the watermark, its run lock goes with its connection, and
-//! the next tick, claimed by a live daemon, loads them.
+//! catch up once. A claimed tick's row gets its `done_at` when its run ends, whatever the outcome;
+//! a daemon that claimed a tick and did not run it (the job was locked, the run was cancelled by
+//! a shutdown) deletes its claim, and a catch-up takes over any claim without `done_at` (its
+//! daemon was killed, or still runs it: then the job's run lock refuses the second run); the row
+//! keeps naming its claimer until a run that ends marks it done (naming that run's daemon), so a
+//! refused taker deletes nothing. So a daemon killed after claiming and restarted by
+//! its supervisor with `--catch-up` runs the tick it lost, instead of the tick being lost for
+//! every daemon until the next fire time. A daemon that dies hands its jobs over within one tick
+//! too: a tick it claimed and did not finish leaves its windows behind the watermark, its run lock
+//! goes with its connection, and the next tick, claimed by a live daemon, loads them.
+//! A daemon that loses a claim reads the job's watermark from the warehouse into its metrics and
+//! counts the job as caught up (readiness does not depend on running a job oneself), so every
+//! daemon's freshness gauges and /readyz tell the truth, not only the winner's; the watermark it
+//! reads is the one before the winner's run of that tick (one tick behind at most).
 //! Claims older than 7 days are deleted (by each daemon, at most once an hour). Clocks need not
 //! agree: fire times are schedule instants, whichever daemon's clock reaches them first; a daemon
 //! that cannot claim (the database is down) skips the tick, as its run would fail anyway. A
-//! Parquet warehouse has no shared database: ticks are not claimed there.
+//! Parquet warehouse has no shared database: ticks are not claimed there. At its stop the
+//! scheduler releases every vendor-budget lease this process still holds
+//! ([`crate::budget::SharedBudget::release_all`]), after its runs ended or were dropped.
 //!
 //! Ticks only trigger: what a tick loads comes from the watermark (incremental catch-up, plus the
 //! job's lookback), and the per-job run lock (a PostgreSQL advisory lock, or a file lock) keeps
@@ -279,8 +290,6 @@ struct Inner {
 /// Tick claims are kept this long, and pruned at most this often.
 const KEEP_CLAIMS: &str = "7 days";
 const PRUNE_CLAIMS_EVERY: Duration = Duration::from_secs(3600);
-/// Catch-ups claiming one tick within this long of each other are daemons started together.
-const CATCH_UP_TOGETHER: Duration = Duration::from_secs(60);
 
 /// How often the warehouse is checked for /healthz, and how long one check may take.
 const WAREHOUSE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -297,6 +306,9 @@ struct WarehouseCheck {
 struct RunningGuard {
     inner: Arc<Inner>,
     job: String,
+    /// Its run started (counted in `runs_started`): its end counts in `runs_finished`. False for
+    /// a member whose tick another daemon claimed.
+    started: bool,
 }
 
 impl Drop for RunningGuard {
@@ -304,11 +316,23 @@ impl Drop for RunningGuard {
         self.inner.running.lock().expect("running lock").remove(&self.job);
         // Published after the job is free, so a run counted as finished can never make the
         // next tick look like an overlap.
+        let started = self.started;
         self.inner.activity.send_modify(|a| {
             a.in_flight -= 1;
-            a.runs_finished += 1;
+            if started {
+                a.runs_finished += 1;
+            }
         });
     }
+}
+
+/// What a claim of a tick's members in `chatetl.ticks` found.
+#[derive(Default)]
+struct Claimed {
+    /// The members this daemon claimed: it runs them.
+    mine: HashSet<String>,
+    /// The members another daemon claimed first.
+    elsewhere: Vec<String>,
 }
 
 impl Scheduler {
@@ -502,6 +526,18 @@ impl Scheduler {
             runs.abort_all();
             while runs.join_next().await.is_some() {}
         }
+        // A dropped attempt's lease would be released in the background, which an exiting
+        // process never gets to: release them all now.
+        let runner = inner.runner.read().expect("runner lock").clone();
+        if let Some(pool) = runner.sink.shared_pool() {
+            match crate::budget::release_all(pool).await {
+                Ok(0) => {}
+                Ok(n) => info!(leases = n, "released the shared budget leases of dropped requests"),
+                Err(e) => {
+                    warn!(error = %e, "cannot release this process's shared budget leases; they expire by themselves")
+                }
+            }
+        }
         info!("scheduler stopped");
     }
 }
@@ -670,35 +706,104 @@ impl Inner {
         // Published before the loop sleeps again: "every loop asleep" implies this run counted.
         self.activity.send_modify(|a| a.in_flight += members.len());
         let mut guards: Vec<RunningGuard> =
-            members.iter().map(|m| RunningGuard { inner: self.clone(), job: m.name.clone() }).collect();
+            members.iter().map(|m| RunningGuard { inner: self.clone(), job: m.name.clone(), started: true }).collect();
         let inner = self.clone();
         let mut runs = self.runs.lock().expect("runs lock");
         // Reap finished runs so a daemon that ticks for months keeps no record of each one.
         while runs.try_join_next().is_some() {}
         runs.spawn(async move {
+            let target = runner.sink.describe();
             if let Some(pool) = runner.sink.shared_pool() {
-                let claimed = inner.claim(pool, &runner.sink.describe(), &members, fire, catch_up).await;
-                // Members another daemon runs are free again at once.
-                guards.retain(|g| claimed.contains(&g.job));
-                members.retain(|m| claimed.contains(&m.name));
+                let claimed = inner.claim(pool, &target, &members, fire, catch_up).await;
+                // Before their guards go: "no run in flight" implies their metrics are current.
+                inner.claimed_elsewhere(&runner, &claimed.elsewhere).await;
+                // Members another daemon runs are free again at once (they never started here).
+                for g in guards.iter_mut().filter(|g| !claimed.mine.contains(&g.job)) {
+                    g.started = false;
+                }
+                guards.retain(|g| claimed.mine.contains(&g.job));
+                members.retain(|m| claimed.mine.contains(&m.name));
                 if members.is_empty() {
                     return;
                 }
             }
             let _guards = guards;
-            if members.len() == 1 {
-                inner.run_once(&members[0], at).await;
+            let not_run = if members.len() == 1 {
+                inner.run_once(&members[0], at).await
             } else {
-                inner.run_group(&runner, &members, at).await;
+                inner.run_group(&runner, &members, at).await
+            };
+            if let Some(pool) = runner.sink.shared_pool() {
+                inner.claim_ended(pool, &target, &members, &not_run, fire).await;
             }
         });
     }
 
+    /// Jobs whose tick another daemon claimed: their watermark as the warehouse has it now goes
+    /// into the metrics (replacing this daemon's older one), and they count as caught up, since
+    /// a live daemon runs them.
+    async fn claimed_elsewhere(&self, runner: &Runner, jobs: &[String]) {
+        for name in jobs {
+            match runner.sink.job_state(name).await {
+                Ok(state) => self.metrics.record_watermark(name, state.watermark),
+                Err(e) => warn!(job = %name, error = %e, "cannot read the job's watermark for the metrics"),
+            }
+            self.behind.lock().expect("behind lock").remove(name);
+        }
+    }
+
+    /// Ends this daemon's claims of the tick `fire` of `members`: `done_at` for those whose run
+    /// ended (whatever the outcome); the claims of those it did not run (`not_run`: locked by
+    /// another process, cancelled by a shutdown) are deleted if they are still this daemon's and
+    /// not done, so a catch-up (or any daemon) may take the tick. A claim this daemon's catch-up
+    /// took over from another daemon is marked done too (naming this daemon): the tick ran.
+    async fn claim_ended(
+        &self,
+        pool: &sqlx::PgPool,
+        target: &str,
+        members: &[Job],
+        not_run: &[String],
+        fire: DateTime<Utc>,
+    ) {
+        let done: Vec<String> = members.iter().map(|m| m.name.clone()).filter(|n| !not_run.contains(n)).collect();
+        if !done.is_empty() {
+            let marked = sqlx::query(
+                "INSERT INTO chatetl.ticks AS t (target, job, fire_at, daemon, done_at) \
+                 SELECT $1, j, $3, $4, clock_timestamp() FROM unnest($2::text[]) AS j ORDER BY j \
+                 ON CONFLICT (target, job, fire_at) DO UPDATE SET daemon = excluded.daemon, done_at = excluded.done_at",
+            )
+            .bind(target)
+            .bind(&done)
+            .bind(fire)
+            .bind(crate::budget::process_id())
+            .execute(pool)
+            .await;
+            if let Err(e) = marked {
+                warn!(jobs = ?done, tick = %fire, error = %e, "cannot mark the tick done in the warehouse (a catch-up may run it again)");
+            }
+        }
+        if !not_run.is_empty() {
+            let deleted = sqlx::query(
+                "DELETE FROM chatetl.ticks WHERE target = $1 AND job = ANY($2) AND fire_at = $3 AND daemon = $4 \
+                 AND done_at IS NULL",
+            )
+            .bind(target)
+            .bind(not_run)
+            .bind(fire)
+            .bind(crate::budget::process_id())
+            .execute(pool)
+            .await;
+            if let Err(e) = deleted {
+                warn!(jobs = ?not_run, tick = %fire, error = %e, "cannot give up the claim of a tick not run (a catch-up takes it over)");
+            }
+        }
+    }
+
     /// The members of a tick this daemon claims in `chatetl.ticks` (see the module doc): those no
     /// other daemon claimed first; none when the database cannot be reached. A `catch_up` also
-    /// takes over a claim older than [`CATCH_UP_TOGETHER`]: daemons started together catch up
-    /// once, but a daemon restarted after the tick it stands for ran (by itself before a crash, or
-    /// by another daemon) still catches up, as a lone daemon always did.
+    /// takes over a claim whose run has not ended (`done_at IS NULL`): its daemon was killed (and
+    /// may be this one, restarted), or still runs it, in which case the job's run lock refuses
+    /// this daemon's run. Daemons started together catch up once: the first run marks it done.
     async fn claim(
         &self,
         pool: &sqlx::PgPool,
@@ -706,18 +811,18 @@ impl Inner {
         members: &[Job],
         fire: DateTime<Utc>,
         catch_up: bool,
-    ) -> HashSet<String> {
+    ) -> Claimed {
         self.prune_claims(pool).await;
         let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
         names.sort();
         let on_conflict = if catch_up {
-            // The row lock serializes takers: the second sees the first's fresh claimed_at.
-            "ON CONFLICT (target, job, fire_at) DO UPDATE SET daemon = excluded.daemon, claimed_at = clock_timestamp() \
-             WHERE t.claimed_at < clock_timestamp() - make_interval(secs => $5)"
+            // The row lock serializes takers. The claim stays its claimer's until the tick is done:
+            // a taker refused by the run lock (the claimer still runs it) deletes nothing.
+            "ON CONFLICT (target, job, fire_at) DO UPDATE SET claimed_at = t.claimed_at WHERE t.done_at IS NULL"
         } else {
             "ON CONFLICT DO NOTHING"
         };
-        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        let query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO chatetl.ticks AS t (target, job, fire_at, daemon) \
              SELECT $1, j, $3, $4 FROM unnest($2::text[]) AS j ORDER BY j {on_conflict} RETURNING job"
         )))
@@ -725,21 +830,19 @@ impl Inner {
         .bind(&names)
         .bind(fire)
         .bind(crate::budget::process_id());
-        if catch_up {
-            query = query.bind(CATCH_UP_TOGETHER.as_secs_f64());
-        }
         let claimed: Result<Vec<String>, sqlx::Error> = query.fetch_all(pool).await;
         match claimed {
             Ok(claimed) => {
-                for name in names.iter().filter(|n| !claimed.contains(n)) {
+                let elsewhere: Vec<String> = names.iter().filter(|n| !claimed.contains(n)).cloned().collect();
+                for name in &elsewhere {
                     self.metrics.record_skipped_tick(name);
                     info!(job = %name, tick = %fire, "tick skipped: another daemon on this warehouse runs it");
                 }
-                claimed.into_iter().collect()
+                Claimed { mine: claimed.into_iter().collect(), elsewhere }
             }
             Err(e) => {
                 warn!(jobs = ?names, tick = %fire, error = %e, "tick skipped: cannot claim it in the warehouse (a later tick retries)");
-                HashSet::new()
+                Claimed::default()
             }
         }
     }
@@ -804,7 +907,8 @@ impl Inner {
         }
     }
 
-    async fn run_once(&self, job: &Job, at: DateTime<Utc>) {
+    /// Runs `job` for the tick at `at`; returns it when it did not run (see [`Inner::finished`]).
+    async fn run_once(&self, job: &Job, at: DateTime<Utc>) -> Vec<String> {
         let runner = self.runner.read().expect("runner lock").clone();
         // A snapshot is captured at its tick (a retried tick replaces it); history runs up to now.
         let now = if job.kind == JobKind::Snapshot { at } else { self.clock.now() };
@@ -814,14 +918,16 @@ impl Inner {
             runner.run(job, windows, &self.run_options(partial_after)).await
         }
         .await;
-        self.finished(&runner, job, at, result).await;
+        if self.finished(&runner, job, at, result).await { Vec::new() } else { vec![job.name.clone()] }
     }
 
-    /// One tick of a tick group (windowed jobs sharing requests), at one `now` for all members.
-    async fn run_group(&self, runner: &Runner, members: &[Job], at: DateTime<Utc>) {
+    /// One tick of a tick group (windowed jobs sharing requests), at one `now` for all members;
+    /// returns the members that did not run (see [`Inner::finished`]).
+    async fn run_group(&self, runner: &Runner, members: &[Job], at: DateTime<Utc>) -> Vec<String> {
         let now = self.clock.now();
         self.activity.send_modify(|a| a.runs_started += members.len() as u64);
         let mut planned = Vec::new();
+        let mut not_run = Vec::new();
         let mut partial_after = now;
         for job in members {
             match runner.incremental_windows(job, now).await {
@@ -829,19 +935,34 @@ impl Inner {
                     partial_after = partial;
                     planned.push((job.clone(), windows));
                 }
-                Err(e) => self.finished(runner, job, at, Err(e)).await,
+                Err(e) => {
+                    if !self.finished(runner, job, at, Err(e)).await {
+                        not_run.push(job.name.clone());
+                    }
+                }
             }
         }
         // Members share settle_secs (part of what fuses them), so one instant is every member's.
         let results = runner.run_fused(&planned, &self.run_options(partial_after)).await;
         for ((job, _), (_, result)) in planned.iter().zip(results) {
-            self.finished(runner, job, at, result).await;
+            if !self.finished(runner, job, at, result).await {
+                not_run.push(job.name.clone());
+            }
         }
+        not_run
     }
 
     /// Records how a tick's run of `job` ended: metrics, readiness, a pause after refused
-    /// credentials, and its log line.
-    async fn finished(&self, runner: &Runner, job: &Job, at: DateTime<Utc>, result: Result<RunReport, RunError>) {
+    /// credentials, and its log line. False when the tick was not run: another process had the
+    /// job locked, or the run was cancelled (a shutdown) and left windows undone.
+    async fn finished(
+        &self,
+        runner: &Runner,
+        job: &Job,
+        at: DateTime<Utc>,
+        result: Result<RunReport, RunError>,
+    ) -> bool {
+        let mut ran = true;
         match result {
             Ok(report) => {
                 let watermark = runner.sink.job_state(&job.name).await.ok().and_then(|s| s.watermark);
@@ -854,8 +975,10 @@ impl Inner {
                 } else if !report.ok() {
                     warn!(job = %job.name, tick = %at, failed = report.windows_failed, cancelled = report.windows_cancelled, "tick left windows to the next one");
                 }
+                ran = report.windows_cancelled == 0;
             }
             Err(RunError::Locked(_)) => {
+                ran = false;
                 self.metrics.record_skipped_tick(&job.name);
                 info!(job = %job.name, tick = %at, "tick skipped: another chatetl process is loading this job");
             }
@@ -869,6 +992,7 @@ impl Inner {
                 error!(job = %job.name, tick = %at, kind = %e.kind(), error = %e, "tick failed");
             }
         }
+        ran
     }
 
     /// Pauses `job` after its source refused the credentials: no tick runs it until the next

@@ -69,22 +69,29 @@ struct Daemon {
     stop: CancellationToken,
     reload: tokio::sync::mpsc::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// The scheduler's /readyz check.
+    ready: chatetl::metrics::HealthCheck,
 }
 
 /// Starts a daemon and waits until it has started its job loops, whose first fire times are
 /// then fixed (computed from the clock's reading at that moment): the clock may move at once.
 async fn start_daemon(config_path: &Path, clock: Arc<ManualClock>) -> Daemon {
+    start_daemon_with(config_path, clock, false).await
+}
+
+/// [`start_daemon`], catching up at start with `catch_up` (as `--catch-up`).
+async fn start_daemon_with(config_path: &Path, clock: Arc<ManualClock>, catch_up: bool) -> Daemon {
     let config = config::load(config_path).unwrap();
     let runner = Runner::open(config).await.unwrap();
-    let opts =
-        SchedulerOptions { concurrency: 2, shutdown_grace: Duration::from_secs(5), ..SchedulerOptions::default() };
+    let opts = SchedulerOptions { concurrency: 2, shutdown_grace: Duration::from_secs(5), catch_up };
     let scheduler = Scheduler::new(config_path.to_path_buf(), runner, Clock::Manual(clock.clone()), opts);
     let metrics = scheduler.metrics();
     let activity = scheduler.activity();
+    let ready = scheduler.readiness_check();
     let stop = CancellationToken::new();
     let (reload, rx) = tokio::sync::mpsc::channel(4);
     let task = tokio::spawn(scheduler.run(stop.clone(), rx));
-    let d = Daemon { clock, metrics, activity, stop, reload, task };
+    let d = Daemon { clock, metrics, activity, stop, reload, task, ready };
     d.wait("the job loops start", |a| a.generation == 1).await;
     d
 }
@@ -277,7 +284,11 @@ async fn two_daemons_on_one_database_load_each_window_once() {
     let (ma, mb) = (a.metrics.snapshot()["daily_chats"].clone(), b.metrics.snapshot()["daily_chats"].clone());
     assert_eq!(ma.runs + ma.skipped_ticks + mb.runs + mb.skipped_ticks, 2, "each daemon's tick ran or was skipped");
     assert_eq!(ma.windows_loaded + mb.windows_loaded, 2, "05-01 and 05-02, loaded once between them");
-    assert_eq!(ma.skipped_ticks + mb.skipped_ticks, 1, "the other daemon found the job locked");
+    assert_eq!(
+        ma.skipped_ticks + mb.skipped_ticks,
+        1,
+        "the other daemon lost the claim of the tick (or found the job locked)"
+    );
     assert_eq!(e.sim.handle.requests().len(), 1, "one request for the two days, from one daemon");
     let pool = db.pool().await;
     let loads: i64 = sqlx::query_scalar("SELECT count(*) FROM chatetl.window_loads WHERE target = 'analytics'")
@@ -287,6 +298,90 @@ async fn two_daemons_on_one_database_load_each_window_once() {
     assert_eq!(loads, 2);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_loses_the_claim_is_ready_and_reports_the_warehouse_watermark() {
+    let db = TestDb::new().await;
+    let e = env(
+        &["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
+        TestWarehouse::Postgres(&db.url),
+        &[daily_job("2024-05-01", "0 30 6 * * *", "")],
+    )
+    .await;
+    // Clocks of their own: the winner's reaches the tick (and runs it) before the loser's does.
+    let start = local(2024, 5, 3, 0, 0, 0);
+    let (wclock, lclock) = (ManualClock::new(start), ManualClock::new(start));
+    let winner = start_daemon(&e.path, wclock.clone()).await;
+    let loser = start_daemon(&e.path, lclock.clone()).await;
+    assert!((loser.ready)().await.is_err(), "not ready before any tick");
+    winner.tick_to(local(2024, 5, 3, 6, 30, 0), "daily_chats", 1).await;
+    let stored = winner.metrics.snapshot()["daily_chats"].watermark;
+    assert_eq!(stored, Some(local(2024, 5, 3, 0, 0, 0)), "the winner loaded 05-01 and 05-02");
+    assert_eq!(loser.metrics.snapshot()["daily_chats"].watermark, None, "the loser read the state before the run");
+    lclock.set(local(2024, 5, 3, 6, 30, 0));
+    settle(&lclock, &[&loser]).await;
+    let m = loser.metrics.snapshot()["daily_chats"].clone();
+    assert_eq!((m.runs, m.skipped_ticks), (0, 1), "the winner claimed the tick: {m:?}");
+    assert_eq!(m.watermark, stored, "the loser's watermark gauge is the warehouse's, not its own stale one");
+    (loser.ready)().await.expect("ready: another daemon ran the tick");
+    let a = loser.activity();
+    assert_eq!((a.runs_started, a.runs_finished), (0, 0), "a lost claim neither starts nor finishes a run");
+    assert_eq!(e.sim.handle.requests().len(), 1, "one request, from the winner");
+    winner.stop().await;
+    loser.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_takes_over_a_claim_whose_run_did_not_end_and_skips_a_done_one() {
+    let db = TestDb::new().await;
+    let e = env(
+        &["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
+        TestWarehouse::Postgres(&db.url),
+        &[daily_job("2024-05-01", "0 30 6 * * *", "")],
+    )
+    .await;
+    let clock = ManualClock::new(local(2024, 5, 3, 12, 0, 0));
+    let first = start_daemon_with(&e.path, clock.clone(), true).await;
+    first.wait("the catch-up ran", |a| a.runs_finished == 1).await;
+    first.stop().await;
+    let pool = db.pool().await;
+    let tick = local(2024, 5, 3, 6, 30, 0);
+    let row: (String, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT daemon, done_at FROM chatetl.ticks WHERE job = 'daily_chats' AND fire_at = $1")
+            .bind(tick)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(row.1.is_some(), "a run that ended marks its tick done: {row:?}");
+    // A done tick is not run again by a daemon catching up later.
+    let second = start_daemon_with(&e.path, clock.clone(), true).await;
+    second.wait("the catch-up's claim is answered", |a| a.in_flight == 0).await;
+    let m = second.metrics.snapshot()["daily_chats"].clone();
+    assert_eq!((m.runs, m.skipped_ticks), (0, 1), "{m:?}");
+    second.stop().await;
+    // A daemon claimed the tick a moment ago and was killed before its run ended: a daemon
+    // restarted with --catch-up at once runs it.
+    sqlx::query(
+        "UPDATE chatetl.ticks SET daemon = 'killed:1:x', claimed_at = clock_timestamp(), done_at = NULL \
+         WHERE job = 'daily_chats' AND fire_at = $1",
+    )
+    .bind(tick)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let third = start_daemon_with(&e.path, clock.clone(), true).await;
+    third.wait("the catch-up ran", |a| a.runs_finished == 1).await;
+    let m = third.metrics.snapshot()["daily_chats"].clone();
+    assert_eq!((m.runs, m.skipped_ticks), (1, 0), "{m:?}");
+    let row: (String, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT daemon, done_at FROM chatetl.ticks WHERE job = 'daily_chats' AND fire_at = $1")
+            .bind(tick)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(row.0 != "killed:1:x" && row.1.is_some(), "taken over and done: {row:?}");
+    third.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
