@@ -568,7 +568,18 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => fatal.push((e.kind(), format!("job {name}: {e:#}"))),
         }
     }
+    release_leases(&runner).await;
     finish(&reports, &fatal, interrupt.is_cancelled(), args.json)
+}
+
+/// Frees what this process still holds of the shared vendor budget (leases of attempts dropped
+/// when a run was cut short), so other processes need not wait for them to expire.
+async fn release_leases(runner: &Runner) {
+    if let Some(pool) = runner.sink.shared_pool()
+        && let Err(error) = chatetl::budget::release_all(pool).await
+    {
+        tracing::warn!(%error, "cannot release this process's leases of the shared vendor budget; they expire by themselves");
+    }
 }
 
 /// Jobs run together: one job, or jobs that share requests (query fusion), with their windows and
@@ -638,7 +649,9 @@ pub async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<Exit
         cancel: Some(interrupt.clone()),
         observer: None,
     };
-    match runner.run(&job, windows, &opts).await {
+    let result = runner.run(&job, windows, &opts).await;
+    release_leases(&runner).await;
+    match result {
         Ok(report) => finish(&[report], &[], interrupt.is_cancelled(), args.json),
         Err(e) => finish(&[], &[(e.kind(), format!("job {}: {e:#}", job.name))], interrupt.is_cancelled(), args.json),
     }
