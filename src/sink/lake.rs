@@ -191,11 +191,6 @@ impl LakeSink {
         &self.url
     }
 
-    /// The store and the prefix of the warehouse in it (tests, `ddl`).
-    pub fn store(&self) -> (&Arc<dyn ObjectStore>, &ObjectPath) {
-        (&self.store, &self.prefix)
-    }
-
     /// The PostgreSQL pool of the state (the daemons' shared budget lives there too).
     pub fn state_pool(&self) -> &sqlx::PgPool {
         self.state.pool()
