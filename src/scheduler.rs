@@ -28,12 +28,14 @@
 //! ([`Schedule::last_at_or_before`]), the same instant in every daemon, so daemons started together
 //! catch up once. A claimed tick's row gets its `done_at` when its run ends, whatever the outcome;
 //! a daemon that claimed a tick and did not run it (the job was locked, the run was cancelled by
-//! a shutdown) deletes its claim, and a catch-up takes over any claim without `done_at` (its
-//! daemon was killed, or still runs it: then the job's run lock refuses the second run); the row
-//! keeps naming its claimer until a run that ends marks it done (naming that run's daemon), so a
-//! refused taker deletes nothing. So a daemon killed after claiming and restarted by
-//! its supervisor with `--catch-up` runs the tick it lost, instead of the tick being lost for
-//! every daemon until the next fire time. A daemon that dies hands its jobs over within one tick
+//! a shutdown) deletes its claim, and a catch-up takes over a claim made over a minute ago
+//! without `done_at` (its daemon was killed, or still runs it: then the job's run lock refuses
+//! the second run); the row keeps naming its claimer until a run that ends marks it done (naming
+//! that run's daemon), so a refused taker deletes nothing. So a daemon killed after claiming and
+//! restarted by its supervisor with `--catch-up` over a minute later runs the tick it lost. A
+//! fresh claim is never taken over: daemons starting together would take over each other's, and
+//! one whose run lock came free just before the first run marked the tick done would run it
+//! twice; a restart within the minute leaves the tick to the job's next one. A daemon that dies hands its jobs over within one tick
 //! too: a tick it claimed and did not finish leaves its windows behind the watermark, its run lock
 //! goes with its connection, and the next tick, claimed by a live daemon, loads them.
 //! A daemon that loses a claim reads the job's watermark from the warehouse into its metrics and
@@ -801,9 +803,9 @@ impl Inner {
 
     /// The members of a tick this daemon claims in `chatetl.ticks` (see the module doc): those no
     /// other daemon claimed first; none when the database cannot be reached. A `catch_up` also
-    /// takes over a claim whose run has not ended (`done_at IS NULL`): its daemon was killed (and
-    /// may be this one, restarted), or still runs it, in which case the job's run lock refuses
-    /// this daemon's run. Daemons started together catch up once: the first run marks it done.
+    /// takes over a claim made over a minute ago whose run has not ended (`done_at IS NULL`): its
+    /// daemon was killed (and may be this one, restarted), or still runs it, in which case the
+    /// job's run lock refuses this daemon's run. Daemons started together catch up once.
     async fn claim(
         &self,
         pool: &sqlx::PgPool,
@@ -818,7 +820,11 @@ impl Inner {
         let on_conflict = if catch_up {
             // The row lock serializes takers. The claim stays its claimer's until the tick is done:
             // a taker refused by the run lock (the claimer still runs it) deletes nothing.
-            "ON CONFLICT (target, job, fire_at) DO UPDATE SET claimed_at = t.claimed_at WHERE t.done_at IS NULL"
+            // Only a claim over a minute old: daemons starting together would otherwise take over
+            // each other's fresh claims, and one whose run lock came free just before the first
+            // run marked the tick done would run it a second time (seen in the three-daemon test).
+            "ON CONFLICT (target, job, fire_at) DO UPDATE SET claimed_at = t.claimed_at \
+             WHERE t.done_at IS NULL AND t.claimed_at < clock_timestamp() - interval '60 seconds'"
         } else {
             "ON CONFLICT DO NOTHING"
         };

@@ -731,7 +731,19 @@ async fn tables_have_a_natural_key_a_date_index_and_every_state_column_a_comment
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(state_tables, ["_sqlx_migrations", "jobs", "runs", "window_failures", "window_loads"]);
+    assert_eq!(
+        state_tables,
+        [
+            "_sqlx_migrations",
+            "jobs",
+            "runs",
+            "source_budgets",
+            "source_slots",
+            "ticks",
+            "window_failures",
+            "window_loads"
+        ]
+    );
 }
 
 /// Commits run four at a time and write their rows concurrently, taking turns only for the

@@ -360,10 +360,11 @@ async fn a_catch_up_takes_over_a_claim_whose_run_did_not_end_and_skips_a_done_on
     let m = second.metrics.snapshot()["daily_chats"].clone();
     assert_eq!((m.runs, m.skipped_ticks), (0, 1), "{m:?}");
     second.stop().await;
-    // A daemon claimed the tick a moment ago and was killed before its run ended: a daemon
-    // restarted with --catch-up at once runs it.
+    // A daemon claimed the tick and was killed before its run ended: a daemon started with
+    // --catch-up over a minute after the claim runs it.
     sqlx::query(
-        "UPDATE chatetl.ticks SET daemon = 'killed:1:x', claimed_at = clock_timestamp(), done_at = NULL \
+        "UPDATE chatetl.ticks SET daemon = 'killed:1:x', claimed_at = clock_timestamp() - interval '61 seconds', \
+         done_at = NULL \
          WHERE job = 'daily_chats' AND fire_at = $1",
     )
     .bind(tick)
