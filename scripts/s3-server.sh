@@ -16,7 +16,11 @@ start_s3_server() {
   "$(dirname "$python")/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
   s3_pid=$!
   # Importing moto takes a few seconds, more on a loaded machine: up to 120 s.
-  until curl -s -o /dev/null "http://127.0.0.1:$port/"; do
+  # The venv's own Python asks (curl need not be installed).
+  until "$python" -c "import urllib.request, sys
+try: urllib.request.urlopen('http://127.0.0.1:$port/', timeout=1)
+except urllib.error.HTTPError: pass
+except Exception: sys.exit(1)" 2>/dev/null; do
     if ! kill -0 "$s3_pid" 2>/dev/null; then
       echo "s3-server: moto_server exited before it answered on 127.0.0.1:$port; its output ($log):" >&2
       tail -n 20 "$log" >&2

@@ -265,15 +265,21 @@ async fn a_tick_during_a_run_is_skipped_and_an_outage_is_caught_up_on_the_first_
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_on_one_database_load_each_window_once() {
-    let db = TestDb::new().await;
-    let e = env(
+/// Four days of data and a daily job at 06:30 on the PostgreSQL database `db`: the setting of
+/// the tests of daemons sharing one warehouse.
+async fn daily_on(db: &TestDb) -> Env {
+    env(
         &["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
         TestWarehouse::Postgres(&db.url),
         &[daily_job("2024-05-01", "0 30 6 * * *", "")],
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_database_load_each_window_once() {
+    let db = TestDb::new().await;
+    let e = daily_on(&db).await;
     // Slow answers keep the winner's run (and its lock) going while the other daemon ticks.
     e.sim.handle.set_faults(FaultConfig { latency_ms: 1000, ..FaultConfig::default() });
     let clock = ManualClock::new(local(2024, 5, 3, 0, 0, 0));
@@ -303,12 +309,7 @@ async fn two_daemons_on_one_database_load_each_window_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_loses_the_claim_is_ready_and_reports_the_warehouse_watermark() {
     let db = TestDb::new().await;
-    let e = env(
-        &["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
-        TestWarehouse::Postgres(&db.url),
-        &[daily_job("2024-05-01", "0 30 6 * * *", "")],
-    )
-    .await;
+    let e = daily_on(&db).await;
     // Clocks of their own: the winner's reaches the tick (and runs it) before the loser's does.
     let start = local(2024, 5, 3, 0, 0, 0);
     let (wclock, lclock) = (ManualClock::new(start), ManualClock::new(start));
@@ -335,12 +336,7 @@ async fn a_daemon_that_loses_the_claim_is_ready_and_reports_the_warehouse_waterm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_up_takes_over_a_claim_whose_run_did_not_end_and_skips_a_done_one() {
     let db = TestDb::new().await;
-    let e = env(
-        &["--seed", "3", "--start", "2024-05-01", "--days", "4", "--sessions-per-day", "20"],
-        TestWarehouse::Postgres(&db.url),
-        &[daily_job("2024-05-01", "0 30 6 * * *", "")],
-    )
-    .await;
+    let e = daily_on(&db).await;
     let clock = ManualClock::new(local(2024, 5, 3, 12, 0, 0));
     let first = start_daemon_with(&e.path, clock.clone(), true).await;
     first.wait("the catch-up ran", |a| a.runs_finished == 1).await;
